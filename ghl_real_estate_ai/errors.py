@@ -52,9 +52,7 @@ class IntegrationError(LeadBotError):
 
     transient: bool = False
 
-    def __init__(
-        self, service: str, operation: str, message: str, *, status: int | None = None
-    ) -> None:
+    def __init__(self, service: str, operation: str, message: str, *, status: int | None = None) -> None:
         self.service = service
         self.operation = operation
         self.status = status

@@ -11,6 +11,9 @@ import redis
 
 from ghl_real_estate_ai.testing.redis_server import RedisServer
 
+# State must be plain data: fail loudly if anything unregistered (an enum, a dataclass) reaches a checkpoint.
+os.environ.setdefault("LANGGRAPH_STRICT_MSGPACK", "true")
+
 
 @pytest.fixture(scope="session")
 def redis_server_url() -> Iterator[str]:

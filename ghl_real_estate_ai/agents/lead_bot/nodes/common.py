@@ -1,0 +1,63 @@
+"""Helpers the node groups share: time, locale, timeline entries and the retry policy for I/O nodes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from langgraph.runtime import Runtime
+from langgraph.types import RetryPolicy
+
+from ghl_real_estate_ai.agents.lead_bot.context import Context
+from ghl_real_estate_ai.agents.lead_bot.state import LeadState, TimelineEntry
+from ghl_real_estate_ai.errors import TransientIntegrationError
+from ghl_real_estate_ai.sequence import LeadLocale, SequenceStatus, Step, iso, resolve_locale
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Retry a node only for transient integration errors whose outcome is known to be "not sent"."""
+    return isinstance(exc, TransientIntegrationError) and not getattr(exc, "outcome_unknown", False)
+
+
+# LangGraph retries unknown exception types by default; nodes that do I/O say exactly what to retry.
+IO_RETRY = RetryPolicy(max_attempts=2, initial_interval=0.2, jitter=True, retry_on=is_retryable)
+
+
+def now_of(runtime: Runtime[Context]) -> datetime:
+    return runtime.context.clock.now()
+
+
+def entry(
+    at: datetime,
+    action: str,
+    outcome: str,
+    reason: str,
+    *,
+    channel: str | None = None,
+    **detail: Any,
+) -> TimelineEntry:
+    item: TimelineEntry = {"at": iso(at), "action": str(action), "outcome": outcome, "reason": reason}
+    if channel:
+        item["channel"] = channel
+    if detail:
+        item["detail"] = detail
+    return item
+
+
+def locale_of(contact: dict[str, Any], runtime: Runtime[Context]) -> LeadLocale:
+    return resolve_locale(
+        runtime.context.rules.quiet_hours,
+        timezone=contact.get("timezone"),
+        state=contact.get("state"),
+        phone=contact.get("phone"),
+    )
+
+
+def timed_status(current_step: str | None) -> str:
+    """The status of a lead the timed sequence is running for: nurture once it reached monthly touches."""
+    return SequenceStatus.NURTURE.value if current_step == Step.NURTURE else SequenceStatus.ACTIVE.value
+
+
+def enrollment_id(state: LeadState) -> str:
+    """Distinguishes one enrollment of a contact from a later re-enrollment in send keys."""
+    return state.get("sequence", {}).get("enrolled_at", "")

@@ -1,0 +1,392 @@
+"""Conversation nodes: ``converse`` (one inbound turn), ``human_takeover`` and ``call_result``.
+
+Replies are sent on the channel the lead wrote on, at once (the lead just wrote: quiet hours govern the
+bot's own outreach, not answers), under the send key ``contact|reply|message_id``, so a redelivered
+webhook is answered once. Compliance intents (STOP, START, HELP) are honoured in every status; other
+messages get a conversational reply only while the timed sequence runs and no human has taken over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timedelta
+from typing import Any
+
+from langchain_core.messages import AIMessage, HumanMessage
+from langgraph.runtime import Runtime
+
+from ghl_real_estate_ai.agents.lead_bot.context import Context
+from ghl_real_estate_ai.agents.lead_bot.nodes.common import enrollment_id, entry, now_of, timed_status
+from ghl_real_estate_ai.agents.lead_bot.nodes.operations import mark_opted_out
+from ghl_real_estate_ai.agents.lead_bot.state import LeadState
+from ghl_real_estate_ai.conversation import cma as cma_rules
+from ghl_real_estate_ai.conversation import templates
+from ghl_real_estate_ai.conversation.calls import call_outcome
+from ghl_real_estate_ai.conversation.intents import Intent
+from ghl_real_estate_ai.conversation.responders import Reply, RuleResponder, Turn
+from ghl_real_estate_ai.errors import IntegrationError, SendBlockedError, TransientIntegrationError
+from ghl_real_estate_ai.sequence import TIMED_STATUSES, SequenceStatus, iso, parse_time, temperature
+
+QUALIFIED_TAG = "lead-bot-qualified"
+HISTORY_TURNS = 12
+
+
+def _message_id(state: LeadState, now: datetime) -> str:
+    event = state.get("event", {})
+    if event.get("message_id"):
+        return str(event["message_id"])
+    digest = hashlib.sha256(f"{event.get('text', '')}|{event.get('at') or iso(now)}".encode()).hexdigest()
+    return f"h{digest[:16]}"
+
+
+def _history(state: LeadState) -> tuple[dict[str, Any], ...]:
+    items = []
+    for message in state.get("messages", [])[-HISTORY_TURNS:]:
+        role = "lead" if message.type == "human" else (message.name or "bot")
+        items.append(
+            {"role": role, "text": str(message.content), "at": message.additional_kwargs.get("at", "")}
+        )
+    return tuple(items)
+
+
+async def _send_reply(
+    ctx: Context, state: LeadState, key: str, channel: str, text: str, subject: str | None
+) -> tuple[str, str]:
+    """Send one reply under ``key``; returns (outcome, reason) for the timeline."""
+    cid = state["contact_id"]
+    if not text:
+        return "skipped", "nothing to say"
+    if not await ctx.ledger.claim(key):
+        return "skipped", "already answered (send key claimed)"
+    try:
+        if channel == "email":
+            result = await ctx.crm.send_email(
+                cid, subject or f"Re: {ctx.rules.program_name}", f"<p>{text}</p>"
+            )
+        else:
+            result = await ctx.crm.send_sms(cid, text)
+    except SendBlockedError as exc:
+        await ctx.ledger.confirm(key, {"outcome": "blocked"})
+        return "skipped", f"GHL refused the reply: {exc.detail}"
+    except TransientIntegrationError as exc:
+        if getattr(exc, "outcome_unknown", False):
+            await ctx.ledger.confirm(key, {"outcome": "unknown"})
+            return "failed", f"outcome unknown, not resent: {exc}"
+        await ctx.ledger.release(key)
+        raise
+    await ctx.ledger.confirm(key, {"outcome": "sent", "message_id": result.message_id})
+    return "sent", f"answered ({result.message_id})"
+
+
+async def converse(state: LeadState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """One inbound turn: classify, update engagement, answer on the same channel, and act on the intent."""
+    ctx, now = runtime.context, now_of(runtime)
+    cid = state["contact_id"]
+    event = state.get("event", {})
+    text = str(event.get("text", ""))
+    channel = "email" if event.get("channel") == "email" else "sms"
+    seq = state.get("sequence", {})
+    status = seq.get("status")
+    contact = state.get("contact", {})
+    msg_id = _message_id(state, now)
+    responder = ctx.responder or RuleResponder()
+    reply = await responder.respond(
+        Turn(
+            text=text,
+            channel=channel,  # type: ignore[arg-type]
+            first_name=contact.get("first_name") or "there",
+            history=_history(state),
+            program_name=ctx.rules.program_name,
+            agent_name=ctx.rules.agent_name,
+            agent_contact=ctx.rules.agent_contact,
+            property_address=contact.get("address"),
+        )
+    )
+    eng = state.get("engagement", {})
+    replies = eng.get("replies", 0) + 1
+    qualified = reply.intent == Intent.INTERESTED
+    update: dict[str, Any] = {
+        "engagement": {
+            "replies": replies,
+            "last_inbound_at": iso(now),
+            "last_intent": reply.intent.value,
+            "temperature": temperature(replies=replies, last_inbound_at=now, now=now, qualified=qualified),
+        },
+        "messages": [
+            HumanMessage(text, id=f"in-{msg_id}", additional_kwargs={"at": iso(now), "channel": channel})
+        ],
+    }
+    reply_key = f"{cid}|reply|{msg_id}"
+    takeover = parse_time(seq.get("takeover_until"))
+    under_takeover = takeover is not None and now < takeover
+    timeline: list[Any] = []
+
+    if reply.intent == Intent.OPT_OUT:
+        if status != SequenceStatus.OPTED_OUT.value:
+            # The one confirmation goes first: once DND is on, GHL refuses every SMS. A GHL outage must not
+            # delay the opt-out itself, so a failed confirmation is recorded, not retried.
+            key = f"{cid}|optout-confirm|{enrollment_id(state)}"
+            try:
+                outcome, why = await _send_reply(ctx, state, key, "sms", reply.text, None)
+            except TransientIntegrationError as exc:
+                outcome, why = "failed", f"confirmation not sent: {exc}"
+            timeline.append(entry(now, "opt_out_confirmation", outcome, why, channel="sms"))
+            update = _merge(update, await mark_opted_out(state, runtime, f"lead replied {text!r}"))
+        else:
+            timeline.append(entry(now, "reply", "skipped", "already opted out; one confirmation was sent"))
+    elif reply.intent == Intent.OPT_IN:
+        if status == SequenceStatus.OPTED_OUT.value:
+            await ctx.crm.set_dnd(cid, "sms", False, "Opted back in via START")
+            update["sequence"] = {
+                "status": SequenceStatus.CANCELLED.value,
+                "status_reason": "opted back in (START): SMS allowed again, not re-enrolled",
+            }
+        outcome, why = await _send_reply(ctx, state, reply_key, "sms", reply.text, None)
+        timeline.append(entry(now, "opt_in", outcome, why, channel="sms"))
+    elif reply.intent == Intent.HELP:
+        outcome, why = await _send_reply(ctx, state, reply_key, channel, reply.text, reply.subject)
+        timeline.append(entry(now, "help", outcome, why, channel=channel))
+    elif status == SequenceStatus.OPTED_OUT.value:
+        timeline.append(entry(now, "reply", "skipped", "lead opted out: only START and HELP are answered"))
+    elif status not in TIMED_STATUSES or under_takeover:
+        why = "a human has taken over" if under_takeover else f"lead is {status}: the bot stays quiet"
+        timeline.append(entry(now, "reply", "skipped", why, intent=reply.intent.value))
+    else:
+        update = _merge(update, await _act_on_intent(state, runtime, reply, channel, reply_key))
+        return _finish(update, reply, now)
+
+    update["timeline"] = [*update.get("timeline", []), *timeline]
+    return update
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if key in ("sequence", "engagement", "cma", "stall") and key in merged:
+            merged[key] = {**merged[key], **value}
+        elif key in ("timeline", "messages") and key in merged:
+            merged[key] = [*merged[key], *value]
+        else:
+            merged[key] = value
+    return merged
+
+
+def _finish(update: dict[str, Any], reply: Reply, now: datetime) -> dict[str, Any]:
+    if reply.text:
+        update["messages"] = [
+            *update.get("messages", []),
+            AIMessage(reply.text, additional_kwargs={"at": iso(now), "intent": reply.intent.value}),
+        ]
+    return update
+
+
+async def _act_on_intent(
+    state: LeadState, runtime: Runtime[Context], reply: Reply, channel: str, reply_key: str
+) -> dict[str, Any]:
+    ctx, now = runtime.context, now_of(runtime)
+    intent = reply.intent
+    update: dict[str, Any] = {}
+    if intent == Intent.INTERESTED:
+        update = await _hand_off(state, runtime, reply)
+    elif intent == Intent.HOME_VALUE:
+        update = await _send_cma(state, runtime)
+    elif intent == Intent.NOT_INTERESTED:
+        update = {
+            "sequence": {
+                "status": SequenceStatus.NURTURE.value,
+                "current_step": "nurture",
+                "status_reason": "not interested now: long-term nurture",
+            },
+            "engagement": {"conversation_active": False},
+        }
+    elif intent in (Intent.HAS_AGENT, Intent.ALREADY_SOLD):
+        why = "already working with an agent" if intent == Intent.HAS_AGENT else "already sold or bought"
+        update = {
+            "sequence": {"status": SequenceStatus.COMPLETED.value, "status_reason": why},
+            "engagement": {"conversation_active": False},
+        }
+    else:
+        update = {"engagement": {"conversation_active": True}, "stall": {"attempts": 0, "last_variant": None}}
+    outcome, why = await _send_reply(ctx, state, reply_key, channel, reply.text, reply.subject)
+    eng = dict(update.get("engagement", {}))
+    if outcome == "sent":
+        eng["last_outbound_at"] = iso(now)
+    update["engagement"] = eng
+    update["timeline"] = [
+        *update.get("timeline", []),
+        entry(now, "reply", outcome, why, channel=channel, intent=intent.value, source=reply.source),
+    ]
+    return update
+
+
+async def _hand_off(state: LeadState, runtime: Runtime[Context], reply: Reply) -> dict[str, Any]:
+    """Qualified: tag, a note summarising the conversation, and a task for the contact's assigned user.
+
+    Guarded by the key ``contact|handoff|enrollment`` so a redelivered message never creates a second task.
+    """
+    ctx, now = runtime.context, now_of(runtime)
+    cid = state["contact_id"]
+    contact = state.get("contact", {})
+    key = f"{cid}|handoff|{enrollment_id(state)}"
+    done: list[str] = []
+    if await ctx.ledger.claim(key):
+        lines = [f"{m['role']}: {m['text']}" for m in _history(state)[-6:]]
+        lines.append(f"lead: {state.get('event', {}).get('text', '')}")
+        summary = reply.summary or "The lead asked to talk to an agent."
+        when = f" Suggested time: {reply.meeting_hint}." if reply.meeting_hint else ""
+        note = f"Lead Bot hand-off: {summary}{when}\n\nRecent conversation:\n" + "\n".join(lines)
+        name = " ".join(filter(None, (contact.get("first_name"), contact.get("last_name")))) or cid
+        try:
+            await ctx.crm.add_tags(cid, [QUALIFIED_TAG])
+            done.append("tag")
+            await ctx.crm.add_note(cid, note)
+            done.append("note")
+            await ctx.crm.add_task(
+                cid,
+                f"Call {name}: qualified by Lead Bot",
+                f"{summary}{when}",
+                iso(now + timedelta(hours=1)),
+                contact.get("assigned_to"),
+            )
+            done.append("task")
+        except IntegrationError:
+            await ctx.ledger.release(key)
+            raise
+        await ctx.ledger.confirm(key, {"outcome": "done", "at": iso(now)})
+    return {
+        "sequence": {
+            "status": SequenceStatus.QUALIFIED.value,
+            "status_reason": "the lead wants to talk: handed to a human",
+        },
+        "engagement": {"conversation_active": False, "temperature": "hot"},
+        "timeline": [
+            entry(now, "handoff", "done" if done else "skipped", reply.summary or "qualified", ghl=done)
+        ],
+    }
+
+
+async def _send_cma(state: LeadState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Produce a CMA for the lead's property and send it (HTML email when there is an address, else SMS)."""
+    ctx, now = runtime.context, now_of(runtime)
+    cid = state["contact_id"]
+    contact = state.get("contact", {})
+    cma_update: dict[str, Any] = {"requested_at": iso(now)}
+    provider = ctx.comps or cma_rules.CsvCompsProvider()
+    subject = cma_rules.subject_from_contact(contact)
+    try:
+        comps = provider.comparables(subject, as_of=now.date())
+        valuation = cma_rules.estimate(subject, comps, as_of=now.date())
+    except cma_rules.NoComparablesError as exc:
+        return {
+            "cma": cma_update,
+            "engagement": {"conversation_active": True},
+            "timeline": [entry(now, "cma", "skipped", f"no CMA: {exc}")],
+        }
+    cma_update.update(generated_at=iso(now), valuation=valuation.to_state())
+    first_name = contact.get("first_name") or "there"
+    key = f"{cid}|cma|{iso(now)}"
+    use_email = bool(contact.get("email"))
+    outcome, why = "skipped", "already sent"
+    if await ctx.ledger.claim(key):
+        try:
+            if use_email:
+                mail = templates.cma_email(
+                    valuation,
+                    first_name=first_name,
+                    agent_name=ctx.rules.agent_name,
+                    program_name=ctx.rules.program_name,
+                )
+                result = await ctx.crm.send_email(cid, mail.subject, mail.html)
+            else:
+                text = templates.cma_sms(valuation, first_name=first_name, agent_name=ctx.rules.agent_name)
+                result = await ctx.crm.send_sms(cid, text)
+            outcome, why = "sent", result.message_id
+            await ctx.ledger.confirm(key, {"outcome": "sent", "message_id": result.message_id})
+        except SendBlockedError as exc:
+            await ctx.ledger.confirm(key, {"outcome": "blocked"})
+            outcome, why = "skipped", f"GHL refused: {exc.detail}"
+        except TransientIntegrationError:
+            await ctx.ledger.release(key)
+            raise
+    if outcome == "sent":
+        cma_update.update(sent_at=iso(now), channel="email" if use_email else "sms")
+    return {
+        "cma": cma_update,
+        "engagement": {"conversation_active": True},
+        "stall": {"attempts": 0, "last_variant": None},
+        "timeline": [
+            entry(now, "cma", outcome, why, channel="email" if use_email else "sms", value=valuation.value)
+        ],
+    }
+
+
+async def human_takeover(state: LeadState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """A human user wrote to the lead in GHL: the bot steps back for ``human_takeover_days``."""
+    ctx, now = runtime.context, now_of(runtime)
+    until = now + timedelta(days=ctx.rules.human_takeover_days)
+    event = state.get("event", {})
+    update: dict[str, Any] = {
+        "sequence": {"takeover_until": iso(until), "status_reason": "a human took over the conversation"},
+        "engagement": {"conversation_active": False},
+        "timeline": [entry(now, "human_takeover", "done", f"bot in the background until {iso(until)}")],
+    }
+    if event.get("text"):
+        update["messages"] = [
+            AIMessage(
+                str(event["text"]),
+                name="agent",
+                id=f"agent-{_message_id(state, now)}",
+                additional_kwargs={"at": iso(now)},
+            )
+        ]
+    return update
+
+
+async def call_result(state: LeadState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Apply a Retell call result: a positive answered call qualifies the lead; otherwise the sequence goes
+    on. The outcome goes to the timeline and to GHL as a tag ``lead-bot-call-<outcome>``."""
+    ctx, now = runtime.context, now_of(runtime)
+    cid = state["contact_id"]
+    event = state.get("event", {})
+    call = event.get("call", {})
+    kind = str(event.get("reason") or call.get("event") or "call_analyzed")
+    outcome = call_outcome(kind, call)
+    call_id = str(call.get("call_id", ""))
+    seen = state.get("sequence", {}).get("call_outcomes", {}) or {}
+    if outcome == "in_progress":
+        return {
+            "timeline": [
+                entry(now, "call_result", "skipped", f"{kind}: call still in progress", call_id=call_id)
+            ]
+        }
+    if call_id and call_id in seen:
+        return {
+            "timeline": [
+                entry(
+                    now,
+                    "call_result",
+                    "skipped",
+                    f"outcome already recorded: {seen[call_id]}",
+                    call_id=call_id,
+                )
+            ]
+        }
+    update: dict[str, Any] = {"sequence": {"call_outcomes": {**seen, call_id: outcome}}}
+    try:
+        await ctx.crm.add_tags(cid, [f"lead-bot-call-{outcome.replace('_', '-')}"])
+    except IntegrationError as exc:
+        if exc.transient:
+            raise
+    summary = (call.get("call_analysis") or {}).get("call_summary") or ""
+    timeline = [entry(now, "call_result", "done", f"day_7 call: {outcome}", call_id=call_id, summary=summary)]
+    status = state.get("sequence", {}).get("status")
+    if outcome == "answered_positive" and status in TIMED_STATUSES:
+        reply = Reply(intent=Intent.INTERESTED, text="", summary=summary or "Positive day-7 call.")
+        handoff = await _hand_off(state, runtime, reply)
+        update["sequence"] = {**update["sequence"], **handoff["sequence"]}
+        update["engagement"] = handoff["engagement"]
+        timeline.extend(handoff["timeline"])
+    elif status in TIMED_STATUSES:
+        update["sequence"]["status"] = timed_status(state.get("sequence", {}).get("current_step"))
+    update["timeline"] = timeline
+    return update

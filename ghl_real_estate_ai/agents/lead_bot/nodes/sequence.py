@@ -1,0 +1,377 @@
+"""The timed sequence: enroll, the step nodes (day_3 ... nurture, stall_breaker), defer and plan_next.
+
+Every step node re-reads the contact from GHL right before sending, re-checks DND, opt-out and owner tags
+and quiet hours, and sends under the touch key ``contact|enrollment|step|occurrence`` claimed in the send
+ledger: a replayed, retried or duplicated due event can never send twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langgraph.runtime import Runtime
+
+from ghl_real_estate_ai import messages
+from ghl_real_estate_ai.agents.lead_bot.context import Context
+from ghl_real_estate_ai.agents.lead_bot.nodes.common import (
+    enrollment_id,
+    entry,
+    locale_of,
+    now_of,
+    timed_status,
+)
+from ghl_real_estate_ai.agents.lead_bot.routing import decide
+from ghl_real_estate_ai.agents.lead_bot.state import LeadState
+from ghl_real_estate_ai.errors import (
+    NotFoundError,
+    PermanentIntegrationError,
+    SendBlockedError,
+    TransientIntegrationError,
+)
+from ghl_real_estate_ai.integrations.models import Contact
+from ghl_real_estate_ai.sequence import (
+    STEP_CHANNEL,
+    SequenceStatus,
+    Step,
+    choose_stall_breaker,
+    is_allowed,
+    iso,
+    next_send_time,
+    parse_time,
+    plan_next,
+    recent_sends,
+    step_after,
+    touch_key,
+)
+
+
+async def determine_path(state: LeadState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Read the event and the state and store the decision; ``route_after_determine_path`` follows it."""
+    event = state.get("event") or {"type": "step_due"}
+    decision = decide(state, event, now_of(runtime), locale_of(state.get("contact", {}), runtime))
+    update: dict[str, Any] = {"route": decision.route, "route_reason": decision.reason}
+    if decision.defer_until is not None:
+        update["sequence"] = {"next_due_at": iso(decision.defer_until)}
+    return update
+
+
+async def enroll(state: LeadState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Start (or restart) the sequence: snapshot the contact and make day_3 the current step."""
+    ctx, now = runtime.context, now_of(runtime)
+    contact = await ctx.crm.get_contact(state["contact_id"])
+    return {
+        "contact": contact.to_state(),
+        "sequence": {
+            "status": SequenceStatus.ACTIVE.value,
+            "status_reason": state.get("route_reason", "enrolled"),
+            "enrolled_at": iso(now),
+            "current_step": Step.DAY_3.value,
+            "completed": {},
+            "nurture_sent": 0,
+            "paused_at": None,
+            "paused_until": None,
+            "takeover_until": None,
+            "failure": None,
+        },
+        "engagement": {"conversation_active": False},
+        "stall": {"attempts": 0, "last_variant": None},
+        "timeline": [entry(now, "enroll", "done", state.get("route_reason", "enrolled"))],
+    }
+
+
+async def defer(state: LeadState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Record that a due step waits for the lead's send window or the daily cap."""
+    seq = state.get("sequence", {})
+    return {
+        "timeline": [
+            entry(
+                now_of(runtime),
+                seq.get("next_step") or "step",
+                "deferred",
+                state.get("route_reason", "deferred"),
+                until=seq.get("next_due_at"),
+            )
+        ]
+    }
+
+
+async def plan(state: LeadState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Compute the next step and its send time (the scheduler acts on them). Runs after every node."""
+    now = now_of(runtime)
+    seq = state.get("sequence", {})
+    eng = state.get("engagement", {})
+    if not seq:
+        return {}
+    status = seq.get("status", "")
+    current = seq.get("current_step")
+    not_before = max(
+        (t for t in (parse_time(seq.get("takeover_until")), parse_time(seq.get("paused_until"))) if t),
+        default=None,
+    )
+    result = plan_next(
+        status=status,
+        enrolled_at=parse_time(seq.get("enrolled_at")),
+        current_step=Step(current) if current else None,
+        nurture_sent=seq.get("nurture_sent", 0),
+        now=now,
+        locale=locale_of(state.get("contact", {}), runtime),
+        sent=recent_sends(eng.get("automated_sends", []), now),
+        conversation_active=bool(eng.get("conversation_active")),
+        last_outbound_at=parse_time(eng.get("last_outbound_at")),
+        stall_attempts=state.get("stall", {}).get("attempts", 0),
+        not_before=not_before,
+    )
+    update: dict[str, Any] = {
+        "sequence": {
+            "next_step": result.step.value if result.step else None,
+            "next_due_at": iso(result.due_at) if result.due_at else None,
+            "cadence_due_at": iso(result.cadence_due_at) if result.cadence_due_at else None,
+        }
+    }
+    if result.superseded:
+        completed = dict(seq.get("completed", {}))
+        nurture_sent = seq.get("nurture_sent", 0)
+        later = result.step.value if result.step else "a later step"
+        for step, occurrence in result.superseded:
+            if step is Step.NURTURE:
+                nurture_sent = occurrence + 1
+            else:
+                completed[step.value] = iso(now)
+        assert result.step is not None
+        update["sequence"].update(
+            completed=completed,
+            nurture_sent=nurture_sent,
+            current_step=result.step.value,
+            status=timed_status(result.step.value),
+        )
+        update["timeline"] = [
+            entry(now, step.value, "skipped", f"superseded: {later} is already due", occurrence=occ)
+            for step, occ in result.superseded
+        ]
+    return update
+
+
+# ----------------------------------------------------------------------------------------- the step nodes
+
+
+def _blocked_reason(contact: Contact, tags: tuple[str, ...]) -> str | None:
+    lowered = {t.lower() for t in contact.tags}
+    for tag in tags:
+        if tag.lower() in lowered:
+            return tag
+    return None
+
+
+def _choose_channel(step: Step, contact: Contact) -> tuple[str | None, str]:
+    """The channel to use for ``step`` and why; None when the lead cannot be reached for it."""
+    channel = STEP_CHANNEL[step]
+    if channel == "email":
+        if contact.email and not contact.blocks("email"):
+            return "email", "email step"
+        why = "no email address" if not contact.email else "email DND is active"
+        channel = "sms"
+        fallback = f"{why}; falling back to SMS"
+        if contact.phone and not contact.blocks("sms"):
+            return "sms", fallback
+        return None, f"{why}, and " + ("no phone number" if not contact.phone else "SMS DND is active")
+    if channel == "call":
+        if not contact.phone:
+            return None, "no phone number for the call"
+        if contact.blocks("call"):
+            return None, "call DND is active"
+        return "call", "call step"
+    if not contact.phone:
+        return None, "no phone number"
+    if contact.blocks("sms"):
+        return None, "SMS DND is active"
+    return "sms", "sms step"
+
+
+async def _send(
+    ctx: Context, step: Step, channel: str, contact: Contact, values: dict[str, str], variant: int
+) -> dict[str, Any]:
+    if channel == "sms":
+        result = await ctx.crm.send_sms(contact.id, messages.sms_for(step, values, variant))
+        return {"message_id": result.message_id}
+    if channel == "email":
+        mail = messages.email_for(step, values)
+        result = await ctx.crm.send_email(contact.id, mail.subject, mail.html)
+        return {"message_id": result.message_id}
+    call = await ctx.voice.create_phone_call(
+        contact.phone or "",
+        {
+            "ghl_contact_id": contact.id,
+            "ghl_location_id": contact.location_id or "",
+            "sequence_step": step.value,
+        },
+        {"first_name": contact.first_name or "there", "property_address": contact.address or ""},
+    )
+    return {"call_id": call.call_id}
+
+
+async def run_step(state: LeadState, runtime: Runtime[Context], step: Step) -> dict[str, Any]:
+    """Send one step: re-check everything against fresh data, claim the touch key, send, record."""
+    ctx, now = runtime.context, now_of(runtime)
+    cid = state["contact_id"]
+    seq = state.get("sequence", {})
+    stall = state.get("stall", {})
+    if step is Step.STALL_BREAKER:
+        occurrence = stall.get("attempts", 0)
+    elif step is Step.NURTURE:
+        occurrence = seq.get("nurture_sent", 0)
+    else:
+        occurrence = 0
+    try:
+        contact = await ctx.crm.get_contact(cid)
+    except NotFoundError:
+        return {
+            "sequence": {"status": SequenceStatus.CANCELLED.value, "status_reason": "contact deleted in GHL"},
+            "timeline": [entry(now, step, "skipped", "contact no longer exists in GHL")],
+        }
+    update: dict[str, Any] = {"contact": contact.to_state()}
+    opt_tag = _blocked_reason(contact, ctx.rules.opt_out_tags)
+    if opt_tag:
+        update["sequence"] = {
+            "status": SequenceStatus.OPTED_OUT.value,
+            "status_reason": f"opt-out tag {opt_tag!r}",
+        }
+        update["timeline"] = [entry(now, step, "skipped", f"contact has the opt-out tag {opt_tag!r}")]
+        return update
+    owner_tag = _blocked_reason(contact, ctx.rules.human_owner_tags)
+    if owner_tag:
+        update["sequence"] = {
+            "status": SequenceStatus.PAUSED.value,
+            "status_reason": f"a human owns this lead (tag {owner_tag!r})",
+            "paused_at": iso(now),
+        }
+        update["timeline"] = [entry(now, step, "skipped", f"a human owns this lead (tag {owner_tag!r})")]
+        return update
+
+    locale = locale_of(update["contact"], runtime)
+    if not is_allowed(now, locale):  # the contact's zone may have changed since the step was planned
+        until = next_send_time(
+            now, locale, recent_sends(state.get("engagement", {}).get("automated_sends", []), now)
+        )
+        update["sequence"] = {"next_due_at": iso(until)}
+        update["timeline"] = [
+            entry(now, step, "deferred", "quiet hours in the lead's time zone", until=iso(until))
+        ]
+        return update
+
+    progress = _progress_after(state, step, now)
+    channel, why = _choose_channel(step, contact)
+    if channel is None:
+        update["sequence"] = progress["sequence"]
+        update["stall"] = progress.get("stall", {})
+        update["timeline"] = [entry(now, step, "skipped", why, channel=STEP_CHANNEL[step])]
+        return update
+
+    variant = 0
+    if step is Step.STALL_BREAKER:
+        variant = (
+            choose_stall_breaker(
+                cid, stall.get("attempts", 0), stall.get("last_variant"), len(messages.STALL_BREAKER_SMS)
+            )
+            or 0
+        )
+        progress["stall"]["last_variant"] = variant
+    elif step is Step.NURTURE:
+        variant = occurrence
+    key = touch_key(cid, f"{enrollment_id(state)}|{step}", occurrence)
+    if not await ctx.ledger.claim(key):
+        update.update(progress)
+        update["timeline"] = [entry(now, step, "skipped", "already sent: its send key was claimed", key=key)]
+        return update
+    values = messages.fields(
+        update["contact"], agent_name=ctx.rules.agent_name, program_name=ctx.rules.program_name
+    )
+    try:
+        detail = await _send(ctx, step, channel, contact, values, variant)
+    except SendBlockedError as exc:
+        await ctx.ledger.confirm(key, {"outcome": "blocked", "error": str(exc)})
+        update.update(progress)
+        update["timeline"] = [
+            entry(now, step, "skipped", f"GHL refused the send: {exc.detail}", channel=channel)
+        ]
+        return update
+    except TransientIntegrationError as exc:
+        if getattr(exc, "outcome_unknown", False):
+            # It may have been delivered: keep the claim and move on rather than risk a second text.
+            await ctx.ledger.confirm(key, {"outcome": "unknown", "error": str(exc)})
+            update.update(progress)
+            update["timeline"] = [
+                entry(now, step, "failed", f"outcome unknown, not resent: {exc}", channel=channel)
+            ]
+            return update
+        await ctx.ledger.release(key)
+        raise
+    except PermanentIntegrationError as exc:
+        await ctx.ledger.confirm(key, {"outcome": "failed", "error": str(exc)})
+        update["sequence"] = {
+            "status": SequenceStatus.FAILED.value,
+            "failure": str(exc),
+            "status_reason": str(exc),
+        }
+        update["timeline"] = [entry(now, step, "failed", str(exc), channel=channel)]
+        return update
+    await ctx.ledger.confirm(key, {"outcome": "sent", "at": iso(now), **detail})
+    update.update(progress)
+    eng = state.get("engagement", {})
+    update["engagement"] = {
+        "last_outbound_at": iso(now),
+        "automated_sends": [*(iso(t) for t in recent_sends(eng.get("automated_sends", []), now)), iso(now)],
+    }
+    update["timeline"] = [entry(now, step, "sent", why, channel=channel, **detail)]
+    return update
+
+
+def _progress_after(state: LeadState, step: Step, now: Any) -> dict[str, Any]:
+    """The state changes that mark ``step`` done, whatever happened to the send itself."""
+    seq = state.get("sequence", {})
+    if step is Step.STALL_BREAKER:
+        return {"sequence": {}, "stall": {"attempts": state.get("stall", {}).get("attempts", 0) + 1}}
+    if step is Step.NURTURE:
+        return {
+            "sequence": {
+                "nurture_sent": seq.get("nurture_sent", 0) + 1,
+                "status": SequenceStatus.NURTURE.value,
+            }
+        }
+    following = step_after(step)
+    return {
+        "sequence": {
+            "completed": {**seq.get("completed", {}), step.value: iso(now)},
+            "current_step": following.value,
+            "status": timed_status(following.value),
+        }
+    }
+
+
+async def day_3(state: LeadState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Day 3: the introduction SMS, due at enrollment."""
+    return await run_step(state, runtime, Step.DAY_3)
+
+
+async def day_7(state: LeadState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Day 7: the Retell AI phone call, due 4 days after enrollment."""
+    return await run_step(state, runtime, Step.DAY_7)
+
+
+async def day_14(state: LeadState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Day 14: the email (SMS when there is no email address), due 11 days after enrollment."""
+    return await run_step(state, runtime, Step.DAY_14)
+
+
+async def day_30(state: LeadState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Day 30: the last sequence SMS, due 27 days after enrollment; then monthly nurture."""
+    return await run_step(state, runtime, Step.DAY_30)
+
+
+async def nurture(state: LeadState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Monthly nurture SMS, from 57 days after enrollment, every 30 days."""
+    return await run_step(state, runtime, Step.NURTURE)
+
+
+async def stall_breaker(state: LeadState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """A nudge two days after the bot's last reply went unanswered (at most three, rotating variants)."""
+    return await run_step(state, runtime, Step.STALL_BREAKER)

@@ -1,0 +1,94 @@
+"""The ``lead-bot`` command. Every command exits non-zero with a one-line error on bad input or unreachable
+services; tracebacks are for bugs only."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from ghl_real_estate_ai import __version__
+from ghl_real_estate_ai.errors import LeadBotError
+
+log = logging.getLogger("lead_bot")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lead-bot", description="The 3-7-30 Lead Bot for GoHighLevel.")
+    parser.add_argument("--version", action="version", version=f"lead-bot {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="run simulated leads through 90 virtual days (no setup needed)")
+    demo.add_argument("--days", type=int, default=90, help="virtual days to simulate (default 90)")
+    demo.add_argument(
+        "--store",
+        choices=("embedded", "memory"),
+        default="embedded",
+        help="checkpoint store: an embedded Redis (default) or in-memory",
+    )
+
+    serve = commands.add_parser("serve", help="run the webhook API, intake worker and scheduler")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+
+    for name, text in (
+        ("enroll", "start the sequence for a contact"),
+        ("status", "print a lead's sequence state, next step and timeline"),
+        ("pause", "pause a lead's sequence"),
+        ("resume", "resume a paused lead"),
+        ("cancel", "cancel a lead's sequence"),
+    ):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("contact_id", help="the GHL contact id")
+        if name == "status":
+            command.add_argument("--json", action="store_true", help="print JSON")
+        else:
+            command.add_argument("--reason", default=None, help="why (kept in the timeline)")
+            command.add_argument(
+                "--no-wait",
+                action="store_true",
+                help="queue the action and return without waiting for the service",
+            )
+    commands.add_parser("reconcile", help="repair scheduler jobs from the leads' states")
+    dead = commands.add_parser("dead-letters", help="list (or retry) webhook events that failed 5 times")
+    dead.add_argument("--retry", nargs="*", metavar="ID", help="requeue these entries (all when none given)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return asyncio.run(_run(args))
+    except KeyboardInterrupt:
+        return 130
+    except LeadBotError as exc:
+        print(f"lead-bot {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, ConnectionError) as exc:
+        print(f"lead-bot {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+async def _run(args: argparse.Namespace) -> int:
+    if args.command == "demo":
+        from ghl_real_estate_ai.demo import run_demo
+
+        if args.days < 1 or args.days > 3650:
+            print("lead-bot demo: --days must be between 1 and 3650", file=sys.stderr)
+            return 2
+        await run_demo(args.days, store=args.store)
+        return 0
+    from ghl_real_estate_ai import operator_cli
+
+    return await operator_cli.run(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""The lead graph compiled with InMemorySaver: the timed sequence end to end on a virtual clock."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from ghl_real_estate_ai.agents.lead_bot import build_graph
+from ghl_real_estate_ai.errors import TransientIntegrationError
+from ghl_real_estate_ai.sequence import QuietHours, is_allowed, resolve_locale
+from ghl_real_estate_ai.testing.fakes import make_contact
+from ghl_real_estate_ai.testing.harness import Simulation
+
+# Monday 2026-03-02 10:00 in Austin (CST): the run crosses the DST change of 2026-03-08.
+START = datetime(2026, 3, 2, 16, 0, tzinfo=UTC)
+DAY = timedelta(days=1)
+
+
+def test_graph_has_the_contract_node_names() -> None:
+    nodes = set(build_graph().compile().get_graph().nodes)
+    assert {"determine_path", "day_3", "day_7", "day_14", "day_30", "stall_breaker", "nurture"} <= nodes
+
+
+async def test_silent_lead_gets_the_whole_sequence_at_the_right_times() -> None:
+    sim = Simulation(START)
+    cid = sim.add_lead(make_contact("c-silent"))
+    await sim.enroll_all()
+    await sim.run_until(START + timedelta(days=150))
+
+    touches = sim.crm.sent_to(cid)
+    assert [(t.channel, (t.at - START).days) for t in touches] == [
+        ("sms", 0),
+        ("call", 4),
+        ("email", 11),
+        ("sms", 27),
+        ("sms", 57),
+        ("sms", 87),
+        ("sms", 117),
+        ("sms", 147),
+    ]
+    # Due times are anchored to enrollment: each touch is at the enrollment's time of day (UTC), and
+    # never inside quiet hours in the lead's zone.
+    locale = resolve_locale(QuietHours(), timezone="America/Chicago", state="TX", phone=None)
+    for touch in touches:
+        assert touch.at - START == timedelta(days=(touch.at - START).days)
+        assert is_allowed(touch.at, locale)
+    call = sim.voice.placed[0]
+    assert call.metadata["metadata"] == {
+        "ghl_contact_id": cid,
+        "ghl_location_id": "loc-1",
+        "sequence_step": "day_7",
+    }
+    state = await sim.state(cid)
+    assert state["sequence"]["status"] == "nurture"
+    assert set(state["sequence"]["completed"]) == {"day_3", "day_7", "day_14", "day_30"}
+    assert state["sequence"]["nurture_sent"] == 4
+
+
+async def test_steps_due_at_night_wait_for_the_leads_morning() -> None:
+    # Enrolled at 02:30 UTC = 21:30 EST the evening before, for a Florida lead (window 08:00-20:00).
+    start = datetime(2026, 1, 13, 2, 30, tzinfo=UTC)
+    sim = Simulation(start)
+    cid = sim.add_lead(make_contact("c-fl", timezone="America/New_York", state="FL", phone="+13055550100"))
+    await sim.enroll_all()
+    state = await sim.state(cid)
+    assert state["sequence"]["next_due_at"] == "2026-01-13T13:00:00Z"  # 08:00 EST
+    await sim.run_until(start + timedelta(days=40))
+    eastern = ZoneInfo("America/New_York")
+    for touch in sim.crm.sent_to(cid):
+        local = touch.at.astimezone(eastern)
+        assert 8 <= local.hour < 20, touch
+    assert [t.channel for t in sim.crm.sent_to(cid)] == ["sms", "call", "email", "sms"]
+
+
+async def test_lead_without_timezone_uses_the_area_code_and_without_phone_skips_sms() -> None:
+    sim = Simulation(START)
+    no_tz = sim.add_lead(make_contact("c-area", timezone=None, state=None, phone="+12065550100"))  # Seattle
+    no_phone = sim.add_lead(make_contact("c-nophone", phone=None))
+    await sim.enroll_all()
+    await sim.run_until(START + timedelta(days=30))
+    pacific = ZoneInfo("America/Los_Angeles")
+    assert all(8 <= t.at.astimezone(pacific).hour < 20 for t in sim.crm.sent_to(no_tz))
+    # No phone: SMS steps and the call are skipped with a reason; the email still goes.
+    assert [t.channel for t in sim.crm.sent_to(no_phone)] == ["email"]
+    timeline = (await sim.state(no_phone))["timeline"]
+    reasons = {e["action"]: e["reason"] for e in timeline if e["outcome"] == "skipped"}
+    assert reasons["day_3"] == "no phone number"
+    assert reasons["day_7"] == "no phone number for the call"
+    assert reasons["day_30"] == "no phone number"
+
+
+async def test_no_email_falls_back_to_sms() -> None:
+    sim = Simulation(START)
+    cid = sim.add_lead(make_contact("c-noemail", email=None))
+    await sim.enroll_all()
+    await sim.run_until(START + 12 * DAY)
+    assert [t.channel for t in sim.crm.sent_to(cid)] == ["sms", "call", "sms"]
+    entry = [e for e in (await sim.state(cid))["timeline"] if e["action"] == "day_14"][-1]
+    assert entry["outcome"] == "sent" and "falling back to SMS" in entry["reason"]
+
+
+async def test_replayed_due_event_sends_nothing() -> None:
+    sim = Simulation(START)
+    cid = sim.add_lead(make_contact("c-replay"))
+    await sim.enroll_all()
+    await sim.run_until(START + timedelta(hours=1))
+    assert len(sim.crm.sent_to(cid)) == 1
+    for _ in range(3):
+        await sim.dispatch(cid, {"type": "step_due", "step": "day_3"})
+        await sim.dispatch(cid, {"type": "enroll"})
+    assert len(sim.crm.sent_to(cid)) == 1
+    # A job for the next step that fires early (or twice) sends nothing either.
+    await sim.dispatch(cid, {"type": "step_due", "step": "day_7"})
+    assert len(sim.crm.sent_to(cid)) == 1
+    reasons = [e["reason"] for e in (await sim.state(cid))["timeline"] if e["outcome"] == "skipped"]
+    assert any("already ran" in r for r in reasons)
+    assert any("already enrolled" in r for r in reasons)
+    assert any("not due until" in r for r in reasons)
+
+
+async def test_lost_checkpoint_cannot_resend_thanks_to_the_send_key() -> None:
+    """A crash after the send but before the checkpoint: the send key still stops a second text."""
+    sim = Simulation(START)
+    cid = sim.add_lead(make_contact("c-crash"))
+    await sim.enroll_all()
+    before = await sim.graph.aget_state(sim.runner.config(cid))
+    await sim.run_until(START + timedelta(hours=1))
+    assert len(sim.crm.sent_to(cid)) == 1
+    # Roll the thread back to the checkpoint before day_3 ran (as if its checkpoint were lost).
+    await sim.graph.ainvoke(
+        {"contact_id": cid, "event": {"type": "step_due", "step": "day_3"}},
+        before.config,
+        context=sim.context,
+    )
+    assert len(sim.crm.sent_to(cid)) == 1
+    assert any("send key" in e["reason"] for e in (await sim.state(cid))["timeline"])
+
+
+async def test_pause_resume_cancel() -> None:
+    sim = Simulation(START)
+    cid = sim.add_lead(make_contact("c-ops"))
+    await sim.enroll_all()
+    await sim.run_until(START + DAY)
+    await sim.dispatch(cid, {"type": "pause", "reason": "agent is talking to them"})
+    state = await sim.state(cid)
+    assert state["sequence"]["status"] == "paused" and state["sequence"]["next_due_at"] is None
+    await sim.run_until(START + 20 * DAY)
+    assert [t.channel for t in sim.crm.sent_to(cid)] == ["sms"]  # nothing while paused
+    await sim.dispatch(cid, {"type": "resume"})
+    # Resumed on day 20: day_7 and day_14 were missed; the latest due step (day_14) goes now, and day_30
+    # keeps its enrollment-anchored due time.
+    state = await sim.state(cid)
+    assert state["sequence"]["next_step"] == "day_14"
+    await sim.run_until(START + 28 * DAY)
+    assert [(t.channel, (t.at - START).days) for t in sim.crm.sent_to(cid)] == [
+        ("sms", 0),
+        ("email", 20),
+        ("sms", 27),
+    ]
+    await sim.dispatch(cid, {"type": "cancel"})
+    await sim.run_until(START + 120 * DAY)
+    assert len(sim.crm.sent_to(cid)) == 3
+    state = await sim.state(cid)
+    assert state["sequence"]["status"] == "cancelled" and state["sequence"]["next_step"] is None
+    # A cancelled lead can be enrolled again: a fresh sequence from day_3.
+    await sim.dispatch(cid, {"type": "enroll"})
+    await sim.run_until(START + 121 * DAY)
+    assert [t.channel for t in sim.crm.sent_to(cid)][-1] == "sms" and len(sim.crm.sent_to(cid)) == 4
+
+
+async def test_opt_out_stops_everything_for_good() -> None:
+    sim = Simulation(START)
+    cid = sim.add_lead(make_contact("c-out"))
+    await sim.enroll_all()
+    await sim.run_until(START + 5 * DAY)
+    await sim.dispatch(cid, {"type": "opt_out", "reason": "operator: lead asked by phone"})
+    await sim.run_until(START + 200 * DAY)
+    assert [t.channel for t in sim.crm.sent_to(cid)] == ["sms", "call"]
+    # DND and a tag were set in GHL; the lead cannot be resumed or re-enrolled.
+    assert sim.crm.contacts[cid]["dndSettings"]["SMS"]["status"] == "active"
+    assert "lead-bot-opted-out" in sim.crm.contacts[cid]["tags"]
+    for event in ({"type": "resume"}, {"type": "enroll"}, {"type": "step_due", "step": "day_14"}):
+        await sim.dispatch(cid, event)  # type: ignore[arg-type]
+    await sim.run_until(START + 300 * DAY)
+    assert len(sim.crm.sent_to(cid)) == 2
+    assert (await sim.state(cid))["sequence"]["status"] == "opted_out"
+
+
+async def test_dnd_set_in_ghl_is_respected_before_every_send() -> None:
+    sim = Simulation(START)
+    cid = sim.add_lead(make_contact("c-dnd", dnd_channels={"SMS": "active"}))
+    await sim.enroll_all()
+    await sim.run_until(START + 12 * DAY)
+    # No SMS request is ever made for a contact whose SMS DND is on; the call and email still go.
+    assert not [c for c in sim.crm.calls if c[0] == "send_sms"]
+    assert [t.channel for t in sim.crm.sent_to(cid)] == ["call", "email"]
+    skipped = [e for e in (await sim.state(cid))["timeline"] if e["action"] == "day_3"]
+    assert skipped[-1]["reason"] == "SMS DND is active"
+
+
+async def test_opt_out_tag_added_in_ghl_stops_the_next_step() -> None:
+    sim = Simulation(START)
+    cid = sim.add_lead(make_contact("c-tag"))
+    await sim.enroll_all()
+    await sim.run_until(START + DAY)
+    sim.crm.contacts[cid]["tags"].append("do-not-contact")
+    await sim.run_until(START + 60 * DAY)
+    assert len(sim.crm.sent_to(cid)) == 1
+    assert (await sim.state(cid))["sequence"]["status"] == "opted_out"
+
+
+async def test_daily_cap_defers_the_fourth_automated_message() -> None:
+    sim = Simulation(START)
+    cid = sim.add_lead(make_contact("c-cap"))
+    await sim.enroll_all()
+    await sim.run_until(START + 10 * DAY)
+    state = await sim.state(cid)
+    # Pretend three automated messages went out in the last hours, then fire day_14 when due.
+    recent = [(START + 11 * DAY - timedelta(hours=h)).isoformat().replace("+00:00", "Z") for h in (1, 2, 3)]
+    await sim.graph.aupdate_state(
+        sim.runner.config(cid), {"engagement": {**state["engagement"], "automated_sends": recent}}
+    )
+    sim.clock.set(START + 11 * DAY)
+    await sim.dispatch(cid, {"type": "step_due", "step": "day_14"})
+    state = await sim.state(cid)
+    assert state["timeline"][-1]["outcome"] == "deferred" or state["timeline"][-2]["outcome"] == "deferred"
+    assert len(sim.crm.sent_to(cid, "email")) == 0
+    assert state["sequence"]["next_due_at"] == (START + 11 * DAY + timedelta(hours=21)).isoformat().replace(
+        "+00:00", "Z"
+    )
+
+
+async def test_transient_send_error_raises_for_retry_and_releases_the_key() -> None:
+    sim = Simulation(START)
+    cid = sim.add_lead(make_contact("c-flaky"))
+    await sim.enroll_all()
+    failure = TransientIntegrationError("ghl", "send message", "HTTP 503", status=503)
+    sim.crm.fail_next(failure, failure)  # both attempts of the node's retry policy
+    with pytest.raises(TransientIntegrationError):
+        await sim.dispatch(cid, {"type": "step_due", "step": "day_3"})
+    assert sim.crm.sent_to(cid) == []
+    # The step is still the next one; a later retry sends it exactly once.
+    state = await sim.state(cid)
+    assert state["sequence"]["next_step"] == "day_3"
+    await sim.dispatch(cid, {"type": "step_due", "step": "day_3"})
+    await sim.dispatch(cid, {"type": "step_due", "step": "day_3"})
+    assert len(sim.crm.sent_to(cid)) == 1
+
+
+async def test_contact_deleted_cancels() -> None:
+    sim = Simulation(START)
+    cid = sim.add_lead(make_contact("c-del"))
+    await sim.enroll_all()
+    del sim.crm.contacts[cid]
+    await sim.run_until(START + DAY)
+    state = await sim.state(cid)
+    assert state["sequence"]["status"] == "cancelled"
+    assert state["sequence"]["next_step"] is None
