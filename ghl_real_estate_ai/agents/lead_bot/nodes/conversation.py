@@ -233,7 +233,8 @@ async def _hand_off(state: LeadState, runtime: Runtime[Context], reply: Reply) -
         lines = [f"{m['role']}: {m['text']}" for m in _history(state)[-6:]]
         lines.append(f"lead: {state.get('event', {}).get('text', '')}")
         summary = reply.summary or "The lead asked to talk to an agent."
-        when = f" Suggested time: {reply.meeting_hint}." if reply.meeting_hint else ""
+        hint = reply.meeting_hint
+        when = f" Suggested time: {hint}." if hint and hint not in summary else ""
         note = f"Lead Bot hand-off: {summary}{when}\n\nRecent conversation:\n" + "\n".join(lines)
         name = " ".join(filter(None, (contact.get("first_name"), contact.get("last_name")))) or cid
         try:
