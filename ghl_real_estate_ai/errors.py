@@ -7,13 +7,15 @@
     ├── LockTimeoutError              another run holds the lead's lock for too long
     └── IntegrationError              a call to GHL or Retell failed; ``transient`` says whether to retry
         ├── TransientIntegrationError 429, 5xx, timeouts, connection errors: retry later
+        │   └── OutcomeUnknownError   the request left but no answer came: it may have been carried out
         └── PermanentIntegrationError other 4xx: retrying cannot help
             ├── AuthenticationError   401/403 that a token refresh did not fix
             ├── NotFoundError         the contact (or other resource) does not exist
             └── SendBlockedError      the provider refused the send (for example DND is active)
 
 HTTP clients translate transport and status errors into this tree once, at the boundary; nodes and the
-scheduler only ever look at ``IntegrationError.transient``.
+scheduler only ever look at ``IntegrationError.transient`` and ``IntegrationError.outcome_unknown`` (a send
+whose outcome is unknown is never retried: it might text the lead twice).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class IntegrationError(LeadBotError):
     """A call to an external API failed."""
 
     transient: bool = False
+    outcome_unknown: bool = False
 
     def __init__(self, service: str, operation: str, message: str, *, status: int | None = None) -> None:
         self.service = service
@@ -78,6 +81,13 @@ class TransientIntegrationError(IntegrationError):
     ) -> None:
         super().__init__(service, operation, message, status=status)
         self.retry_after = retry_after
+
+
+class OutcomeUnknownError(TransientIntegrationError):
+    """A non-idempotent request (a send, a call) may or may not have been carried out: it left the client
+    but no answer came back. Retrying may duplicate the effect."""
+
+    outcome_unknown = True
 
 
 class PermanentIntegrationError(IntegrationError):

@@ -16,7 +16,7 @@ from ghl_real_estate_ai.sequence import LeadLocale, SequenceStatus, Step, iso, r
 
 def is_retryable(exc: BaseException) -> bool:
     """Retry a node only for transient integration errors whose outcome is known to be "not sent"."""
-    return isinstance(exc, TransientIntegrationError) and not getattr(exc, "outcome_unknown", False)
+    return isinstance(exc, TransientIntegrationError) and not exc.outcome_unknown
 
 
 # LangGraph retries unknown exception types by default; nodes that do I/O say exactly what to retry.

@@ -69,7 +69,7 @@ async def _send_reply(
         await ctx.ledger.confirm(key, {"outcome": "blocked"})
         return "skipped", f"GHL refused the reply: {exc.detail}"
     except TransientIntegrationError as exc:
-        if getattr(exc, "outcome_unknown", False):
+        if exc.outcome_unknown:
             await ctx.ledger.confirm(key, {"outcome": "unknown"})
             return "failed", f"outcome unknown, not resent: {exc}"
         await ctx.ledger.release(key)

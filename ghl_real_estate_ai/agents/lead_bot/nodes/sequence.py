@@ -295,7 +295,7 @@ async def run_step(state: LeadState, runtime: Runtime[Context], step: Step) -> d
         ]
         return update
     except TransientIntegrationError as exc:
-        if getattr(exc, "outcome_unknown", False):
+        if exc.outcome_unknown:
             # It may have been delivered: keep the claim and move on rather than risk a second text.
             await ctx.ledger.confirm(key, {"outcome": "unknown", "error": str(exc)})
             update.update(progress)

@@ -1,0 +1,163 @@
+"""``RetellClient``: the typed async client of the Retell AI API that places the day-7 call (``VoiceCaller``).
+
+Errors leave this module only as the ``ghl_real_estate_ai.errors`` tree. Retell answers errors as
+``{"status": "error", "message": ...}``: 429 and 5xx are retried and end as
+``TransientIntegrationError``; 401/403 -> ``AuthenticationError``; 404 -> ``NotFoundError``; 400, 402
+(payment), 422 (agent or number not found under this key) and other 4xx -> ``PermanentIntegrationError``.
+A call whose request may have reached Retell without an answer raises ``OutcomeUnknownError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Mapping
+from typing import Any, Final
+from urllib.parse import quote
+
+import httpx
+
+from ghl_real_estate_ai import __version__
+from ghl_real_estate_ai.errors import (
+    AuthenticationError,
+    IntegrationError,
+    NotFoundError,
+    PermanentIntegrationError,
+)
+from ghl_real_estate_ai.integrations._http import (
+    OutcomeUnknownError,
+    RetryPolicy,
+    Sleep,
+    error_message,
+    json_body,
+    send_with_retries,
+)
+from ghl_real_estate_ai.integrations.models import CallResult
+
+__all__ = ["DEFAULT_BASE_URL", "OutcomeUnknownError", "RetellClient"]
+
+logger = logging.getLogger(__name__)
+
+SERVICE: Final = "Retell"
+DEFAULT_BASE_URL: Final = "https://api.retellai.com"
+
+
+class RetellClient:
+    """Async Retell client: outbound calls from ``from_number`` handled by ``agent_id``.
+
+    Implements ``integrations.models.VoiceCaller``. ``transport`` replaces httpx's network transport
+    (tests). Use it as an async context manager, or call :meth:`aclose`.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        from_number: str,
+        agent_id: str | None,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: float | httpx.Timeout = 60.0,
+        max_retries: int = 3,
+        retry_policy: RetryPolicy | None = None,
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not api_key:
+            raise ValueError("RetellClient needs an API key")
+        if not from_number:
+            raise ValueError("RetellClient needs a from_number")
+        self.from_number = from_number
+        self.agent_id = agent_id or None
+        self._policy = retry_policy or RetryPolicy(max_retries=max_retries)
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            transport=transport,
+            timeout=timeout,
+            headers={
+                "Authorization": f"Bearer {api_key}",
+                "Accept": "application/json",
+                "User-Agent": f"ghl-real-estate-ai/{__version__}",
+            },
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> RetellClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def create_phone_call(
+        self,
+        to_number: str,
+        metadata: dict[str, Any],
+        dynamic_variables: Mapping[str, Any],
+        *,
+        retry_unknown_outcome: bool = False,
+    ) -> CallResult:
+        """``POST /v2/create-phone-call``; Retell answers 201 with the call (``call_status`` "registered").
+
+        Sends ``from_number``, ``to_number``, ``override_agent_id`` (when an agent is set), ``metadata``
+        and ``retell_llm_dynamic_variables``. Retell only takes string variables: other values are
+        converted with ``str()`` and ``None`` values are dropped.
+
+        Like ``GHLClient.send_sms``: 429/5xx/connect failures are retried; a timeout after the request
+        left raises ``OutcomeUnknownError`` unless ``retry_unknown_outcome`` (which risks calling the
+        lead twice). Look the call up by its metadata before placing it again.
+        """
+        payload: dict[str, Any] = {"from_number": self.from_number, "to_number": to_number}
+        if self.agent_id:
+            payload["override_agent_id"] = self.agent_id
+        if metadata:
+            payload["metadata"] = dict(metadata)
+        variables = {str(k): v if isinstance(v, str) else str(v)
+                     for k, v in dynamic_variables.items() if v is not None}
+        if variables:
+            payload["retell_llm_dynamic_variables"] = variables
+        response = await self._request("POST", "/v2/create-phone-call", "create phone call", payload,
+                                       idempotent=retry_unknown_outcome)
+        body = json_body(response)
+        call_id = body.get("call_id")
+        if not call_id:
+            # The call was created (2xx); failing here would invite a second call on retry.
+            logger.warning("Retell created a call without returning a call_id")
+        status = body.get("call_status") or "registered"
+        return CallResult(call_id=str(call_id or ""), call_status=str(status))
+
+    async def get_call(self, call_id: str) -> dict[str, Any]:
+        """``GET /v2/get-call/{call_id}``: the call object as Retell returns it."""
+        if not call_id:
+            raise ValueError("call_id must be non-empty")
+        response = await self._request("GET", f"/v2/get-call/{quote(call_id, safe='')}", "get call", None,
+                                       idempotent=True)
+        return json_body(response)
+
+    async def _request(
+        self, method: str, path: str, operation: str, payload: Any, *, idempotent: bool
+    ) -> httpx.Response:
+        async def attempt() -> httpx.Response:
+            return await self._http.request(method, path, json=payload)
+
+        response = await send_with_retries(
+            attempt, service=SERVICE, operation=operation, policy=self._policy, idempotent=idempotent,
+            sleep=self._sleep, rng=self._rng,
+        )
+        if response.is_success:
+            return response
+        raise _error(response, operation)
+
+
+def _error(response: httpx.Response, operation: str) -> IntegrationError:
+    status = response.status_code
+    message = error_message(response)
+    if status in (401, 403):
+        return AuthenticationError(SERVICE, operation, message, status=status)
+    if status == 404:
+        return NotFoundError(SERVICE, operation, message, status=status)
+    return PermanentIntegrationError(SERVICE, operation, message, status=status)

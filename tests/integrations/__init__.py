@@ -1,0 +1,1 @@
+"""Tests of the GHL and Retell clients, the rate limiters, webhook signatures and the fakes."""

@@ -1,0 +1,256 @@
+"""The per-location limiters, on virtual time: window arithmetic, in-flight slots, following the server's
+X-RateLimit headers, and the Redis-backed budget shared by two clients."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Iterable, Mapping
+
+import pytest
+import redis.asyncio as aioredis
+
+from ghl_real_estate_ai.errors import TransientIntegrationError
+from ghl_real_estate_ai.integrations.ghl import GHLClient
+from ghl_real_estate_ai.integrations.rate_limit import (
+    RedisSlidingWindowLimiter,
+    SlidingWindowLimiter,
+    parse_rate_limit_headers,
+)
+from ghl_real_estate_ai.testing.fake_http import VirtualTime
+from ghl_real_estate_ai.testing.ghl_server import FakeGHLServer
+
+
+def max_in_window(times: Iterable[float], window: float) -> int:
+    """The largest number of instants that fall in any half-open interval (t - window, t]."""
+    ordered = sorted(times)
+    best = start = 0
+    for end, t in enumerate(ordered):
+        while ordered[start] <= t - window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+def test_max_in_window_helper() -> None:
+    assert max_in_window([0, 1, 2, 10, 10.5], 10) == 4
+    assert max_in_window([0, 10, 20], 10) == 1
+    assert max_in_window([], 10) == 0
+
+
+def test_parse_rate_limit_headers() -> None:
+    headers = {"X-RateLimit-Remaining": "0", "X-RateLimit-Interval-Milliseconds": "10000"}
+    assert parse_rate_limit_headers(headers) == (0, 10.0)
+    assert parse_rate_limit_headers({"x-ratelimit-remaining": "oops"}) == (None, None)
+    assert parse_rate_limit_headers({}) == (None, None)
+
+
+async def test_limiter_spaces_slots_by_window(vtime: VirtualTime) -> None:
+    limiter = SlidingWindowLimiter(100, 10.0, clock=vtime.clock, sleep=vtime.sleep)
+    starts: list[float] = []
+
+    async def one() -> None:
+        async with limiter.slot("LOC"):
+            starts.append(vtime.clock())
+            await asyncio.sleep(0)
+
+    await asyncio.gather(*(one() for _ in range(250)))
+    assert len(starts) == 250
+    assert max_in_window(starts, 10.0) == 100
+    assert max(starts) - min(starts) >= 20.0
+
+
+async def test_keys_have_separate_budgets(vtime: VirtualTime) -> None:
+    limiter = SlidingWindowLimiter(3, 10.0, clock=vtime.clock, sleep=vtime.sleep)
+    for key in ("A", "B"):
+        for _ in range(3):
+            async with limiter.slot(key):
+                pass
+    assert vtime.clock() == 1_000.0  # six requests, no wait: each location has its own 3
+
+
+async def test_in_flight_slots_count_until_window_after_they_finish(vtime: VirtualTime) -> None:
+    limiter = SlidingWindowLimiter(2, 10.0, clock=vtime.clock, sleep=vtime.sleep)
+    release = asyncio.Event()
+    granted: list[float] = []
+
+    async def hold() -> None:
+        async with limiter.slot("LOC"):
+            await release.wait()
+
+    holders = [asyncio.create_task(hold()) for _ in range(2)]
+    await asyncio.sleep(0)
+
+    async def third() -> None:
+        async with limiter.slot("LOC"):
+            granted.append(vtime.clock())
+
+    waiter = asyncio.create_task(third())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert granted == []  # both slots are in flight: nothing can start
+    vtime.advance(30)  # a long request: its slot still counts
+    release.set()
+    finished_at = vtime.clock()
+    await asyncio.gather(*holders, waiter)
+    assert granted == [finished_at + 10.0]
+
+
+async def test_observe_remaining_zero_blocks_for_interval(vtime: VirtualTime) -> None:
+    limiter = SlidingWindowLimiter(100, 10.0, clock=vtime.clock, sleep=vtime.sleep)
+    await limiter.observe("LOC", {"X-RateLimit-Remaining": "0", "X-RateLimit-Interval-Milliseconds": "4000"})
+    await limiter.observe("OTHER", {"X-RateLimit-Remaining": "7"})
+    start = vtime.clock()
+    async with limiter.slot("OTHER"):
+        assert vtime.clock() == start
+    async with limiter.slot("LOC"):
+        assert vtime.clock() == start + 4.0
+
+
+def virtual_client(ghl: FakeGHLServer, vtime: VirtualTime, limiter: object) -> GHLClient:
+    return GHLClient(ghl.base_url, ghl.token, ghl.location_id, sleep=vtime.sleep, rng=random.Random(1),
+                     rate_limiter=limiter)  # type: ignore[arg-type]
+
+
+async def test_250_requests_never_exceed_100_per_10s_at_the_server(vtime: VirtualTime) -> None:
+    with FakeGHLServer(clock=vtime.clock) as ghl:
+        contact = ghl.add_contact()
+        limiter = SlidingWindowLimiter(clock=vtime.clock, sleep=vtime.sleep)
+        async with virtual_client(ghl, vtime, limiter) as client:
+            await asyncio.gather(*(client.add_tags(contact["id"], [f"t{i}"]) for i in range(250)))
+        arrivals = [r.at for r in ghl.requests]
+        statuses = {r.status for r in ghl.requests}
+    assert len(arrivals) == 250
+    assert statuses == {201}  # not a single 429
+    assert max_in_window(arrivals, 10.0) <= 100
+    assert max(arrivals) - min(arrivals) >= 20.0
+
+
+class IgnoresHeaders(SlidingWindowLimiter):
+    async def observe(self, key: str, headers: Mapping[str, str]) -> None:
+        return None
+
+
+async def test_client_follows_remaining_zero(vtime: VirtualTime) -> None:
+    # The server's budget (5) is far below the client's own (100): only the headers can keep it safe.
+    with FakeGHLServer(clock=vtime.clock, rate_limit=5, rate_window=10.0) as ghl:
+        contact = ghl.add_contact()
+        limiter = SlidingWindowLimiter(clock=vtime.clock, sleep=vtime.sleep)
+        async with virtual_client(ghl, vtime, limiter) as client:
+            for i in range(12):
+                await client.add_tags(contact["id"], [f"t{i}"])
+        followed = ghl.requests
+    assert [r.status for r in followed] == [201] * 12
+    assert followed[5].at - followed[0].at >= 10.0
+    assert max_in_window([r.at for r in followed], 10.0) <= 5
+
+    with FakeGHLServer(clock=vtime.clock, rate_limit=5, rate_window=10.0) as ghl:
+        contact = ghl.add_contact()
+        blind = IgnoresHeaders(clock=vtime.clock, sleep=vtime.sleep)
+        async with virtual_client(ghl, vtime, blind) as client:
+            with pytest.raises(TransientIntegrationError):
+                for i in range(12):
+                    await client.add_tags(contact["id"], [f"t{i}"])
+        assert 429 in [r.status for r in ghl.requests]  # without the headers the server pushes back
+
+
+@pytest.fixture
+async def redis_pair(redis_url: str) -> AsyncIterator[tuple[aioredis.Redis, aioredis.Redis]]:
+    first, second = aioredis.Redis.from_url(redis_url), aioredis.Redis.from_url(redis_url)
+    try:
+        yield first, second
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+async def test_redis_limiter_shares_one_budget_between_two_clients(
+    vtime: VirtualTime, redis_pair: tuple[aioredis.Redis, aioredis.Redis], key_prefix: str
+) -> None:
+    with FakeGHLServer(clock=vtime.clock) as ghl:
+        contact = ghl.add_contact()
+        limiters = [
+            # lease: polling races virtual time ahead, and in-flight slots must not be reclaimed meanwhile.
+            RedisSlidingWindowLimiter(conn, key_prefix=key_prefix, clock=vtime.clock, sleep=vtime.sleep,
+                                      lease=1e6)
+            for conn in redis_pair
+        ]
+        clients = [virtual_client(ghl, vtime, limiter) for limiter in limiters]
+        try:
+            await asyncio.gather(*(
+                client.add_tags(contact["id"], [f"c{n}-t{i}"])
+                for n, client in enumerate(clients) for i in range(130)
+            ))
+        finally:
+            for client in clients:
+                await client.aclose()
+        arrivals = [r.at for r in ghl.requests]
+        statuses = {r.status for r in ghl.requests}
+    assert len(arrivals) == 260
+    assert statuses == {201}
+    assert max_in_window(arrivals, 10.0) <= 100
+    # Each client alone stayed under 100 too, yet together they still did: the budget was shared.
+    assert max(arrivals) - min(arrivals) >= 20.0
+
+
+async def test_redis_block_is_seen_by_the_other_process(
+    vtime: VirtualTime, redis_pair: tuple[aioredis.Redis, aioredis.Redis], key_prefix: str
+) -> None:
+    one, two = (
+        RedisSlidingWindowLimiter(conn, key_prefix=key_prefix, clock=vtime.clock, sleep=vtime.sleep)
+        for conn in redis_pair
+    )
+    await one.observe("LOC", {"X-RateLimit-Remaining": "0", "X-RateLimit-Interval-Milliseconds": "10000"})
+    start = vtime.clock()
+    async with two.slot("LOC"):
+        assert vtime.clock() >= start + 10.0
+
+
+async def test_redis_limiter_in_flight_slots_hold_the_budget(
+    vtime: VirtualTime, redis_pair: tuple[aioredis.Redis, aioredis.Redis], key_prefix: str
+) -> None:
+    one, two = (
+        # Polling moves virtual time fast; a long lease keeps the held slots from being reclaimed.
+        RedisSlidingWindowLimiter(conn, 2, 10.0, key_prefix=key_prefix, clock=vtime.clock, sleep=vtime.sleep,
+                                  poll_interval=0.5, lease=1e6)
+        for conn in redis_pair
+    )
+    release = asyncio.Event()
+    granted: list[float] = []
+    releasing: list[float] = []
+    holding: list[int] = []
+    both_held = asyncio.Event()
+
+    async def hold() -> None:
+        async with one.slot("LOC"):
+            holding.append(1)
+            if len(holding) == 2:
+                both_held.set()
+            await release.wait()
+            releasing.append(vtime.clock())  # the slot's finish time is at least this
+
+    async def third() -> None:
+        async with two.slot("LOC"):
+            granted.append(vtime.clock())
+
+    holders = [asyncio.create_task(hold()) for _ in range(2)]
+    await both_held.wait()
+    waiter = asyncio.create_task(third())
+    await asyncio.sleep(0.05)
+    assert granted == []
+    release.set()
+    await asyncio.gather(*holders, waiter)
+    assert granted[0] >= min(releasing) + 10.0
+
+
+async def test_redis_limiter_reclaims_slots_of_a_dead_process(
+    vtime: VirtualTime, redis_pair: tuple[aioredis.Redis, aioredis.Redis], key_prefix: str
+) -> None:
+    limiter = RedisSlidingWindowLimiter(redis_pair[0], 1, 10.0, key_prefix=key_prefix, clock=vtime.clock,
+                                        sleep=vtime.sleep, lease=30.0)
+    # A process took the only slot and died without releasing it.
+    slots_key, _ = limiter.keys("LOC")
+    await redis_pair[1].zadd(slots_key, {"dead-process-slot": vtime.clock() + 30.0})
+    start = vtime.clock()
+    async with limiter.slot("LOC"):
+        assert vtime.clock() >= start + 30.0 + 10.0
