@@ -1,0 +1,631 @@
+"""Byte layouts of the plain-Redis checkpointer: key names, checkpoint records, pending-write packs.
+
+Nothing here does I/O. The Lua scripts in ``_scripts.py`` read the same layouts, so a change here
+must change them too (and bump ``RECORD_FORMAT``).
+
+Key names (``P`` = key prefix, ``T`` = the escaped thread id, ``NS`` = the raw checkpoint namespace)::
+
+    P:{T}:n          SET   the thread's namespaces (raw ns strings)
+    P:{T}:i:NS       ZSET  checkpoint ids, all scored 0, so lexicographic order = uuid6 time order
+    P:{T}:h:NS       HASH  everything else of the namespace, by field prefix:
+                             "c" + checkpoint id       -> checkpoint record
+                             "w" + checkpoint id       -> pending-writes pack
+                             "b" + u16 name id + vkey  -> blob: one channel value at one version
+                             "n"                       -> name dictionary and flags
+    P:threads        ZSET  thread id -> unix time of the last registry touch (for ``list(None)``)
+
+A namespace thus costs two keys (fewer keys: less memory and fewer expiry refreshes per write).
+Every key of a thread carries the hash tag ``{T}``, so all of them live in one Redis Cluster slot and
+one Lua script may touch them all. ``T`` escapes ``%``, ``{`` and ``}`` (percent-encoding), which makes
+the escaping injective and keeps the tag from ending early. Namespaces and checkpoint ids are never
+parsed out of key names: the namespace is the whole tail after ``:c:`` (it may contain ``:`` or braces),
+and the real ids live in values (the namespace set, the index members).
+
+Checkpoint record (format 2), little more than ``struct`` so that Lua can read the header::
+
+    u8   format (2)
+    par  parent checkpoint id: 254 + 16 uuid bytes, or len + text ("" for none)
+    u16  number of version keys, then each as len + bytes      (a table: versions repeat a lot)
+    u16  number of channels, then each as >HHB: name id, version-table index, kind
+    body typed value (below) of [ts, v, versions_seen, updated_channels, extra, metadata, inline_values]
+
+``len`` is one byte below 254, else ``0xFF`` + u16. Names (channels, nodes) are ids into the
+namespace's name dictionary (``NameDict``, field ``n``: 8-byte epoch, flags byte, u16 count, names as
+len + bytes), so records do not repeat them; the flags are FORK (1: history is not one chain, pruning
+checks every survivor) and DELTA (2: the thread uses a DeltaChannel, never prune automatically).
+``kind`` says where the channel's value is: ``0`` in a blob field (``"b"`` + name id + version key),
+``1`` inline in ``inline_values`` (small primitives: None, bool, int64, float, short
+str, as PostgresSaver inlines primitives), ``2`` no value (the channel was emptied at this version).
+``versions_seen`` is a list ``[node id, [channel id, version index, ...], ...]``, ``updated_channels``
+a list of name ids. ``ts`` is stored as integer microseconds when that reproduces the string exactly.
+
+Version keys are exact, injective byte forms of LangGraph versions. The InMemorySaver/PostgresSaver
+form ``f"{n:032}.{random():016}"`` (ours too) is ``b"\\x01"`` + the random part as a big-endian
+double + the decimal digits of ``n`` (10-11 bytes instead of 51); any other string is ``s`` + the
+string, an int ``i`` + digits, a float ``f`` + its repr.
+
+Typed values (``serde.dumps_typed`` results: blobs, pending writes, the record body) are one byte
+naming the serde type tag (``1`` msgpack, ``2`` null, ``3`` bytes, ``4`` bytearray, ``5`` empty,
+``6`` json, ``7`` pickle) followed by the raw serde bytes; any other tag is stored as ``0`` + tag +
+``\\0`` + bytes. No base64, no JSON wrapping.
+
+Pending-writes pack (one hash field per checkpoint): task groups ``>HHH`` (len task_id,
+len task_path, number of writes) + task_id + task_path, each followed by its writes ``>iHI`` (idx,
+len channel, len value) + channel + typed value.
+"""
+
+from __future__ import annotations
+
+import struct
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+RECORD_FORMAT = 2
+
+KIND_BLOB = 0
+KIND_INLINE = 1
+KIND_EMPTY = 2
+
+_U16 = struct.Struct(">H")
+_CHANNEL = struct.Struct(">HHB")
+_LEN_UUID = 254  # a length byte of 254 means "a 16-byte uuid follows", 255 "a u16 length follows"
+_LEN_U16 = 255
+_DOUBLE = struct.Struct(">d")
+_GROUP_HEAD = struct.Struct(">HHH")
+_WRITE_HEAD = struct.Struct(">iHI")
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+_INLINE_STR_MAX = 48
+_VERSION_INT_WIDTH = 32
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+_TAG_CODES = {"msgpack": 1, "null": 2, "bytes": 3, "bytearray": 4, "empty": 5, "json": 6, "pickle": 7}
+_CODE_TAGS = {code: tag for tag, code in _TAG_CODES.items()}
+_TAG_PREFIX = {tag: bytes([code]) for tag, code in _TAG_CODES.items()}
+
+# Version strings repeat across checkpoints of a thread, so both directions are memoised. The caches
+# are dropped whole when they grow past the bound; that is cheaper than an LRU and never wrong.
+_CACHE_MAX = 20_000
+_vkey_cache: dict[str, bytes] = {}
+_version_cache: dict[bytes, Any] = {}
+
+
+class CodecError(ValueError):
+    """A stored value does not have the layout this module writes."""
+
+
+# ---------------------------------------------------------------------------------------- keys
+
+
+def escape_thread_id(thread_id: str) -> str:
+    """Percent-encode ``%``, ``{`` and ``}`` so the thread id can sit inside a Redis hash tag."""
+    if "%" in thread_id or "{" in thread_id or "}" in thread_id:
+        return thread_id.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+    return thread_id
+
+
+class Keys:
+    """Key names of one thread (see the module docstring)."""
+
+    __slots__ = ("base", "nset")
+
+    def __init__(self, prefix: str, thread_id: str) -> None:
+        self.base = f"{prefix}:{{{escape_thread_id(thread_id)}}}".encode()
+        self.nset = self.base + b":n"
+
+    def ns_keys(self, ns: str) -> list[bytes]:
+        """``[hash, index]`` of namespace ``ns``."""
+        n = ns.encode()
+        return [self.base + b":h:" + n, self.base + b":i:" + n]
+
+
+# ------------------------------------------------------------------------------------- typed
+
+
+def typed_to_bytes(typed: tuple[str, bytes]) -> bytes:
+    """``(tag, data)`` from ``serde.dumps_typed`` as one Redis string (see the module docstring)."""
+    tag, data = typed
+    prefix = _TAG_PREFIX.get(tag)
+    if prefix is not None:
+        return prefix + data
+    if "\x00" in tag:
+        raise ValueError(f"serde type tag {tag!r} contains NUL")
+    return b"\x00" + tag.encode() + b"\x00" + data
+
+
+def typed_from_bytes(raw: bytes) -> tuple[str, bytes]:
+    if not raw:
+        raise CodecError("empty typed value")
+    code = raw[0]
+    if code:
+        tag = _CODE_TAGS.get(code)
+        if tag is None:
+            raise CodecError(f"unknown serde tag code {code}")
+        return tag, raw[1:]
+    tag_b, sep, data = raw[1:].partition(b"\x00")
+    if not sep:
+        raise CodecError("typed value has no tag terminator")
+    return tag_b.decode(), data
+
+
+def is_empty_typed(raw: bytes) -> bool:
+    return raw[:1] == _TAG_PREFIX["empty"]
+
+
+# ------------------------------------------------------------------------------------ versions
+
+
+def _version_key_uncached(version: Any) -> bytes:
+    vt = type(version)
+    if vt is str:
+        v: str = version
+        w = _VERSION_INT_WIDTH
+        if len(v) > w and v[w] == "." and v[:w].isascii() and v[:w].isdigit():
+            suffix = v[w + 1 :]
+            try:
+                rnd = float(suffix)
+            except ValueError:
+                rnd = None
+            if rnd is not None and f"{rnd:016}" == suffix:
+                return b"\x01" + _DOUBLE.pack(rnd) + str(int(v[:w])).encode()
+        return b"s" + v.encode()
+    if vt is int:
+        return f"i{version}".encode()
+    if vt is float:
+        return f"f{version!r}".encode()
+    raise TypeError(f"channel versions must be str, int or float, not {vt.__name__}: {version!r}")
+
+
+def version_key(version: Any) -> bytes:
+    """An exact, injective byte form of a channel version (see the module docstring)."""
+    if type(version) is str:  # only strings are cached: 1, 1.0 and True are equal dict keys
+        key = _vkey_cache.get(version)
+        if key is None:
+            key = _version_key_uncached(version)
+            if len(_vkey_cache) >= _CACHE_MAX:
+                _vkey_cache.clear()
+            _vkey_cache[version] = key
+        return key
+    return _version_key_uncached(version)
+
+
+def version_from_key(key: bytes) -> Any:
+    """Inverse of :func:`version_key`."""
+    version = _version_cache.get(key)
+    if version is not None:
+        return version
+    head = key[:1]
+    if head == b"\x01":
+        (rnd,) = _DOUBLE.unpack_from(key, 1)
+        version = f"{int(key[9:]):0{_VERSION_INT_WIDTH}}.{rnd:016}"
+    elif head == b"s":
+        version = key[1:].decode()
+    elif head == b"i":
+        version = int(key[1:])
+    elif head == b"f":
+        version = float(key[1:])
+    else:
+        raise CodecError(f"bad version key {key!r}")
+    if len(_version_cache) >= _CACHE_MAX:
+        _version_cache.clear()
+    _version_cache[key] = version
+    return version
+
+
+def inlinable(value: Any) -> bool:
+    """Small primitives that are cheaper inline in every record than as a blob hash field."""
+    t = type(value)
+    if value is None or t is bool or t is float:
+        return True
+    if t is int:
+        return _INT64_MIN <= value <= _INT64_MAX
+    if t is str:
+        return len(value) <= _INLINE_STR_MAX
+    return False
+
+
+def _ts_out(ts: Any) -> Any:
+    """LangGraph's ``datetime.now(timezone.utc).isoformat()`` as int microseconds, when exact."""
+    if type(ts) is str and ts.endswith("+00:00"):
+        try:
+            us = (datetime.fromisoformat(ts) - _EPOCH) // _MICROSECOND
+        except ValueError:
+            return ts
+        if (_EPOCH + us * _MICROSECOND).isoformat() == ts:
+            return us
+    return ts
+
+
+def _ts_in(value: Any) -> Any:
+    if type(value) is int:
+        return (_EPOCH + value * _MICROSECOND).isoformat()
+    return value
+
+
+# -------------------------------------------------------------------------------------- records
+
+
+def _put_len(out: bytearray, n: int) -> None:
+    if n < _LEN_UUID:
+        out.append(n)
+    elif n <= 0xFFFF:
+        out.append(_LEN_U16)
+        out += _U16.pack(n)
+    else:
+        raise ValueError(f"name or version too long to store ({n} bytes, at most 65535)")
+
+
+def _get_len(buf: bytes, pos: int) -> tuple[int, int]:
+    n = buf[pos]
+    if n < _LEN_UUID:
+        return n, pos + 1
+    return _U16.unpack_from(buf, pos + 1)[0], pos + 3
+
+
+def _put_parent(out: bytearray, parent_id: str | None) -> None:
+    """A canonical uuid (what LangGraph's ids are) as 16 bytes, anything else as text."""
+    if parent_id and len(parent_id) == 36:
+        try:
+            u = uuid.UUID(parent_id)
+        except ValueError:
+            u = None
+        if u is not None and str(u) == parent_id:
+            out.append(_LEN_UUID)
+            out += u.bytes
+            return
+    b = (parent_id or "").encode()
+    _put_len(out, len(b))
+    out += b
+
+
+class NameDict:
+    """A namespace's dictionary of channel and node names; records refer to names by position.
+
+    Stored in the namespace hash (field ``n``) as an 8-byte epoch, a flags byte, a u16 count and the
+    names (``len`` + bytes each). It only ever grows; the epoch changes when the namespace is deleted
+    and created again, so a cached copy is valid exactly when epoch and count match (the Lua scripts
+    check). Instances are immutable, so threads may share them.
+    """
+
+    __slots__ = ("epoch", "index", "names")
+
+    def __init__(self, epoch: bytes, names: Sequence[str]) -> None:
+        self.epoch = epoch
+        self.names = tuple(names)
+        self.index = {name: i for i, name in enumerate(self.names)}
+
+    @classmethod
+    def parse(cls, raw: bytes) -> NameDict:
+        if len(raw) < 11:
+            raise CodecError("name dictionary shorter than its header")
+        (count,) = _U16.unpack_from(raw, 9)
+        names: list[str] = []
+        pos = 11
+        while pos < len(raw):
+            n, pos = _get_len(raw, pos)
+            names.append(raw[pos : pos + n].decode())
+            pos += n
+        if len(names) != count:
+            raise CodecError(f"name dictionary says {count} names but holds {len(names)}")
+        return cls(raw[:8], names)
+
+    @staticmethod
+    def pack(names: Sequence[str]) -> bytes:
+        out = bytearray()
+        for name in names:
+            b = name.encode()
+            _put_len(out, len(b))
+            out += b
+        return bytes(out)
+
+    def extended(self, names: Sequence[str]) -> NameDict:
+        return NameDict(self.epoch, self.names + tuple(names)) if names else self
+
+
+class PreparedCheckpoint:
+    """The name-independent part of a checkpoint's encoding: blobs serialized once, even if the record
+    has to be rebuilt because the cached name dictionary was stale."""
+
+    __slots__ = ("blobs", "body", "channels", "names", "parent_id", "seen", "updated", "vkeys")
+
+    names: dict[str, None]
+
+    def __init__(
+        self,
+        parent_id: str | None,
+        vkeys: list[bytes],
+        channels: list[tuple[str, int, int]],
+        seen: list[tuple[str, list[tuple[str, int]]]],
+        updated: list[str] | None,
+        body: list[Any],
+        blobs: list[tuple[str, bytes, bytes]],
+    ) -> None:
+        self.parent_id = parent_id
+        self.vkeys = vkeys
+        self.channels = channels
+        self.seen = seen
+        self.updated = updated
+        self.body = body
+        self.blobs = blobs
+        # every channel and node name the record refers to, for the name dictionary
+        names = {ch: None for ch, _, _ in channels}
+        for node, pairs in seen:
+            names[node] = None
+            for ch, _ in pairs:
+                names[ch] = None
+        if updated:
+            for ch in updated:
+                names[ch] = None
+        self.names = names
+
+
+_STANDARD_KEYS = frozenset(
+    {"v", "id", "ts", "channel_values", "channel_versions", "versions_seen", "updated_channels"}
+)
+
+
+def prepare_checkpoint(
+    serde: Any,
+    checkpoint: Mapping[str, Any],
+    metadata: Mapping[str, Any],
+    parent_id: str | None,
+    new_versions: Mapping[str, Any],
+) -> PreparedCheckpoint:
+    """Serialize the blobs of ``checkpoint``'s channels in ``new_versions`` and lay out the rest.
+
+    Only channels listed in ``new_versions`` (at the version the checkpoint carries) get a blob; an
+    unchanged channel keeps pointing at the blob an earlier checkpoint wrote.
+    """
+    values: Mapping[str, Any] = checkpoint.get("channel_values") or {}
+    versions: Mapping[str, Any] = checkpoint.get("channel_versions") or {}
+    table: dict[bytes, int] = {}
+    channels: list[tuple[str, int, int]] = []
+    inline_values: list[Any] = []
+    blobs: list[tuple[str, bytes, bytes]] = []
+    for channel, version in versions.items():
+        vk = version_key(version)
+        idx = table.get(vk)
+        if idx is None:
+            idx = table[vk] = len(table)
+        is_new = channel in new_versions and new_versions[channel] == version
+        if channel in values:
+            value = values[channel]
+            if inlinable(value):
+                kind = KIND_INLINE
+                inline_values.append(value)
+            else:
+                kind = KIND_BLOB
+                if is_new:
+                    blobs.append((channel, vk, typed_to_bytes(serde.dumps_typed(value))))
+        else:
+            kind = KIND_EMPTY if is_new else KIND_BLOB
+        channels.append((channel, idx, kind))
+
+    seen: list[tuple[str, list[tuple[str, int]]]] = []
+    for node, node_versions in (checkpoint.get("versions_seen") or {}).items():
+        pairs: list[tuple[str, int]] = []
+        for channel, version in node_versions.items():
+            vk = version_key(version)
+            idx = table.get(vk)
+            if idx is None:
+                idx = table[vk] = len(table)
+            pairs.append((channel, idx))
+        seen.append((node, pairs))
+    updated = checkpoint.get("updated_channels")
+    extra = {k: v for k, v in checkpoint.items() if k not in _STANDARD_KEYS}
+    body = [
+        _ts_out(checkpoint.get("ts")),
+        checkpoint.get("v"),
+        None,
+        None,
+        extra,
+        dict(metadata),
+        inline_values,
+    ]
+    return PreparedCheckpoint(
+        parent_id, list(table), channels, seen, None if updated is None else list(updated), body, blobs
+    )
+
+
+def build_record(
+    serde: Any, prep: PreparedCheckpoint, names: NameDict
+) -> tuple[bytes, list[str], list[tuple[bytes, bytes]]]:
+    """The record of a prepared checkpoint against ``names``, the names it had to add to the
+    dictionary, and its new blobs as ``(field, value)``."""
+    index = names.index
+    added: list[str] = []
+    missing = [n for n in prep.names if n not in index]
+    if missing:  # first sight of these names in this namespace: extend a private copy
+        index = dict(index)
+        for name in missing:
+            if name not in index:
+                index[name] = len(index)
+                added.append(name)
+
+    out = bytearray()
+    out.append(RECORD_FORMAT)
+    _put_parent(out, prep.parent_id)
+    if len(prep.vkeys) > 0xFFFF or len(prep.channels) > 0xFFFF:
+        raise ValueError("too many channels in one checkpoint (at most 65535)")
+    out += _U16.pack(len(prep.vkeys))
+    for vk in prep.vkeys:
+        _put_len(out, len(vk))
+        out += vk
+    out += _U16.pack(len(prep.channels))
+    pack = _CHANNEL.pack
+    for name, idx, kind in prep.channels:
+        out += pack(index[name], idx, kind)
+    seen: list[Any] = []
+    for node, pairs in prep.seen:
+        flat: list[int] = []
+        for channel, idx in pairs:
+            flat.append(index[channel])
+            flat.append(idx)
+        seen.append(index[node])
+        seen.append(flat)
+    body = list(prep.body)
+    body[2] = seen
+    body[3] = None if prep.updated is None else [index[ch] for ch in prep.updated]
+    blobs = [(b"b" + _U16.pack(index[ch]) + vk, value) for ch, vk, value in prep.blobs]
+    if len(names.names) + len(added) > 0xFFFF:
+        raise ValueError("more than 65535 channel and node names in one namespace")
+    out += typed_to_bytes(serde.dumps_typed(body))
+    return bytes(out), added, blobs
+
+
+class RecordHeader:
+    """The Lua-readable head of a record: parent, version table, channels, where the body starts."""
+
+    __slots__ = ("body_at", "channels", "parent_id", "vkeys")
+
+    def __init__(
+        self, parent_id: str | None, vkeys: list[bytes], channels: list[tuple[int, int, int]], body_at: int
+    ) -> None:
+        self.parent_id = parent_id
+        self.vkeys = vkeys
+        self.channels = channels
+        self.body_at = body_at
+
+
+def parse_header(record: bytes) -> RecordHeader:
+    if not record or record[0] != RECORD_FORMAT:
+        raise CodecError(f"unknown checkpoint record format {record[:1]!r}")
+    try:
+        if record[1] == _LEN_UUID:
+            parent: str | None = str(uuid.UUID(bytes=record[2:18]))
+            pos = 18
+        else:
+            n, pos = _get_len(record, 1)
+            parent = record[pos : pos + n].decode() or None
+            pos += n
+        (nvk,) = _U16.unpack_from(record, pos)
+        pos += 2
+        vkeys: list[bytes] = []
+        for _ in range(nvk):
+            n, pos = _get_len(record, pos)
+            vkeys.append(record[pos : pos + n])
+            pos += n
+        (nch,) = _U16.unpack_from(record, pos)
+        pos += 2
+        channels = [_CHANNEL.unpack_from(record, pos + 5 * i) for i in range(nch)]
+        pos += 5 * nch
+    except (IndexError, struct.error) as exc:
+        raise CodecError("truncated checkpoint record") from exc
+    return RecordHeader(parent, vkeys, channels, pos)
+
+
+def _decode_body(serde: Any, record: bytes, header: RecordHeader) -> list[Any]:
+    body = serde.loads_typed(typed_from_bytes(record[header.body_at :]))
+    if not isinstance(body, list) or len(body) != 7:
+        raise CodecError("checkpoint record body has the wrong shape")
+    return body
+
+
+def decode_metadata(serde: Any, record: bytes) -> dict[str, Any]:
+    metadata: dict[str, Any] = _decode_body(serde, record, parse_header(record))[5]
+    return metadata
+
+
+class DecodedRecord:
+    __slots__ = ("checkpoint", "header", "metadata")
+
+    def __init__(self, header: RecordHeader, checkpoint: dict[str, Any], metadata: dict[str, Any]) -> None:
+        self.header = header
+        self.checkpoint = checkpoint
+        self.metadata = metadata
+
+
+def decode_checkpoint(
+    serde: Any, checkpoint_id: str, record: bytes, blob_values: Sequence[bytes | None], names: NameDict
+) -> DecodedRecord:
+    """Rebuild the checkpoint from its record and the blob values the Lua script returned.
+
+    ``blob_values`` follows the order of the record's blob channels (kind 0); a missing blob or one
+    tagged ``empty`` leaves the channel out of ``channel_values`` (as InMemorySaver does).
+    """
+    header = parse_header(record)
+    ts, v, seen_flat, updated, extra, metadata, inline_values = _decode_body(serde, record, header)
+    versions = [version_from_key(vk) for vk in header.vkeys]
+    try:
+        name = names.names
+        channel_versions: dict[str, Any] = {}
+        channel_values: dict[str, Any] = {}
+        inline_iter = iter(inline_values)
+        blob_iter = iter(blob_values)
+        for name_id, idx, kind in header.channels:
+            ch = name[name_id]
+            channel_versions[ch] = versions[idx]
+            if kind == KIND_INLINE:
+                channel_values[ch] = next(inline_iter)
+            elif kind == KIND_BLOB:
+                raw = next(blob_iter, None)
+                if raw is not None and not is_empty_typed(raw):
+                    channel_values[ch] = serde.loads_typed(typed_from_bytes(raw))
+        versions_seen: dict[str, dict[str, Any]] = {}
+        for i in range(0, len(seen_flat), 2):
+            pairs = seen_flat[i + 1]
+            versions_seen[name[seen_flat[i]]] = {
+                name[pairs[j]]: versions[pairs[j + 1]] for j in range(0, len(pairs), 2)
+            }
+        updated_names = None if updated is None else [name[i] for i in updated]
+    except (IndexError, StopIteration) as exc:
+        raise CodecError("checkpoint record does not match its name dictionary") from exc
+    checkpoint: dict[str, Any] = {
+        "v": v,
+        "id": checkpoint_id,
+        "ts": _ts_in(ts),
+        "channel_values": channel_values,
+        "channel_versions": channel_versions,
+        "versions_seen": versions_seen,
+        "updated_channels": updated_names,
+    }
+    if extra:
+        checkpoint.update(extra)
+    return DecodedRecord(header, checkpoint, metadata)
+
+
+# --------------------------------------------------------------------------------------- writes
+
+
+def pack_writes(task_id: str, task_path: str, writes: Sequence[tuple[int, str, bytes]]) -> bytes:
+    """Pack one task's writes ``(idx, channel, typed value)`` as a group (see the module docstring)."""
+    t, p = task_id.encode(), task_path.encode()
+    if len(t) > 0xFFFF or len(p) > 0xFFFF or len(writes) > 0xFFFF:
+        raise ValueError("task id or task path longer than 65535 bytes, or more than 65535 writes")
+    out = bytearray(_GROUP_HEAD.pack(len(t), len(p), len(writes)))
+    out += t
+    out += p
+    for idx, channel, value in writes:
+        c = channel.encode()
+        if len(c) > 0xFFFF:
+            raise ValueError("channel name longer than 65535 bytes")
+        out += _WRITE_HEAD.pack(idx, len(c), len(value))
+        out += c
+        out += value
+    return bytes(out)
+
+
+def iter_writes(pack: bytes) -> Iterator[tuple[str, str, int, str, bytes]]:
+    """Unpack ``(task_id, task_path, idx, channel, typed value)`` from a pending-writes pack."""
+    pos = 0
+    end = len(pack)
+    try:
+        while pos < end:
+            lt, lp, n = _GROUP_HEAD.unpack_from(pack, pos)
+            pos += _GROUP_HEAD.size
+            task_id = pack[pos : pos + lt].decode()
+            pos += lt
+            task_path = pack[pos : pos + lp].decode()
+            pos += lp
+            for _ in range(n):
+                idx, lc, lv = _WRITE_HEAD.unpack_from(pack, pos)
+                pos += _WRITE_HEAD.size
+                channel = pack[pos : pos + lc].decode()
+                pos += lc
+                yield task_id, task_path, idx, channel, pack[pos : pos + lv]
+                pos += lv
+    except struct.error as exc:
+        raise CodecError("truncated pending-writes pack") from exc

@@ -1,0 +1,400 @@
+"""Lua scripts of the plain-Redis checkpointer (Redis 6.0+, no modules).
+
+Each script touches the keys of ONE thread only. The keys of the namespace being written come in
+``KEYS``; the keys of the thread's other namespaces (for the TTL refresh and deletes) are built inside
+the script from the thread's base key, which carries the same ``{...}`` hash tag, so they always live
+in the same Redis Cluster slot. The byte layouts they read are documented in ``_codec.py``.
+
+Why Lua: each saver call is one round trip and atomic. A ``put`` stores the record, the index entry
+and the new blobs, prunes old checkpoints (``keep_last``) and refreshes the expiry of every key the
+thread still uses, all at once; ``put_writes`` merges first-write-wins in place (HSETNX semantics on a
+packed field); a read returns the checkpoint with its blobs and pending writes. The scripts keep the
+number of ``redis.call``s low because each one costs about a microsecond of server time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+# Helpers shared by every script. `struct` and `bit` are part of Redis' Lua environment.
+_PRELUDE = r"""
+local FORK, DELTA = 1, 2
+
+local function rd_len(s, p)
+  local n = string.byte(s, p)
+  if n < 254 then return n, p + 1 end
+  return struct.unpack('>H', s, p + 1), p + 3
+end
+
+-- The blob fields a checkpoint record reads (channels of kind 0), in channel order:
+-- 'b' .. u16 name id .. version key.
+local function blob_fields(rec)
+  local fields = {}
+  local p
+  if string.byte(rec, 2) == 254 then
+    p = 19
+  else
+    local n
+    n, p = rd_len(rec, 2)
+    p = p + n
+  end
+  local nvk = struct.unpack('>H', rec, p)
+  p = p + 2
+  local vks = {}
+  for i = 1, nvk do
+    local n
+    n, p = rd_len(rec, p)
+    vks[i] = string.sub(rec, p, p + n - 1)
+    p = p + n
+  end
+  local nch = struct.unpack('>H', rec, p)
+  p = p + 2
+  for _ = 1, nch do
+    if string.byte(rec, p + 4) == 0 then
+      fields[#fields + 1] = 'b' .. string.sub(rec, p, p + 1) .. vks[struct.unpack('>H', rec, p + 2) + 1]
+    end
+    p = p + 5
+  end
+  return fields
+end
+
+local function flags_of(d)
+  if d then return string.byte(d, 9) end
+  return 0
+end
+
+local function set_flag(h, flag)
+  local d = redis.call('HGET', h, 'n')
+  if d and bit.band(string.byte(d, 9), flag) == 0 then
+    redis.call('HSET', h, 'n', string.sub(d, 1, 8) .. string.char(bit.bor(string.byte(d, 9), flag))
+      .. string.sub(d, 10))
+  end
+end
+
+-- Every key of the thread gets the same expiry: an unchanged channel's blob, written long ago,
+-- lives exactly as long as the checkpoints that read it.
+local function refresh(base, nset, ttl)
+  local nss = redis.call('SMEMBERS', nset)
+  if ttl > 0 then
+    redis.call('PEXPIRE', nset, ttl)
+    for _, ns in ipairs(nss) do
+      redis.call('PEXPIRE', base .. ':h:' .. ns, ttl)
+      redis.call('PEXPIRE', base .. ':i:' .. ns, ttl)
+    end
+  else
+    redis.call('PERSIST', nset)
+    for _, ns in ipairs(nss) do
+      redis.call('PERSIST', base .. ':h:' .. ns)
+      redis.call('PERSIST', base .. ':i:' .. ns)
+    end
+  end
+end
+
+-- Registers namespace `ns`; returns 1 if the thread already existed, 0 if this created it.
+local function add_namespace(nset, ns)
+  if redis.call('SADD', nset, ns) == 0 then return 1 end
+  if redis.call('SCARD', nset) > 1 then return 1 end
+  return 0
+end
+
+-- Remove checkpoints `cids` of one namespace with their writes, then the blobs no remaining
+-- checkpoint reads. The readers of a blob (channel, version) form a connected subtree of the
+-- checkpoint tree (versions are unique and only inherited), so when history is one chain and the
+-- oldest checkpoints go, the oldest survivor is the only one that can still read a freed blob. After
+-- a fork, a delete in the middle or an out-of-order put (flag FORK), every survivor is checked.
+local function remove_checkpoints(nset, ns, h, ik, cids, full)
+  local cand, ncand = {}, 0
+  for _, c in ipairs(cids) do
+    local rec = redis.call('HGET', h, 'c' .. c)
+    if rec then
+      for _, f in ipairs(blob_fields(rec)) do
+        if not cand[f] then cand[f] = true; ncand = ncand + 1 end
+      end
+    end
+    redis.call('HDEL', h, 'c' .. c, 'w' .. c)
+    redis.call('ZREM', ik, c)
+  end
+  if redis.call('ZCARD', ik) == 0 then
+    redis.call('DEL', h, ik)
+    redis.call('SREM', nset, ns)
+    return
+  end
+  if ncand == 0 then return end
+  local survivors
+  if full or bit.band(flags_of(redis.call('HGET', h, 'n')), FORK) ~= 0 then
+    survivors = redis.call('ZRANGE', ik, 0, -1)
+  else
+    survivors = redis.call('ZRANGE', ik, 0, 0)
+  end
+  for _, c in ipairs(survivors) do
+    local rec = redis.call('HGET', h, 'c' .. c)
+    if rec then
+      for _, f in ipairs(blob_fields(rec)) do
+        if cand[f] then cand[f] = nil; ncand = ncand - 1 end
+      end
+    end
+    if ncand == 0 then return end
+  end
+  for f in pairs(cand) do redis.call('HDEL', h, f) end
+end
+"""
+
+# KEYS: nset, h, ik
+# ARGV: base, ns, cid, parent, record, ttl_ms, keep_last, uses_delta, epoch, known_names,
+#       new_name_count, new_names, nblobs, field1, blob1, ...
+# The record refers to names by id, assuming the dictionary has epoch `epoch` and `known_names` names
+# (0 and a fresh epoch when the caller knows none). If it does not, nothing is written and the current
+# dictionary is returned ("" if none) for the caller to rebuild the record. Otherwise `new_names` is
+# appended and the reply is 1 if the thread already existed, else 0 (the caller then registers it).
+PUT = r"""
+local nset, h, ik = KEYS[1], KEYS[2], KEYS[3]
+local base, ns, cid, parent = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local d = redis.call('HGET', h, 'n')
+local known = tonumber(ARGV[10])
+local flags
+if d then
+  if string.sub(d, 1, 8) ~= ARGV[9] or struct.unpack('>H', d, 10) ~= known then return d end
+  flags = string.byte(d, 9)
+elseif known ~= 0 then
+  return ''
+else
+  flags = 0
+  d = ARGV[9] .. '\0\0\0'
+end
+local newflags = flags
+if ARGV[8] == '1' then newflags = bit.bor(newflags, DELTA) end
+local existed = add_namespace(nset, ns)
+local latest = redis.call('ZREVRANGE', ik, 0, 0)[1]
+local linear
+if latest then linear = (parent == latest and cid > latest) else linear = (parent == '') end
+if redis.call('ZADD', ik, 0, cid) == 0 then linear = false end
+if not linear then newflags = bit.bor(newflags, FORK) end
+local added = tonumber(ARGV[11])
+if added > 0 or newflags ~= flags or known == 0 then
+  redis.call('HSET', h, 'n', string.sub(d, 1, 8) .. string.char(newflags)
+    .. struct.pack('>H', known + added) .. string.sub(d, 12) .. ARGV[12])
+end
+redis.call('HSET', h, 'c' .. cid, ARGV[5])
+for i = 0, tonumber(ARGV[13]) - 1 do
+  redis.call('HSETNX', h, ARGV[14 + 2 * i], ARGV[15 + 2 * i])
+end
+local keep = tonumber(ARGV[7])
+if keep > 0 and bit.band(newflags, DELTA) == 0 then
+  local total = redis.call('ZCARD', ik)
+  if total > keep then
+    remove_checkpoints(nset, ns, h, ik, redis.call('ZRANGE', ik, 0, total - keep - 1), false)
+  end
+end
+refresh(base, nset, tonumber(ARGV[6]))
+return existed
+"""
+
+# KEYS: nset, h, ik
+# ARGV: base, ns, cid, ttl_ms, keep_last, pack (one task group, no repeated idx)
+# Regular writes (idx >= 0) are first-write-wins per (task_id, idx); special channels (idx < 0)
+# overwrite. Returns 1 if the thread already existed, else 0.
+PUT_WRITES = r"""
+local nset, h, ik = KEYS[1], KEYS[2], KEYS[3]
+local base, ns, cid = ARGV[1], ARGV[2], ARGV[3]
+local existed = add_namespace(nset, ns)
+local keep = tonumber(ARGV[5])
+local stale = false
+if keep > 0 and redis.call('HEXISTS', h, 'c' .. cid) == 0 and redis.call('ZCARD', ik) >= keep then
+  -- writes that arrive after keep_last already pruned their checkpoint would never be read
+  local oldest = redis.call('ZRANGE', ik, 0, 0)[1]
+  stale = oldest ~= nil and cid < oldest
+end
+local cur = nil
+if not stale then cur = redis.call('HGET', h, 'w' .. cid) end
+if stale then
+  -- nothing to store
+elseif not cur then
+  redis.call('HSET', h, 'w' .. cid, ARGV[6])
+else
+  -- a pack is a list of task groups; see _codec.py
+  local tasks, groups = {}, {}
+  local function each(s, fn)
+    local p, e = 1, #s
+    while p <= e do
+      local lt, lp, n = struct.unpack('>HHH', s, p)
+      p = p + 6
+      local tid = string.sub(s, p, p + lt - 1)
+      local path = string.sub(s, p + lt, p + lt + lp - 1)
+      p = p + lt + lp
+      for _ = 1, n do
+        local idx, lc, lv = struct.unpack('>iHI4', s, p)
+        local stop = p + 10 + lc + lv
+        fn(tid, path, idx, string.sub(s, p, stop - 1))
+        p = stop
+      end
+    end
+  end
+  local function add(tid, path, idx, entry, incoming)
+    local g = groups[tid]
+    if g == nil then
+      g = {path = path, order = {}, by = {}}
+      groups[tid] = g
+      tasks[#tasks + 1] = tid
+    end
+    if g.by[idx] == nil then
+      g.order[#g.order + 1] = idx
+      g.by[idx] = entry
+      return true
+    elseif incoming and idx < 0 then
+      g.by[idx] = entry
+      return true
+    end
+    return false
+  end
+  each(cur, function(tid, path, idx, entry) add(tid, path, idx, entry, false) end)
+  local changed = false
+  each(ARGV[6], function(tid, path, idx, entry)
+    if add(tid, path, idx, entry, true) then changed = true end
+  end)
+  if changed then
+    local parts = {}
+    for _, tid in ipairs(tasks) do
+      local g = groups[tid]
+      parts[#parts + 1] = struct.pack('>HHH', #tid, #g.path, #g.order) .. tid .. g.path
+      for _, idx in ipairs(g.order) do parts[#parts + 1] = g.by[idx] end
+    end
+    redis.call('HSET', h, 'w' .. cid, table.concat(parts))
+  end
+end
+refresh(base, nset, tonumber(ARGV[4]))
+return existed
+"""
+
+# KEYS: h, ik
+# ARGV: mode ('id' | 'page'), cid (mode id) or exclusive upper bound ('' = none), count (mode page),
+#       epoch and length of the caller's cached name dictionary
+# Returns {name dictionary if the cached one is stale else nil,
+#          {cid, record, {writes pack or nil, blob values in record order...}}, ...}, newest first.
+LOAD = r"""
+local h, ik = KEYS[1], KEYS[2]
+local cids
+if ARGV[1] == 'id' then
+  cids = {ARGV[2]}
+else
+  local hi = '+'
+  if ARGV[2] ~= '' then hi = '(' .. ARGV[2] end
+  cids = redis.call('ZREVRANGEBYLEX', ik, hi, '-', 'LIMIT', 0, tonumber(ARGV[3]))
+end
+local out = {false}
+for _, c in ipairs(cids) do
+  local rec = redis.call('HGET', h, 'c' .. c)
+  if rec then
+    local fields = blob_fields(rec)
+    out[#out + 1] = {c, rec, redis.call('HMGET', h, 'w' .. c, unpack(fields))}
+  end
+end
+if #out > 1 then
+  local d = redis.call('HGET', h, 'n')
+  if d and (string.sub(d, 1, 8) ~= ARGV[4] or struct.unpack('>H', d, 10) ~= tonumber(ARGV[5])) then
+    out[1] = d
+  end
+end
+return out
+"""
+
+# KEYS: nset; ARGV: base
+DELETE_THREAD = r"""
+local nset, base = KEYS[1], ARGV[1]
+for _, ns in ipairs(redis.call('SMEMBERS', nset)) do
+  redis.call('DEL', base .. ':h:' .. ns, base .. ':i:' .. ns)
+end
+return redis.call('DEL', nset)
+"""
+
+# KEYS: nset, h, ik; ARGV: base, ns, cid1, cid2, ...
+# Removes the given checkpoints (delete_for_runs) and every blob no survivor reads.
+REMOVE = r"""
+local nset, h, ik = KEYS[1], KEYS[2], KEYS[3]
+local cids = {}
+for i = 3, #ARGV do cids[#cids + 1] = ARGV[i] end
+remove_checkpoints(nset, ARGV[2], h, ik, cids, true)
+-- the survivors no longer form one chain back to the first checkpoint
+set_flag(h, FORK)
+if redis.call('SCARD', nset) == 0 then redis.call('DEL', nset) end
+return #cids
+"""
+
+# KEYS: nset; ARGV: base
+# Keeps the latest checkpoint of every namespace with its pending writes and the blobs it reads.
+KEEP_LATEST = r"""
+local nset, base = KEYS[1], ARGV[1]
+for _, ns in ipairs(redis.call('SMEMBERS', nset)) do
+  local h, ik = base .. ':h:' .. ns, base .. ':i:' .. ns
+  local all = redis.call('ZRANGE', ik, 0, -1)
+  local latest = all[#all]
+  if latest then
+    table.remove(all)
+    for _, f in ipairs(redis.call('HKEYS', h)) do
+      -- writes saved for checkpoints that were never stored
+      if string.sub(f, 1, 1) == 'w' and f ~= 'w' .. latest then redis.call('HDEL', h, f) end
+    end
+    remove_checkpoints(nset, ns, h, ik, all, true)
+    local d = redis.call('HGET', h, 'n')
+    if d then
+      redis.call('HSET', h, 'n', string.sub(d, 1, 8) .. string.char(bit.band(string.byte(d, 9), DELTA))
+        .. string.sub(d, 10))
+    end
+  else
+    redis.call('DEL', h, ik)
+    redis.call('SREM', nset, ns)
+  end
+end
+if redis.call('SCARD', nset) == 0 then redis.call('DEL', nset) end
+return 1
+"""
+
+# KEYS: nset; ARGV: base, needle1, needle2, ...
+# Returns {ns, cid, record, ...} for every checkpoint whose record contains one of the needles as
+# bytes (a cheap server-side prefilter; the caller decodes the candidates and checks for real).
+FIND = r"""
+local nset, base = KEYS[1], ARGV[1]
+local out = {}
+for _, ns in ipairs(redis.call('SMEMBERS', nset)) do
+  local ik, h = base .. ':i:' .. ns, base .. ':h:' .. ns
+  for _, c in ipairs(redis.call('ZRANGE', ik, 0, -1)) do
+    local rec = redis.call('HGET', h, 'c' .. c)
+    if rec then
+      for j = 2, #ARGV do
+        if string.find(rec, ARGV[j], 1, true) then
+          out[#out + 1] = ns; out[#out + 1] = c; out[#out + 1] = rec
+          break
+        end
+      end
+    end
+  end
+end
+return out
+"""
+
+
+class Script:
+    """A Lua script with the shared prelude, addressed by SHA1 for EVALSHA."""
+
+    __slots__ = ("name", "sha", "source")
+
+    def __init__(self, name: str, body: str) -> None:
+        self.name = name
+        self.source = _PRELUDE + body
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+
+    def __repr__(self) -> str:
+        return f"Script({self.name})"
+
+
+SCRIPTS = {
+    name: Script(name, body)
+    for name, body in {
+        "put": PUT,
+        "put_writes": PUT_WRITES,
+        "load": LOAD,
+        "delete_thread": DELETE_THREAD,
+        "remove": REMOVE,
+        "keep_latest": KEEP_LATEST,
+        "find": FIND,
+    }.items()
+}

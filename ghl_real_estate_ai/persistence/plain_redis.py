@@ -1,0 +1,1171 @@
+"""LangGraph checkpoint savers that need only plain Redis 6+ (no RedisJSON, no RediSearch).
+
+``PlainRedisSaver`` is built on the blocking ``redis.Redis`` client, ``AsyncPlainRedisSaver`` on
+``redis.asyncio.Redis``. Both implement the whole ``BaseCheckpointSaver`` API, sync and async:
+
+* ``PlainRedisSaver``'s ``a*`` methods run the sync ones in the loop's default thread executor.
+* ``AsyncPlainRedisSaver``'s sync methods (``graph.get_state`` from sync code, a notebook cell) use a
+  second, blocking client to the same server: given as ``sync_client``, made by ``from_conn_string``,
+  or derived from the async client's connection settings. They work from any thread, including the
+  event loop's own (where they block the loop for one round trip, like any blocking call).
+
+Storage (key layout and byte formats in ``_codec.py``, scripts in ``_scripts.py``):
+
+* A checkpoint is one record (without channel values) in a per-namespace hash and one member of a
+  lexicographically sorted index, so "latest" and ``before`` are O(log n).
+* Channel values are stored per (channel, version), written only for ``new_versions`` and with SET NX
+  semantics; ``get_next_version`` adds a random suffix (as InMemorySaver and PostgresSaver do), so a
+  fork (``update_state`` on an old checkpoint) can never overwrite a value the main line reads. Small
+  primitives (None, bool, int64, float, short strings) are inlined in the record, as PostgresSaver
+  inlines primitives in its JSONB column.
+* Values are the serde type tag and the raw serde bytes, no base64 or JSON wrapping.
+* Every ``put``/``put_writes`` is one Lua call (one round trip): it also refreshes the expiry of every
+  key the thread uses (``ttl_seconds``) and prunes checkpoints beyond ``keep_last`` together with their
+  writes and the blobs only they read. ``get_tuple`` is one Lua call returning checkpoint, blobs and
+  pending writes.
+* ``list(None)`` walks a registry ZSET ``<prefix>:threads`` (thread id -> time of last touch). A saver
+  touches a thread there at most once per ``ttl_seconds / 10`` (per process), in the same round trip as
+  a put; entries older than ``1.25 * ttl_seconds`` are trimmed then, and the registry key itself
+  expires when no thread is written for that long, so an idle deployment leaves no keys at all. With
+  ``ttl_seconds=None`` entries leave only through ``delete_thread``/``prune``, or when ``list(None)``
+  finds the thread gone.
+
+Keys of one thread share a ``{hash tag}`` derived from the thread id, so all per-thread scripts work on
+Redis Cluster; the registry is a separate key, written in a separate command of the same pipeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import collections
+import contextlib
+import functools
+import logging
+import os
+import random
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
+from typing import Any, NamedTuple, TypeVar, cast
+
+import redis
+import redis.asyncio as aredis
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    WRITES_IDX_MAP,
+    BaseCheckpointSaver,
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+    SerializerProtocol,
+    get_checkpoint_id,
+    get_serializable_checkpoint_metadata,
+)
+from redis.exceptions import NoScriptError
+
+from ghl_real_estate_ai.persistence._codec import (
+    Keys,
+    NameDict,
+    build_record,
+    decode_checkpoint,
+    decode_metadata,
+    iter_writes,
+    pack_writes,
+    prepare_checkpoint,
+    typed_from_bytes,
+    typed_to_bytes,
+)
+from ghl_real_estate_ai.persistence._scripts import SCRIPTS, Script
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_KEEP_LAST",
+    "DEFAULT_KEY_PREFIX",
+    "DEFAULT_TTL_SECONDS",
+    "AsyncPlainRedisSaver",
+    "PlainRedisSaver",
+]
+
+DEFAULT_TTL_SECONDS: float = 90 * 86400
+"""Every key of a thread expires this long after the thread's last write (90 days)."""
+
+DEFAULT_KEEP_LAST: int = 200
+"""Checkpoints kept per thread and namespace.
+
+A Lead Bot turn (input, start, router, one action) saves about 4 checkpoints, a reply or
+qualification turn up to ~8, so 200 keep the whole history of a lead through the 3-7-30 sequence and
+well over two years of monthly nurture: ``get_state_history`` and time travel work for the lead's
+lifetime, while a lead nurtured for a decade still cannot grow without bound (every stored list value
+is copied per version, so an unbounded thread grows quadratically)."""
+
+DEFAULT_KEY_PREFIX = "lead-bot:cp"
+
+_PAGE = 50
+_REGISTRY_PAGE = 500
+_TOUCH_CACHE_MAX = 100_000
+_NAMES_CACHE_MAX = 50_000
+_PUT_ATTEMPTS = 5
+_DELTA_METADATA_KEYS = ("counters_since_delta_snapshot", "delta_writes_versioned")
+PRUNE_STRATEGIES = ("keep_latest", "delete")
+
+T = TypeVar("T")
+
+
+# ------------------------------------------------------------------------------------- commands
+# Operations are written once, as generators that yield commands and receive their replies; a sync and
+# an async driver run them (the "sans-I/O" style of PostgresSaver's prune statements).
+
+
+class _Eval(NamedTuple):
+    script: Script
+    keys: list[bytes]
+    args: list[Any]
+
+
+class _Cmd(NamedTuple):
+    args: tuple[Any, ...]
+
+
+class _Batch(NamedTuple):
+    ops: list[_Eval | _Cmd]
+    transaction: bool
+
+
+_Op = _Eval | _Cmd | _Batch
+_Gen = Generator[_Op, Any, T]
+
+
+def _run_sync(client: redis.Redis, gen: _Gen[T]) -> T:
+    try:
+        op = next(gen)
+        while True:
+            op = gen.send(_exec_sync(client, op))
+    except StopIteration as stop:
+        return cast(T, stop.value)
+
+
+async def _run_async(client: aredis.Redis, gen: _Gen[T]) -> T:
+    try:
+        op = next(gen)
+        while True:
+            op = gen.send(await _exec_async(client, op))
+    except StopIteration as stop:
+        return cast(T, stop.value)
+
+
+# Script calls are the hot path (8 per graph turn). On a plain (non-cluster) client they are packed
+# here and sent straight over a connection (sync: one of _ScriptConnections; async: from the pool):
+# redis-py's generic command path (argument encoder, retry wrapper, observability hooks, pool checkout
+# probe) costs as much CPU as the round trip itself. A call that fails on the connection is retried
+# once on a new one, as redis-py's default retry would; every script is safe to run twice. Cluster
+# and single-connection clients use the normal client path.
+_RETRYABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+def _resp(args: Sequence[Any]) -> bytes:
+    """RESP encoding of a command whose arguments are bytes, str, int or float: the script calls'
+    arguments are bytes already, so this skips redis-py's per-argument encoder."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if isinstance(arg, bytes):
+            data = arg
+        elif isinstance(arg, str):
+            data = arg.encode()
+        elif isinstance(arg, int):
+            data = b"%d" % arg
+        else:
+            data = repr(float(arg)).encode()
+        out.append(b"$%d\r\n" % len(data))
+        out.append(data)
+        out.append(b"\r\n")
+    return b"".join(out)
+
+
+def _lean_ok(client: Any) -> bool:
+    return type(client) in (redis.Redis, aredis.Redis) and getattr(client, "connection", None) is None
+
+
+class _ScriptConnections:
+    """Connections kept aside for the script calls of one blocking client.
+
+    Checking a connection out of redis-py's pool costs a lock, metrics and a ``select()`` readiness
+    probe per command; these connections skip that. An idle one has always had its reply read in full
+    (a connection that failed half way is dropped), so it needs no probe. After a fork the inherited
+    ones are left alone and new ones are made.
+    """
+
+    _MAX_IDLE = 16
+
+    def __init__(self, pool: redis.ConnectionPool) -> None:
+        self.pool = pool
+        self.idle: collections.deque[Any] = collections.deque()
+        self.pid = os.getpid()
+
+    def call(self, packed: bytes) -> Any:
+        if self.pid != os.getpid():
+            self.idle, self.pid = collections.deque(), os.getpid()
+        for attempt in range(2):
+            try:
+                conn = self.idle.pop()
+            except IndexError:
+                conn = self.pool.connection_class(**self.pool.connection_kwargs)
+            try:
+                conn.send_packed_command([packed])
+                reply = conn.read_response()
+            except _RETRYABLE:
+                # the server went away (restart, failover): every idle connection is as dead as this one
+                conn.disconnect()
+                self.close()
+                if attempt:
+                    raise
+                continue
+            except redis.ResponseError:
+                self._give(conn)  # an error reply was read in full: the connection is fine
+                raise
+            except BaseException:
+                conn.disconnect()
+                raise
+            self._give(conn)
+            return reply
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _give(self, conn: Any) -> None:
+        if len(self.idle) < self._MAX_IDLE:
+            self.idle.append(conn)
+        else:
+            conn.disconnect()
+
+    def close(self) -> None:
+        while self.idle:
+            self.idle.pop().disconnect()
+
+
+_SCRIPT_CONNECTIONS: weakref.WeakKeyDictionary[Any, _ScriptConnections] = weakref.WeakKeyDictionary()
+
+
+def _script_connections(client: redis.Redis) -> _ScriptConnections | None:
+    if not _lean_ok(client) or getattr(client.connection_pool, "cache", None) is not None:
+        return None
+    conns = _SCRIPT_CONNECTIONS.get(client)
+    if conns is None:
+        conns = _SCRIPT_CONNECTIONS[client] = _ScriptConnections(client.connection_pool)
+    return conns
+
+
+def _close_script_connections(client: Any) -> None:
+    conns = _SCRIPT_CONNECTIONS.pop(client, None)
+    if conns is not None:
+        conns.close()
+
+
+def _call_sync(client: redis.Redis, *args: Any) -> Any:
+    conns = _script_connections(client)
+    if conns is None:
+        return client.execute_command(*args)
+    return conns.call(_resp(args))
+
+
+async def _call_async(client: aredis.Redis, *args: Any) -> Any:
+    if not _lean_ok(client):
+        return await client.execute_command(*args)
+    pool = client.connection_pool
+    packed = _resp(args)
+    for attempt in range(2):
+        conn = await pool.get_connection()
+        try:
+            await conn.send_packed_command([packed])
+            return await conn.read_response()
+        except _RETRYABLE:
+            await conn.disconnect()
+            if attempt:
+                raise
+        finally:
+            await pool.release(conn)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _exec_sync(client: redis.Redis, op: _Op) -> Any:
+    if isinstance(op, _Eval):
+        try:
+            return _call_sync(client, "EVALSHA", op.script.sha, len(op.keys), *op.keys, *op.args)
+        except NoScriptError:  # server restarted or SCRIPT FLUSH: load and run again
+            client.script_load(op.script.source)
+            return _call_sync(client, "EVALSHA", op.script.sha, len(op.keys), *op.keys, *op.args)
+    if isinstance(op, _Cmd):
+        return client.execute_command(*op.args)
+    for attempt in range(2):
+        pipe = client.pipeline(transaction=op.transaction)
+        for sub in op.ops:
+            if isinstance(sub, _Eval):
+                pipe.evalsha(sub.script.sha, len(sub.keys), *sub.keys, *sub.args)
+            else:
+                pipe.execute_command(*sub.args)
+        try:
+            return pipe.execute()
+        except NoScriptError:
+            # Batches with scripts are never transactions, and everything else in them is
+            # idempotent, so running the whole batch again is safe.
+            if attempt or op.transaction:
+                raise
+            for sub in op.ops:
+                if isinstance(sub, _Eval):
+                    client.script_load(sub.script.source)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _exec_async(client: aredis.Redis, op: _Op) -> Any:
+    if isinstance(op, _Eval):
+        try:
+            return await _call_async(client, "EVALSHA", op.script.sha, len(op.keys), *op.keys, *op.args)
+        except NoScriptError:
+            await client.script_load(op.script.source)
+            return await _call_async(client, "EVALSHA", op.script.sha, len(op.keys), *op.keys, *op.args)
+    if isinstance(op, _Cmd):
+        return await client.execute_command(*op.args)
+    for attempt in range(2):
+        pipe = client.pipeline(transaction=op.transaction)
+        for sub in op.ops:
+            if isinstance(sub, _Eval):
+                pipe.evalsha(sub.script.sha, len(sub.keys), *sub.keys, *sub.args)
+            else:
+                pipe.execute_command(*sub.args)
+        try:
+            return await pipe.execute()
+        except NoScriptError:
+            if attempt or op.transaction:
+                raise
+            for sub in op.ops:
+                if isinstance(sub, _Eval):
+                    await client.script_load(sub.script.source)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _check_binary_client(client: Any) -> None:
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", {}) or {}
+    if kwargs.get("decode_responses"):
+        raise ValueError(
+            "the plain Redis checkpointer stores binary values: create the Redis client with "
+            "decode_responses=False (the default)"
+        )
+
+
+class _Page(NamedTuple):
+    tuples: list[CheckpointTuple]
+    last_id: str | None
+    exhausted: bool
+
+
+# ----------------------------------------------------------------------------------------- core
+
+
+class _PlainRedisBase(BaseCheckpointSaver[str]):
+    """Storage logic shared by both savers; no I/O happens here, only command generators."""
+
+    def __init__(
+        self,
+        *,
+        ttl_seconds: float | None = DEFAULT_TTL_SECONDS,
+        keep_last: int | None = DEFAULT_KEEP_LAST,
+        key_prefix: str = DEFAULT_KEY_PREFIX,
+        serde: SerializerProtocol | None = None,
+    ) -> None:
+        super().__init__(serde=serde)
+        if ttl_seconds is not None and ttl_seconds <= 0:
+            raise ValueError(f"ttl_seconds must be positive or None, not {ttl_seconds!r}")
+        if keep_last is not None and (not isinstance(keep_last, int) or keep_last < 1):
+            raise ValueError(f"keep_last must be a positive int or None, not {keep_last!r}")
+        if not key_prefix or "{" in key_prefix or "}" in key_prefix:
+            raise ValueError(f"key_prefix must be non-empty and contain no braces, not {key_prefix!r}")
+        self.ttl_seconds = ttl_seconds
+        self.keep_last = keep_last
+        self.key_prefix = key_prefix
+        self._ttl_ms = round(ttl_seconds * 1000) if ttl_seconds is not None else 0
+        self._registry = f"{key_prefix}:threads".encode()
+        # Registry touches are spread out: a thread is re-touched once per ttl/10 (or daily).
+        self._touch_every = ttl_seconds / 10 if ttl_seconds is not None else 86400.0
+        self._touched: dict[str, float] = {}
+        # Name dictionaries per (thread base key, namespace), as last seen on the server.
+        self._names: dict[tuple[bytes, str], NameDict] = {}
+
+    # ------------------------------------------------------------------------------- versions
+
+    def get_next_version(self, current: str | None, channel: None) -> str:
+        """InMemorySaver's form ``f"{n:032}.{random}"``: unique per fork, so blobs never collide."""
+        if current is None:
+            current_v = 0
+        elif isinstance(current, int):
+            current_v = current
+        else:
+            current_v = int(current.split(".")[0])
+        return f"{current_v + 1:032}.{random.random():016}"
+
+    # ------------------------------------------------------------------------------- registry
+
+    def _touch_ops(self, thread_id: str, *, force: bool = False) -> list[_Eval | _Cmd]:
+        now = time.time()
+        mono = time.monotonic()
+        last = self._touched.get(thread_id)
+        if not force and last is not None and mono - last < self._touch_every:
+            return []
+        if len(self._touched) >= _TOUCH_CACHE_MAX:
+            self._touched.clear()
+        self._touched[thread_id] = mono
+        ops: list[_Eval | _Cmd] = [_Cmd(("ZADD", self._registry, now, thread_id))]
+        if self.ttl_seconds is not None:
+            # A thread's keys expire ttl after its last write, and its entry was touched at most
+            # ttl/10 before that write: past 1.25 * ttl an entry can only name an expired thread.
+            horizon = self.ttl_seconds * 1.25
+            ops.append(_Cmd(("ZREMRANGEBYSCORE", self._registry, "-inf", f"({now - horizon}")))
+            ops.append(_Cmd(("PEXPIRE", self._registry, round(horizon * 1000))))
+        return ops
+
+    def _write_gen(self, thread_id: str, ev: _Eval) -> _Gen[Any]:
+        """Run a thread-writing script, registering the thread in the same round trip when due."""
+        touch = self._touch_ops(thread_id)
+        if touch:
+            reply = (yield _Batch([ev, *touch], transaction=False))[0]
+        else:
+            reply = yield ev
+            if reply == 0:  # new (or deleted meanwhile by another process): register it now
+                yield _Batch(self._touch_ops(thread_id, force=True), transaction=False)
+        return reply
+
+    def _names_put(self, key: tuple[bytes, str], raw: bytes | None) -> NameDict | None:
+        """Replace the cached dictionary with what the server sent (``b""``/``None``: it has none)."""
+        if not raw:
+            self._names.pop(key, None)
+            return None
+        names = NameDict.parse(raw)
+        if len(self._names) >= _NAMES_CACHE_MAX:
+            self._names.clear()
+        self._names[key] = names
+        return names
+
+    # ------------------------------------------------------------------------------ operations
+
+    @staticmethod
+    def _target(config: RunnableConfig) -> tuple[str, str]:
+        conf = config["configurable"]
+        return str(conf["thread_id"]), str(conf.get("checkpoint_ns") or "")
+
+    def _op_put(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> _Gen[RunnableConfig]:
+        thread_id, ns = self._target(config)
+        parent = config["configurable"].get("checkpoint_id")
+        md = get_serializable_checkpoint_metadata(config, metadata)
+        prep = prepare_checkpoint(self.serde, checkpoint, md, parent, new_versions)
+        keys = Keys(self.key_prefix, thread_id)
+        cache_key = (keys.base, ns)
+        uses_delta = any(k in md for k in _DELTA_METADATA_KEYS)
+        for _ in range(_PUT_ATTEMPTS):
+            names = self._names.get(cache_key) or NameDict(os.urandom(8), ())
+            record, added, blobs = build_record(self.serde, prep, names)
+            args: list[Any] = [
+                keys.base,
+                ns,
+                checkpoint["id"],
+                parent or "",
+                record,
+                self._ttl_ms,
+                self.keep_last or 0,
+                "1" if uses_delta else "0",
+                names.epoch,
+                len(names.names),
+                len(added),
+                NameDict.pack(added),
+                len(blobs),
+            ]
+            for field, blob in blobs:
+                args.append(field)
+                args.append(blob)
+            reply = yield from self._write_gen(
+                thread_id, _Eval(SCRIPTS["put"], [keys.nset, *keys.ns_keys(ns)], args)
+            )
+            if isinstance(reply, bytes):  # our name dictionary was stale: take the server's, rebuild
+                self._names_put(cache_key, reply)
+                continue
+            self._names[cache_key] = names.extended(added)
+            return {
+                "configurable": {
+                    "thread_id": thread_id,
+                    "checkpoint_ns": ns,
+                    "checkpoint_id": checkpoint["id"],
+                }
+            }
+        raise RuntimeError(
+            f"put: the name dictionary of thread {thread_id!r} namespace {ns!r} changed on every attempt; "
+            "is another writer rewriting it?"
+        )
+
+    def _op_put_writes(
+        self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str
+    ) -> _Gen[None]:
+        if not writes:
+            return
+        thread_id, ns = self._target(config)
+        checkpoint_id = config["configurable"]["checkpoint_id"]
+        dumps = self.serde.dumps_typed
+        # One entry per idx: a repeated special channel (negative idx) keeps its last value, as the
+        # overwrite rule does across calls.
+        entries = {
+            (i := WRITES_IDX_MAP.get(channel, idx)): (i, channel, typed_to_bytes(dumps(value)))
+            for idx, (channel, value) in enumerate(writes)
+        }
+        pack = pack_writes(task_id, task_path, list(entries.values()))
+        keys = Keys(self.key_prefix, thread_id)
+        args = [keys.base, ns, checkpoint_id, self._ttl_ms, self.keep_last or 0, pack]
+        yield from self._write_gen(
+            thread_id, _Eval(SCRIPTS["put_writes"], [keys.nset, *keys.ns_keys(ns)], args)
+        )
+
+    def _load_args(self, keys: Keys, ns: str) -> list[Any]:
+        names = self._names.get((keys.base, ns))
+        return [names.epoch, len(names.names)] if names else ["", 0]
+
+    def _rows_to_tuples(
+        self, keys: Keys, thread_id: str, ns: str, reply: Sequence[Any]
+    ) -> list[CheckpointTuple]:
+        cache_key = (keys.base, ns)
+        if reply[0] is not None:
+            self._names_put(cache_key, reply[0])
+        names = self._names.get(cache_key) or NameDict(b"", ())
+        return [self._row_to_tuple(thread_id, ns, row, names) for row in reply[1:]]
+
+    def _row_to_tuple(self, thread_id: str, ns: str, row: Sequence[Any], names: NameDict) -> CheckpointTuple:
+        cid_b, record, values = row
+        cid = _text(cid_b)
+        wpack = values[0]
+        dec = decode_checkpoint(self.serde, cid, record, values[1:], names)
+        pending: list[tuple[str, str, Any]] = []
+        if wpack:
+            # writes_sort_key order: (task_path, task_id, idx)
+            entries = sorted(iter_writes(wpack), key=lambda e: (e[1], e[0], e[2]))
+            loads = self.serde.loads_typed
+            pending = [
+                (task_id, channel, loads(typed_from_bytes(value)))
+                for task_id, _, _, channel, value in entries
+            ]
+        parent = dec.header.parent_id
+        return CheckpointTuple(
+            config={"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": cid}},
+            checkpoint=cast(Checkpoint, dec.checkpoint),
+            metadata=cast(CheckpointMetadata, dec.metadata),
+            parent_config=(
+                {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": parent}}
+                if parent
+                else None
+            ),
+            pending_writes=pending,
+        )
+
+    def _op_get_tuple(self, config: RunnableConfig) -> _Gen[CheckpointTuple | None]:
+        thread_id, ns = self._target(config)
+        cid = get_checkpoint_id(config)
+        keys = Keys(self.key_prefix, thread_id)
+        args = ["id", cid, 0] if cid else ["page", "", 1]
+        reply = yield _Eval(SCRIPTS["load"], keys.ns_keys(ns), [*args, *self._load_args(keys, ns)])
+        tuples = self._rows_to_tuples(keys, thread_id, ns, reply)
+        return tuples[0] if tuples else None
+
+    def _op_page(self, thread_id: str, ns: str, upper: str | None, count: int) -> _Gen[_Page]:
+        keys = Keys(self.key_prefix, thread_id)
+        reply = yield _Eval(
+            SCRIPTS["load"], keys.ns_keys(ns), ["page", upper or "", count, *self._load_args(keys, ns)]
+        )
+        tuples = self._rows_to_tuples(keys, thread_id, ns, reply)
+        last = tuples[-1].checkpoint["id"] if tuples else upper
+        # A page is short only at the end of the index (records are never missing for indexed ids).
+        return _Page(tuples, last, len(tuples) < count)
+
+    def _op_namespaces(self, thread_id: str) -> _Gen[list[str]]:
+        members = yield _Cmd(("SMEMBERS", Keys(self.key_prefix, thread_id).nset))
+        return sorted(_text(m) for m in members)
+
+    def _op_registry_page(self, start: int) -> _Gen[list[str]]:
+        members = yield _Cmd(("ZRANGE", self._registry, start, start + _REGISTRY_PAGE - 1))
+        return [_text(m) for m in members]
+
+    def _op_forget(self, thread_id: str) -> _Gen[None]:
+        """Drop a registry entry whose thread has no keys left (it expired or was deleted)."""
+        self._touched.pop(thread_id, None)
+        yield _Cmd(("ZREM", self._registry, thread_id))
+
+    def _op_delete_thread(self, thread_id: str) -> _Gen[None]:
+        keys = Keys(self.key_prefix, thread_id)
+        self._touched.pop(thread_id, None)
+        yield _Batch(
+            [
+                _Eval(SCRIPTS["delete_thread"], [keys.nset], [keys.base]),
+                _Cmd(("ZREM", self._registry, thread_id)),
+            ],
+            transaction=False,
+        )
+
+    def _op_delete_for_runs(self, thread_id: str, run_ids: Sequence[str]) -> _Gen[int]:
+        keys = Keys(self.key_prefix, thread_id)
+        flat = yield _Eval(SCRIPTS["find"], [keys.nset], [keys.base, *run_ids])
+        wanted = set(run_ids)
+        by_ns: dict[str, list[str]] = {}
+        for i in range(0, len(flat), 3):
+            ns, cid, record = _text(flat[i]), _text(flat[i + 1]), flat[i + 2]
+            if decode_metadata(self.serde, record).get("run_id") in wanted:
+                by_ns.setdefault(ns, []).append(cid)
+        removed = 0
+        for ns, cids in by_ns.items():
+            removed += yield _Eval(SCRIPTS["remove"], [keys.nset, *keys.ns_keys(ns)], [keys.base, ns, *cids])
+        return removed
+
+    def _op_uses_delta(self, thread_id: str) -> _Gen[bool]:
+        keys = Keys(self.key_prefix, thread_id)
+        flat = yield _Eval(SCRIPTS["find"], [keys.nset], [keys.base, *_DELTA_METADATA_KEYS])
+        for i in range(0, len(flat), 3):
+            md = decode_metadata(self.serde, flat[i + 2])
+            if any(k in md for k in _DELTA_METADATA_KEYS):
+                return True
+        return False
+
+    def _op_keep_latest(self, thread_id: str) -> _Gen[None]:
+        keys = Keys(self.key_prefix, thread_id)
+        yield _Eval(SCRIPTS["keep_latest"], [keys.nset], [keys.base])
+
+    def _op_copy_thread(self, source: str, target: str) -> _Gen[None]:
+        src = Keys(self.key_prefix, source)
+        dst = Keys(self.key_prefix, target)
+        namespaces = yield from self._op_namespaces(source)
+        if not namespaces:
+            return
+        if (yield _Cmd(("EXISTS", dst.nset))):
+            raise ValueError(
+                f"copy_thread: target thread {target!r} already has checkpoints; "
+                "delete it first (delete_thread) or copy to a new thread id"
+            )
+        src_keys = [src.nset] + [k for ns in namespaces for k in src.ns_keys(ns)]
+        dst_keys = [dst.nset] + [k for ns in namespaces for k in dst.ns_keys(ns)]
+        # One MULTI per side: a consistent snapshot of the source, restored all-or-nothing.
+        dumps = yield _Batch([_Cmd(("DUMP", k)) for k in src_keys], transaction=True)
+        restores: list[_Eval | _Cmd] = [
+            _Cmd(("RESTORE", key, self._ttl_ms, payload))
+            for key, payload in zip(dst_keys, dumps, strict=True)
+            if payload is not None
+        ]
+        if restores:
+            yield _Batch(restores, transaction=True)
+            yield _Batch(self._touch_ops(target, force=True), transaction=False)
+
+    # ------------------------------------------------------------------------------ listing
+
+    @staticmethod
+    def _matches(tup: CheckpointTuple, filter: dict[str, Any] | None) -> bool:
+        if not filter:
+            return True
+        md = tup.metadata
+        return all(md.get(k, _MISSING) == v for k, v in filter.items())
+
+    @staticmethod
+    def _list_args(
+        config: RunnableConfig | None, before: RunnableConfig | None
+    ) -> tuple[str | None, str | None, str | None, str | None]:
+        thread_id = str(config["configurable"]["thread_id"]) if config else None
+        ns = config["configurable"].get("checkpoint_ns") if config else None
+        exact = get_checkpoint_id(config) if config else None
+        upper = get_checkpoint_id(before) if before else None
+        return thread_id, (None if ns is None else str(ns)), exact, upper
+
+
+_MISSING = object()
+
+
+def _validate_prune(thread_ids: Sequence[str], strategy: str) -> list[str]:
+    if isinstance(thread_ids, str):
+        raise TypeError("thread_ids must be a sequence of thread IDs, not a str")
+    if strategy not in PRUNE_STRATEGIES:
+        raise ValueError(f"Unknown prune strategy: {strategy!r} (use 'keep_latest' or 'delete')")
+    return [str(t) for t in thread_ids]
+
+
+# ---------------------------------------------------------------------------------- sync saver
+
+
+class _SyncMethods(_PlainRedisBase):
+    """The blocking half of the API, on ``self._sync()``."""
+
+    def _sync(self) -> redis.Redis:
+        raise NotImplementedError
+
+    def _drive(self, gen: _Gen[T]) -> T:
+        return _run_sync(self._sync(), gen)
+
+    def setup(self) -> None:
+        """Load the Lua scripts (optional: they are loaded on first use anyway)."""
+        client = self._sync()
+        for script in SCRIPTS.values():
+            client.script_load(script.source)
+
+    def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        """The checkpoint in ``config`` (or the thread's latest), its pending writes sorted by
+        ``(task_path, task_id, idx)``; ``None`` when there is none."""
+        return self._drive(self._op_get_tuple(config))
+
+    def list(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> Iterator[CheckpointTuple]:
+        """Checkpoints newest first per namespace; ``config=None`` walks every registered thread.
+
+        ``filter`` matches metadata by equality (checked client-side), ``before`` is exclusive.
+        """
+        if limit is not None and limit <= 0:
+            return
+        remaining = limit
+        thread_id, ns, exact, upper = self._list_args(config, before)
+        for tid, namespaces in self._iter_targets(thread_id, ns):
+            for one_ns in namespaces:
+                if exact is not None:
+                    tup = self.get_tuple(
+                        {"configurable": {"thread_id": tid, "checkpoint_ns": one_ns, "checkpoint_id": exact}}
+                    )
+                    pages: Iterable[builtins.list[CheckpointTuple]] = [
+                        [tup] if tup and (upper is None or exact < upper) else []
+                    ]
+                else:
+                    pages = self._iter_pages(tid, one_ns, upper, remaining, bool(filter))
+                for page in pages:
+                    for tup in page:
+                        if not self._matches(tup, filter):
+                            continue
+                        yield tup
+                        if remaining is not None:
+                            remaining -= 1
+                            if remaining <= 0:
+                                return
+
+    def _iter_pages(
+        self, thread_id: str, ns: str, upper: str | None, remaining: int | None, filtered: bool
+    ) -> Iterator[builtins.list[CheckpointTuple]]:
+        while True:
+            count = _PAGE if (filtered or remaining is None) else min(_PAGE, remaining)
+            page = self._drive(self._op_page(thread_id, ns, upper, count))
+            yield page.tuples
+            if page.exhausted:
+                return
+            upper = page.last_id
+
+    def _iter_targets(
+        self, thread_id: str | None, ns: str | None
+    ) -> Iterator[tuple[str, builtins.list[str]]]:
+        if thread_id is not None:
+            yield thread_id, ([ns] if ns is not None else self._drive(self._op_namespaces(thread_id)))
+            return
+        start = 0
+        while True:
+            threads = self._drive(self._op_registry_page(start))
+            for tid in threads:
+                namespaces = self._drive(self._op_namespaces(tid))
+                if not namespaces:
+                    self._drive(self._op_forget(tid))
+                    start -= 1  # the registry shifted left by one
+                    continue
+                yield tid, ([ns] if ns is not None else namespaces)
+            if len(threads) < _REGISTRY_PAGE:
+                return
+            start += len(threads)
+
+    def put(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        """Store ``checkpoint`` (parent = ``config``'s checkpoint_id) in one round trip."""
+        return self._drive(self._op_put(config, checkpoint, metadata, new_versions))
+
+    def put_writes(
+        self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = ""
+    ) -> None:
+        """Store a task's pending writes against ``config``'s checkpoint in one round trip."""
+        self._drive(self._op_put_writes(config, writes, task_id, task_path))
+
+    def delete_thread(self, thread_id: str) -> None:
+        """Delete every checkpoint, write and blob of the thread, in all namespaces."""
+        self._drive(self._op_delete_thread(str(thread_id)))
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        """Delete the checkpoints (and their writes and now-unread blobs) whose metadata ``run_id``
+        is in ``run_ids``. Scans every registered thread: O(all checkpoints), like an unindexed SQL
+        delete; meant for administration, not for a request path."""
+        run_ids = [str(r) for r in run_ids]
+        if not run_ids:
+            return
+        for tid, _ in list(self._iter_targets(None, None)):
+            self._drive(self._op_delete_for_runs(tid, run_ids))
+
+    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        """Copy every namespace, checkpoint, write and blob of a thread to a new thread id.
+
+        Raises ``ValueError`` if the target already has checkpoints. A missing source is a no-op.
+        """
+        self._drive(self._op_copy_thread(str(source_thread_id), str(target_thread_id)))
+
+    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        """``"keep_latest"``: keep each namespace's latest checkpoint, its writes and the blobs it
+        reads; ``"delete"``: delete the threads. Like PostgresSaver, ``keep_latest`` refuses (raises
+        ``NotImplementedError``, pruning nothing) when a thread uses a ``DeltaChannel``."""
+        ids = _validate_prune(thread_ids, strategy)
+        if strategy == "delete":
+            for tid in ids:
+                self.delete_thread(tid)
+            return
+        delta = [tid for tid in ids if self._drive(self._op_uses_delta(tid))]
+        if delta:
+            raise NotImplementedError(f"keep_latest can't prune threads that use a DeltaChannel: {delta}")
+        for tid in ids:
+            self._drive(self._op_keep_latest(tid))
+
+
+class PlainRedisSaver(_SyncMethods):
+    """Checkpoint saver on plain Redis for the sync API (``graph.invoke``); async calls are run in a
+    worker thread.
+
+    Args:
+        client: a ``redis.Redis`` (or ``redis.RedisCluster``) with ``decode_responses=False``.
+        ttl_seconds: every key of a thread expires this long after the thread's last write;
+            ``None``: never.
+        keep_last: checkpoints kept per thread and namespace; older ones, their writes and the blobs
+            only they read are removed on each put. ``None`` keeps everything.
+        key_prefix: prefix of every key (no braces).
+        serde: serializer; defaults to ``JsonPlusSerializer``.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        ttl_seconds: float | None = DEFAULT_TTL_SECONDS,
+        keep_last: int | None = DEFAULT_KEEP_LAST,
+        key_prefix: str = DEFAULT_KEY_PREFIX,
+        serde: SerializerProtocol | None = None,
+    ) -> None:
+        super().__init__(ttl_seconds=ttl_seconds, keep_last=keep_last, key_prefix=key_prefix, serde=serde)
+        _check_binary_client(client)
+        self.client = client
+
+    def _sync(self) -> redis.Redis:
+        return self.client
+
+    def close(self) -> None:
+        """Close the connections this saver set aside for its script calls (the client itself is the
+        caller's to close; ``from_conn_string`` closes both)."""
+        _close_script_connections(self.client)
+
+    @classmethod
+    @contextlib.contextmanager
+    def from_conn_string(
+        cls,
+        url: str,
+        *,
+        ttl_seconds: float | None = DEFAULT_TTL_SECONDS,
+        keep_last: int | None = DEFAULT_KEEP_LAST,
+        key_prefix: str = DEFAULT_KEY_PREFIX,
+        serde: SerializerProtocol | None = None,
+    ) -> Iterator[PlainRedisSaver]:
+        """A saver on a new client for ``url`` (``redis://``, ``rediss://``, ``unix://``), closed on exit."""
+        client = redis.Redis.from_url(url)
+        try:
+            yield cls(
+                client, ttl_seconds=ttl_seconds, keep_last=keep_last, key_prefix=key_prefix, serde=serde
+            )
+        finally:
+            _close_script_connections(client)
+            client.close()
+
+    # ------------------------------------------------------------------- async, in a thread
+
+    async def _in_thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, functools.partial(fn, *args, **kwargs))
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return await self._in_thread(self.get_tuple, config)
+
+    async def alist(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        it = self.list(config, filter=filter, before=before, limit=limit)
+        done = object()
+        while True:
+            item = await self._in_thread(next, it, done)
+            if item is done:
+                return
+            yield cast(CheckpointTuple, item)
+
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        return await self._in_thread(self.put, config, checkpoint, metadata, new_versions)
+
+    async def aput_writes(
+        self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = ""
+    ) -> None:
+        await self._in_thread(self.put_writes, config, writes, task_id, task_path)
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        await self._in_thread(self.delete_thread, thread_id)
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        await self._in_thread(self.delete_for_runs, run_ids)
+
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        await self._in_thread(self.copy_thread, source_thread_id, target_thread_id)
+
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        await self._in_thread(self.prune, thread_ids, strategy=strategy)
+
+
+# --------------------------------------------------------------------------------- async saver
+
+
+def _sync_client_like(client: aredis.Redis) -> redis.Redis:
+    """A blocking client with the async client's connection settings (standalone servers only)."""
+    if not isinstance(client, aredis.Redis):
+        raise TypeError(
+            f"cannot derive a blocking client from {type(client).__name__}: pass sync_client= to "
+            "AsyncPlainRedisSaver to use its sync methods"
+        )
+    pool = client.connection_pool
+    kw = pool.connection_kwargs
+    names = (
+        "host",
+        "port",
+        "path",
+        "db",
+        "username",
+        "password",
+        "credential_provider",
+        "socket_timeout",
+        "socket_connect_timeout",
+        "client_name",
+        "protocol",
+    )
+    settings = {k: kw[k] for k in names if k in kw}
+    conn_class: type[redis.Connection | redis.UnixDomainSocketConnection | redis.SSLConnection]
+    if issubclass(pool.connection_class, aredis.UnixDomainSocketConnection):
+        conn_class = redis.UnixDomainSocketConnection
+    elif issubclass(pool.connection_class, aredis.SSLConnection):
+        conn_class = redis.SSLConnection
+        settings.update({k: v for k, v in kw.items() if k.startswith("ssl_")})
+    else:
+        conn_class = redis.Connection
+    return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=conn_class, **settings))
+
+
+class AsyncPlainRedisSaver(_SyncMethods):
+    """Checkpoint saver on plain Redis for the async API (``graph.ainvoke``), with working sync
+    methods (``graph.get_state`` from sync code or another thread).
+
+    Args:
+        client: a ``redis.asyncio.Redis`` with ``decode_responses=False``.
+        sync_client: the blocking client the sync methods use; by default one is made from
+            ``client``'s connection settings on first sync use (pass one explicitly for clusters or
+            unusual connection classes).
+        ttl_seconds, keep_last, key_prefix, serde: as for :class:`PlainRedisSaver`.
+    """
+
+    def __init__(
+        self,
+        client: aredis.Redis,
+        *,
+        sync_client: redis.Redis | None = None,
+        ttl_seconds: float | None = DEFAULT_TTL_SECONDS,
+        keep_last: int | None = DEFAULT_KEEP_LAST,
+        key_prefix: str = DEFAULT_KEY_PREFIX,
+        serde: SerializerProtocol | None = None,
+    ) -> None:
+        super().__init__(ttl_seconds=ttl_seconds, keep_last=keep_last, key_prefix=key_prefix, serde=serde)
+        _check_binary_client(client)
+        if sync_client is not None:
+            _check_binary_client(sync_client)
+        self.client = client
+        self._sync_client = sync_client
+        self._owns_sync_client = False
+
+    def _sync(self) -> redis.Redis:
+        if self._sync_client is None:
+            self._sync_client = _sync_client_like(self.client)
+            self._owns_sync_client = True
+        return self._sync_client
+
+    async def aclose(self) -> None:
+        """Close the blocking client this saver made for itself (not clients passed in)."""
+        if self._owns_sync_client and self._sync_client is not None:
+            _close_script_connections(self._sync_client)
+            self._sync_client.close()
+            self._sync_client = None
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def from_conn_string(
+        cls,
+        url: str,
+        *,
+        ttl_seconds: float | None = DEFAULT_TTL_SECONDS,
+        keep_last: int | None = DEFAULT_KEEP_LAST,
+        key_prefix: str = DEFAULT_KEY_PREFIX,
+        serde: SerializerProtocol | None = None,
+    ) -> AsyncIterator[AsyncPlainRedisSaver]:
+        """A saver on new async and blocking clients for ``url``, both closed on exit."""
+        client = aredis.Redis.from_url(url)
+        sync_client = redis.Redis.from_url(url)
+        try:
+            yield cls(
+                client,
+                sync_client=sync_client,
+                ttl_seconds=ttl_seconds,
+                keep_last=keep_last,
+                key_prefix=key_prefix,
+                serde=serde,
+            )
+        finally:
+            await client.aclose()
+            _close_script_connections(sync_client)
+            sync_client.close()
+
+    async def _adrive(self, gen: _Gen[T]) -> T:
+        return await _run_async(self.client, gen)
+
+    async def asetup(self) -> None:
+        """Load the Lua scripts (optional: they are loaded on first use anyway)."""
+        for script in SCRIPTS.values():
+            await self.client.script_load(script.source)
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return await self._adrive(self._op_get_tuple(config))
+
+    async def alist(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        if limit is not None and limit <= 0:
+            return
+        remaining = limit
+        thread_id, ns, exact, upper_bound = self._list_args(config, before)
+        async for tid, namespaces in self._aiter_targets(thread_id, ns):
+            for one_ns in namespaces:
+                if exact is not None:
+                    tup = await self.aget_tuple(
+                        {"configurable": {"thread_id": tid, "checkpoint_ns": one_ns, "checkpoint_id": exact}}
+                    )
+                    candidates = [tup] if tup and (upper_bound is None or exact < upper_bound) else []
+                    for tup in candidates:
+                        if self._matches(tup, filter):
+                            yield tup
+                            if remaining is not None:
+                                remaining -= 1
+                                if remaining <= 0:
+                                    return
+                    continue
+                upper = upper_bound
+                while True:
+                    count = _PAGE if (filter or remaining is None) else min(_PAGE, remaining)
+                    page = await self._adrive(self._op_page(tid, one_ns, upper, count))
+                    for tup in page.tuples:
+                        if not self._matches(tup, filter):
+                            continue
+                        yield tup
+                        if remaining is not None:
+                            remaining -= 1
+                            if remaining <= 0:
+                                return
+                    if page.exhausted:
+                        break
+                    upper = page.last_id
+
+    async def _aiter_targets(
+        self, thread_id: str | None, ns: str | None
+    ) -> AsyncIterator[tuple[str, list[str]]]:
+        if thread_id is not None:
+            yield thread_id, ([ns] if ns is not None else await self._adrive(self._op_namespaces(thread_id)))
+            return
+        start = 0
+        while True:
+            threads = await self._adrive(self._op_registry_page(start))
+            for tid in threads:
+                namespaces = await self._adrive(self._op_namespaces(tid))
+                if not namespaces:
+                    await self._adrive(self._op_forget(tid))
+                    start -= 1
+                    continue
+                yield tid, ([ns] if ns is not None else namespaces)
+            if len(threads) < _REGISTRY_PAGE:
+                return
+            start += len(threads)
+
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        return await self._adrive(self._op_put(config, checkpoint, metadata, new_versions))
+
+    async def aput_writes(
+        self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = ""
+    ) -> None:
+        await self._adrive(self._op_put_writes(config, writes, task_id, task_path))
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        await self._adrive(self._op_delete_thread(str(thread_id)))
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        run_ids = [str(r) for r in run_ids]
+        if not run_ids:
+            return
+        threads = [tid async for tid, _ in self._aiter_targets(None, None)]
+        for tid in threads:
+            await self._adrive(self._op_delete_for_runs(tid, run_ids))
+
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        await self._adrive(self._op_copy_thread(str(source_thread_id), str(target_thread_id)))
+
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        ids = _validate_prune(thread_ids, strategy)
+        if strategy == "delete":
+            for tid in ids:
+                await self.adelete_thread(tid)
+            return
+        delta = [tid for tid in ids if await self._adrive(self._op_uses_delta(tid))]
+        if delta:
+            raise NotImplementedError(f"keep_latest can't prune threads that use a DeltaChannel: {delta}")
+        for tid in ids:
+            await self._adrive(self._op_keep_latest(tid))

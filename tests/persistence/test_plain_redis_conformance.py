@@ -1,0 +1,39 @@
+"""The langgraph-checkpoint-conformance suite (0.0.2) against both plain Redis savers, on a real server.
+
+Every capability, base and extended (delete_for_runs, copy_thread, prune), must be detected and pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.conformance import checkpointer_test, validate
+from langgraph.checkpoint.conformance.capabilities import ALL_CAPABILITIES
+
+from ghl_real_estate_ai.persistence import AsyncPlainRedisSaver, PlainRedisSaver
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_conformance_all_capabilities(kind: str, redis_url: str, key_prefix: str) -> None:
+    async def factory() -> AsyncIterator[BaseCheckpointSaver[str]]:
+        if kind == "sync":
+            with PlainRedisSaver.from_conn_string(redis_url, key_prefix=key_prefix) as saver:
+                yield saver
+        else:
+            async with AsyncPlainRedisSaver.from_conn_string(redis_url, key_prefix=key_prefix) as asaver:
+                yield asaver
+
+    registered = checkpointer_test(name=f"plain-redis-{kind}")(factory)
+    report = await validate(registered)
+
+    failures = {cap: res.failures for cap, res in report.results.items() if res.failures}
+    assert not failures, failures
+    for capability in ALL_CAPABILITIES:
+        result = report.results[capability.value]
+        assert result.detected, f"{capability.value} not detected"
+        assert result.passed, f"{capability.value}: {result.failures}"
+        assert result.tests_passed > 0 and result.tests_failed == 0
+    assert report.passed_all()
+    assert report.conformance_level() == "FULL"
