@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
+from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from ghl_real_estate_ai.conversation.responders import LLMResponder
 from ghl_real_estate_ai.errors import TransientIntegrationError
@@ -29,8 +30,10 @@ def _inbound(text: str, message_id: str, channel: str = "sms") -> dict[str, Any]
     return {"type": "inbound_message", "text": text, "channel": channel, "message_id": message_id}
 
 
-async def test_question_is_answered_then_stall_breakers_then_the_sequence_resumes() -> None:
-    sim = Simulation(START)
+async def test_question_is_answered_then_stall_breakers_then_the_sequence_resumes(
+    checkpointer: BaseCheckpointSaver[Any],
+) -> None:
+    sim = Simulation(START, checkpointer=checkpointer)
     cid = await _lead(sim)
     sim.clock.advance(timedelta(hours=2))
     state = await sim.dispatch(cid, _inbound("Do any of them have a pool?", "m1"))
@@ -44,14 +47,18 @@ async def test_question_is_answered_then_stall_breakers_then_the_sequence_resume
     after = [s for s in sim.crm.sent_to(cid) if s.at > replied_at]
     # Three nudges two days apart (rotating texts), then the sequence picks up its next step (the overdue
     # day_7 call), and day_14 keeps its enrollment-anchored time.
-    assert [(s.channel, s.at - replied_at) for s in after[:3]] == [("sms", 2 * DAY), ("sms", 4 * DAY), ("sms", 6 * DAY)]
+    assert [(s.channel, s.at - replied_at) for s in after[:3]] == [
+        ("sms", 2 * DAY),
+        ("sms", 4 * DAY),
+        ("sms", 6 * DAY),
+    ]
     assert len({s.body for s in after[:3]}) == 3
     assert after[3].channel == "call" and after[3].at == replied_at + 8 * DAY
     assert after[4].channel == "email" and after[4].at == START + 11 * DAY
 
 
-async def test_reply_resets_the_stall_breakers() -> None:
-    sim = Simulation(START)
+async def test_reply_resets_the_stall_breakers(checkpointer: BaseCheckpointSaver[Any]) -> None:
+    sim = Simulation(START, checkpointer=checkpointer)
     cid = await _lead(sim)
     await sim.dispatch(cid, _inbound("what neighborhoods?", "m1"))
     await sim.run_until(sim.clock.now() + 2 * DAY + timedelta(hours=1))
@@ -61,23 +68,27 @@ async def test_reply_resets_the_stall_breakers() -> None:
     assert state["stall"]["attempts"] == 0 and state["sequence"]["next_step"] == "stall_breaker"
 
 
-async def test_a_lead_who_never_replies_stays_on_the_timed_sequence() -> None:
-    sim = Simulation(START)
+async def test_a_lead_who_never_replies_stays_on_the_timed_sequence(
+    checkpointer: BaseCheckpointSaver[Any],
+) -> None:
+    sim = Simulation(START, checkpointer=checkpointer)
     cid = await _lead(sim)
     await sim.run_until(START + 12 * DAY)
     assert not any(e["action"] == "stall_breaker" for e in (await sim.state(cid))["timeline"])
 
 
 @pytest.mark.parametrize("channel", ["sms", "email"])
-async def test_reply_goes_back_on_the_channel_it_came_in_on(channel: str) -> None:
-    sim = Simulation(START)
+async def test_reply_goes_back_on_the_channel_it_came_in_on(
+    channel: str, checkpointer: BaseCheckpointSaver[Any]
+) -> None:
+    sim = Simulation(START, checkpointer=checkpointer)
     cid = await _lead(sim)
     await sim.dispatch(cid, _inbound("Is the Oak St house still available?", "m1", channel))
     assert sim.crm.sent_to(cid)[-1].channel == channel
 
 
-async def test_interested_qualifies_and_hands_off_to_a_human() -> None:
-    sim = Simulation(START)
+async def test_interested_qualifies_and_hands_off_to_a_human(checkpointer: BaseCheckpointSaver[Any]) -> None:
+    sim = Simulation(START, checkpointer=checkpointer)
     cid = await _lead(sim, assigned_to="user-7")
     await sim.dispatch(cid, _inbound("Yes! Can you call me Saturday?", "m1"))
     state = await sim.state(cid)
@@ -97,8 +108,8 @@ async def test_interested_qualifies_and_hands_off_to_a_human() -> None:
     assert [s.channel for s in sim.crm.sent_to(cid)] == ["sms", "sms"]
 
 
-async def test_home_value_question_gets_a_cma_by_email_or_sms() -> None:
-    sim = Simulation(START)
+async def test_home_value_question_gets_a_cma_by_email_or_sms(checkpointer: BaseCheckpointSaver[Any]) -> None:
+    sim = Simulation(START, checkpointer=checkpointer)
     cid = await _lead(sim, address="1402 S Congress Ave", postal_code="78704", city="Austin")
     await sim.dispatch(cid, _inbound("what's my house worth??", "m1"))
     state = await sim.state(cid)
@@ -119,11 +130,14 @@ async def test_home_value_question_gets_a_cma_by_email_or_sms() -> None:
 
 @pytest.mark.parametrize(
     ("text", "status"),
-    [("Not interested right now, thanks", "nurture"), ("We're already working with a realtor", "completed"),
-     ("We already sold our house", "completed")],
+    [
+        ("Not interested right now, thanks", "nurture"),
+        ("We're already working with a realtor", "completed"),
+        ("We already sold our house", "completed"),
+    ],
 )
-async def test_closing_intents(text: str, status: str) -> None:
-    sim = Simulation(START)
+async def test_closing_intents(text: str, status: str, checkpointer: BaseCheckpointSaver[Any]) -> None:
+    sim = Simulation(START, checkpointer=checkpointer)
     cid = await _lead(sim)
     await sim.dispatch(cid, _inbound(text, "m1"))
     state = await sim.state(cid)
@@ -139,8 +153,8 @@ async def test_closing_intents(text: str, status: str) -> None:
         assert len(sim.crm.sent_to(cid)) == sent_before + 1
 
 
-async def test_help_names_the_program_and_how_to_stop() -> None:
-    sim = Simulation(START)
+async def test_help_names_the_program_and_how_to_stop(checkpointer: BaseCheckpointSaver[Any]) -> None:
+    sim = Simulation(START, checkpointer=checkpointer)
     cid = await _lead(sim)
     await sim.dispatch(cid, _inbound("HELP", "m1"))
     text = sim.crm.sent_to(cid)[-1].body
@@ -152,8 +166,10 @@ STEPS = ["day_3", "day_7", "day_14", "day_30", "nurture"]
 
 @pytest.mark.parametrize("stop_after", STEPS)
 @pytest.mark.parametrize("word", ["STOP", "unsubscribe", "please stop texting me", "Wrong number"])
-async def test_stop_at_any_point_leaves_no_later_send_of_any_kind(stop_after: str, word: str) -> None:
-    sim = Simulation(START)
+async def test_stop_at_any_point_leaves_no_later_send_of_any_kind(
+    stop_after: str, word: str, checkpointer: BaseCheckpointSaver[Any]
+) -> None:
+    sim = Simulation(START, checkpointer=checkpointer)
     cid = await _lead(sim)
     while stop_after not in (await sim.state(cid))["sequence"].get("completed", {}) and not (
         stop_after == "nurture" and (await sim.state(cid))["sequence"].get("nurture_sent")
@@ -169,7 +185,7 @@ async def test_stop_at_any_point_leaves_no_later_send_of_any_kind(stop_after: st
     await sim.dispatch(cid, _inbound("hello?", "after-1"))
     await sim.dispatch(cid, _inbound("STOP", "after-2"))
     await sim.dispatch(cid, {"type": "resume"})
-    for step in STEPS + ["stall_breaker"]:
+    for step in [*STEPS, "stall_breaker"]:
         await sim.dispatch(cid, {"type": "step_due", "step": step})
     await sim.run_until(START + 400 * DAY)
     assert len(sim.crm.sent_to(cid)) == count
@@ -177,8 +193,8 @@ async def test_stop_at_any_point_leaves_no_later_send_of_any_kind(stop_after: st
     assert (await sim.state(cid))["sequence"]["status"] == "opted_out"
 
 
-async def test_stop_is_honoured_even_when_ghl_is_down() -> None:
-    sim = Simulation(START)
+async def test_stop_is_honoured_even_when_ghl_is_down(checkpointer: BaseCheckpointSaver[Any]) -> None:
+    sim = Simulation(START, checkpointer=checkpointer)
     cid = await _lead(sim)
     down = TransientIntegrationError("ghl", "send message", "HTTP 503", status=503)
     sim.crm.fail_next(down, down, down)
@@ -188,8 +204,8 @@ async def test_stop_is_honoured_even_when_ghl_is_down() -> None:
     assert len(sim.crm.sent_to(cid)) == 1  # only day_3, before the STOP
 
 
-async def test_start_lifts_dnd_but_does_not_re_enroll() -> None:
-    sim = Simulation(START)
+async def test_start_lifts_dnd_but_does_not_re_enroll(checkpointer: BaseCheckpointSaver[Any]) -> None:
+    sim = Simulation(START, checkpointer=checkpointer)
     cid = await _lead(sim)
     await sim.dispatch(cid, _inbound("stop", "m1"))
     await sim.dispatch(cid, _inbound("START", "m2"))
@@ -204,18 +220,20 @@ async def test_start_lifts_dnd_but_does_not_re_enroll() -> None:
     assert (await sim.state(cid))["sequence"]["status"] == "active"
 
 
-async def test_duplicate_inbound_message_is_answered_once() -> None:
-    sim = Simulation(START)
+async def test_duplicate_inbound_message_is_answered_once(checkpointer: BaseCheckpointSaver[Any]) -> None:
+    sim = Simulation(START, checkpointer=checkpointer)
     cid = await _lead(sim)
     for _ in range(3):
         await sim.dispatch(cid, _inbound("What's the HOA fee?", "same-id"))
     assert len(sim.crm.sent_to(cid)) == 2  # day_3 + one reply
 
 
-async def test_human_takeover_puts_the_bot_in_the_background() -> None:
-    sim = Simulation(START)
+async def test_human_takeover_puts_the_bot_in_the_background(checkpointer: BaseCheckpointSaver[Any]) -> None:
+    sim = Simulation(START, checkpointer=checkpointer)
     cid = await _lead(sim)
-    await sim.dispatch(cid, {"type": "human_message", "text": "Hi Jane, Sam here, personally!", "message_id": "h1"})
+    await sim.dispatch(
+        cid, {"type": "human_message", "text": "Hi Jane, Sam here, personally!", "message_id": "h1"}
+    )
     count = len(sim.crm.sent_to(cid))
     # The lead answers the human: the bot stays quiet; no timed step for 7 days.
     await sim.dispatch(cid, _inbound("Hi Sam! Sure.", "m1"))
@@ -231,11 +249,21 @@ async def test_human_takeover_puts_the_bot_in_the_background() -> None:
 
 
 def _call(outcome: str) -> dict[str, Any]:
-    base: dict[str, Any] = {"call_id": f"call-{outcome}", "call_status": "ended", "metadata": {"ghl_contact_id": "c1"}}
+    base: dict[str, Any] = {
+        "call_id": f"call-{outcome}",
+        "call_status": "ended",
+        "metadata": {"ghl_contact_id": "c1"},
+    }
     if outcome == "positive":
-        base |= {"disconnection_reason": "user_hangup",
-                 "call_analysis": {"call_successful": True, "user_sentiment": "Positive", "in_voicemail": False,
-                                   "call_summary": "Wants a showing Saturday."}}
+        base |= {
+            "disconnection_reason": "user_hangup",
+            "call_analysis": {
+                "call_successful": True,
+                "user_sentiment": "Positive",
+                "in_voicemail": False,
+                "call_summary": "Wants a showing Saturday.",
+            },
+        }
     elif outcome == "voicemail":
         base |= {"disconnection_reason": "voicemail_reached", "call_analysis": {"in_voicemail": True}}
     elif outcome == "no_answer":
@@ -247,13 +275,17 @@ def _call(outcome: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize(
     ("outcome", "event", "status", "tag"),
-    [("positive", "call_analyzed", "qualified", "lead-bot-call-answered-positive"),
-     ("voicemail", "call_analyzed", "active", "lead-bot-call-voicemail"),
-     ("no_answer", "call_ended", "active", "lead-bot-call-no-answer"),
-     ("failed", "call_ended", "active", "lead-bot-call-failed")],
+    [
+        ("positive", "call_analyzed", "qualified", "lead-bot-call-answered-positive"),
+        ("voicemail", "call_analyzed", "active", "lead-bot-call-voicemail"),
+        ("no_answer", "call_ended", "active", "lead-bot-call-no-answer"),
+        ("failed", "call_ended", "active", "lead-bot-call-failed"),
+    ],
 )
-async def test_call_results(outcome: str, event: str, status: str, tag: str) -> None:
-    sim = Simulation(START)
+async def test_call_results(
+    outcome: str, event: str, status: str, tag: str, checkpointer: BaseCheckpointSaver[Any]
+) -> None:
+    sim = Simulation(START, checkpointer=checkpointer)
     cid = await _lead(sim)
     await sim.run_until(START + 4 * DAY + timedelta(hours=1))
     assert sim.voice.placed
@@ -272,18 +304,26 @@ async def test_call_results(outcome: str, event: str, status: str, tag: str) -> 
         assert sim.crm.sent_to(cid, "email")  # the sequence went on
 
 
-async def test_call_started_changes_nothing() -> None:
-    sim = Simulation(START)
+async def test_call_started_changes_nothing(checkpointer: BaseCheckpointSaver[Any]) -> None:
+    sim = Simulation(START, checkpointer=checkpointer)
     cid = await _lead(sim)
     await sim.dispatch(cid, {"type": "call_result", "reason": "call_started", "call": {"call_id": "x"}})
     assert (await sim.state(cid))["timeline"][-1]["outcome"] == "skipped"
 
 
-async def test_llm_responder_through_the_context_and_stop_never_reaches_it() -> None:
-    answer = json.dumps({"intent": "question", "reply": "Great question! HOA is about $45/month.",
-                         "summary": "Asked about HOA.", "meeting_hint": None})
+async def test_llm_responder_through_the_context_and_stop_never_reaches_it(
+    checkpointer: BaseCheckpointSaver[Any],
+) -> None:
+    answer = json.dumps(
+        {
+            "intent": "question",
+            "reply": "Great question! HOA is about $45/month.",
+            "summary": "Asked about HOA.",
+            "meeting_hint": None,
+        }
+    )
     model = FakeListChatModel(responses=[answer, answer])
-    sim = Simulation(START, responder=LLMResponder(model))
+    sim = Simulation(START, checkpointer=checkpointer, responder=LLMResponder(model))
     cid = await _lead(sim)
     await sim.dispatch(cid, _inbound("how much is the HOA?", "m1"))
     assert sim.crm.sent_to(cid)[-1].body == "Great question! HOA is about $45/month."
@@ -293,8 +333,10 @@ async def test_llm_responder_through_the_context_and_stop_never_reaches_it() -> 
     assert (await sim.state(cid))["sequence"]["status"] == "opted_out"
 
 
-async def test_opted_out_lead_only_gets_answers_to_start_and_help() -> None:
-    sim = Simulation(START)
+async def test_opted_out_lead_only_gets_answers_to_start_and_help(
+    checkpointer: BaseCheckpointSaver[Any],
+) -> None:
+    sim = Simulation(START, checkpointer=checkpointer)
     cid = await _lead(sim)
     await sim.dispatch(cid, _inbound("STOP", "m1"))
     count = len(sim.crm.sent_to(cid))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from ghl_real_estate_ai.agents.lead_bot import build_graph
 from ghl_real_estate_ai.errors import TransientIntegrationError
@@ -23,8 +25,10 @@ def test_graph_has_the_contract_node_names() -> None:
     assert {"determine_path", "day_3", "day_7", "day_14", "day_30", "stall_breaker", "nurture"} <= nodes
 
 
-async def test_silent_lead_gets_the_whole_sequence_at_the_right_times() -> None:
-    sim = Simulation(START)
+async def test_silent_lead_gets_the_whole_sequence_at_the_right_times(
+    checkpointer: BaseCheckpointSaver[Any],
+) -> None:
+    sim = Simulation(START, checkpointer=checkpointer)
     cid = sim.add_lead(make_contact("c-silent"))
     await sim.enroll_all()
     await sim.run_until(START + timedelta(days=150))
@@ -58,10 +62,10 @@ async def test_silent_lead_gets_the_whole_sequence_at_the_right_times() -> None:
     assert state["sequence"]["nurture_sent"] == 4
 
 
-async def test_steps_due_at_night_wait_for_the_leads_morning() -> None:
+async def test_steps_due_at_night_wait_for_the_leads_morning(checkpointer: BaseCheckpointSaver[Any]) -> None:
     # Enrolled at 02:30 UTC = 21:30 EST the evening before, for a Florida lead (window 08:00-20:00).
     start = datetime(2026, 1, 13, 2, 30, tzinfo=UTC)
-    sim = Simulation(start)
+    sim = Simulation(start, checkpointer=checkpointer)
     cid = sim.add_lead(make_contact("c-fl", timezone="America/New_York", state="FL", phone="+13055550100"))
     await sim.enroll_all()
     state = await sim.state(cid)
@@ -74,8 +78,10 @@ async def test_steps_due_at_night_wait_for_the_leads_morning() -> None:
     assert [t.channel for t in sim.crm.sent_to(cid)] == ["sms", "call", "email", "sms"]
 
 
-async def test_lead_without_timezone_uses_the_area_code_and_without_phone_skips_sms() -> None:
-    sim = Simulation(START)
+async def test_lead_without_timezone_uses_the_area_code_and_without_phone_skips_sms(
+    checkpointer: BaseCheckpointSaver[Any],
+) -> None:
+    sim = Simulation(START, checkpointer=checkpointer)
     no_tz = sim.add_lead(make_contact("c-area", timezone=None, state=None, phone="+12065550100"))  # Seattle
     no_phone = sim.add_lead(make_contact("c-nophone", phone=None))
     await sim.enroll_all()
@@ -91,8 +97,8 @@ async def test_lead_without_timezone_uses_the_area_code_and_without_phone_skips_
     assert reasons["day_30"] == "no phone number"
 
 
-async def test_no_email_falls_back_to_sms() -> None:
-    sim = Simulation(START)
+async def test_no_email_falls_back_to_sms(checkpointer: BaseCheckpointSaver[Any]) -> None:
+    sim = Simulation(START, checkpointer=checkpointer)
     cid = sim.add_lead(make_contact("c-noemail", email=None))
     await sim.enroll_all()
     await sim.run_until(START + 12 * DAY)
@@ -101,8 +107,8 @@ async def test_no_email_falls_back_to_sms() -> None:
     assert entry["outcome"] == "sent" and "falling back to SMS" in entry["reason"]
 
 
-async def test_replayed_due_event_sends_nothing() -> None:
-    sim = Simulation(START)
+async def test_replayed_due_event_sends_nothing(checkpointer: BaseCheckpointSaver[Any]) -> None:
+    sim = Simulation(START, checkpointer=checkpointer)
     cid = sim.add_lead(make_contact("c-replay"))
     await sim.enroll_all()
     await sim.run_until(START + timedelta(hours=1))
@@ -120,9 +126,11 @@ async def test_replayed_due_event_sends_nothing() -> None:
     assert any("not due until" in r for r in reasons)
 
 
-async def test_lost_checkpoint_cannot_resend_thanks_to_the_send_key() -> None:
+async def test_lost_checkpoint_cannot_resend_thanks_to_the_send_key(
+    checkpointer: BaseCheckpointSaver[Any],
+) -> None:
     """A crash after the send but before the checkpoint: the send key still stops a second text."""
-    sim = Simulation(START)
+    sim = Simulation(START, checkpointer=checkpointer)
     cid = sim.add_lead(make_contact("c-crash"))
     await sim.enroll_all()
     before = await sim.graph.aget_state(sim.runner.config(cid))
@@ -138,8 +146,8 @@ async def test_lost_checkpoint_cannot_resend_thanks_to_the_send_key() -> None:
     assert any("send key" in e["reason"] for e in (await sim.state(cid))["timeline"])
 
 
-async def test_pause_resume_cancel() -> None:
-    sim = Simulation(START)
+async def test_pause_resume_cancel(checkpointer: BaseCheckpointSaver[Any]) -> None:
+    sim = Simulation(START, checkpointer=checkpointer)
     cid = sim.add_lead(make_contact("c-ops"))
     await sim.enroll_all()
     await sim.run_until(START + DAY)
@@ -170,8 +178,8 @@ async def test_pause_resume_cancel() -> None:
     assert [t.channel for t in sim.crm.sent_to(cid)][-1] == "sms" and len(sim.crm.sent_to(cid)) == 4
 
 
-async def test_opt_out_stops_everything_for_good() -> None:
-    sim = Simulation(START)
+async def test_opt_out_stops_everything_for_good(checkpointer: BaseCheckpointSaver[Any]) -> None:
+    sim = Simulation(START, checkpointer=checkpointer)
     cid = sim.add_lead(make_contact("c-out"))
     await sim.enroll_all()
     await sim.run_until(START + 5 * DAY)
@@ -188,8 +196,8 @@ async def test_opt_out_stops_everything_for_good() -> None:
     assert (await sim.state(cid))["sequence"]["status"] == "opted_out"
 
 
-async def test_dnd_set_in_ghl_is_respected_before_every_send() -> None:
-    sim = Simulation(START)
+async def test_dnd_set_in_ghl_is_respected_before_every_send(checkpointer: BaseCheckpointSaver[Any]) -> None:
+    sim = Simulation(START, checkpointer=checkpointer)
     cid = sim.add_lead(make_contact("c-dnd", dnd_channels={"SMS": "active"}))
     await sim.enroll_all()
     await sim.run_until(START + 12 * DAY)
@@ -200,8 +208,8 @@ async def test_dnd_set_in_ghl_is_respected_before_every_send() -> None:
     assert skipped[-1]["reason"] == "SMS DND is active"
 
 
-async def test_opt_out_tag_added_in_ghl_stops_the_next_step() -> None:
-    sim = Simulation(START)
+async def test_opt_out_tag_added_in_ghl_stops_the_next_step(checkpointer: BaseCheckpointSaver[Any]) -> None:
+    sim = Simulation(START, checkpointer=checkpointer)
     cid = sim.add_lead(make_contact("c-tag"))
     await sim.enroll_all()
     await sim.run_until(START + DAY)
@@ -211,8 +219,8 @@ async def test_opt_out_tag_added_in_ghl_stops_the_next_step() -> None:
     assert (await sim.state(cid))["sequence"]["status"] == "opted_out"
 
 
-async def test_daily_cap_defers_the_fourth_automated_message() -> None:
-    sim = Simulation(START)
+async def test_daily_cap_defers_the_fourth_automated_message(checkpointer: BaseCheckpointSaver[Any]) -> None:
+    sim = Simulation(START, checkpointer=checkpointer)
     cid = sim.add_lead(make_contact("c-cap"))
     await sim.enroll_all()
     await sim.run_until(START + 10 * DAY)
@@ -232,8 +240,10 @@ async def test_daily_cap_defers_the_fourth_automated_message() -> None:
     )
 
 
-async def test_transient_send_error_raises_for_retry_and_releases_the_key() -> None:
-    sim = Simulation(START)
+async def test_transient_send_error_raises_for_retry_and_releases_the_key(
+    checkpointer: BaseCheckpointSaver[Any],
+) -> None:
+    sim = Simulation(START, checkpointer=checkpointer)
     cid = sim.add_lead(make_contact("c-flaky"))
     await sim.enroll_all()
     failure = TransientIntegrationError("ghl", "send message", "HTTP 503", status=503)
@@ -249,8 +259,8 @@ async def test_transient_send_error_raises_for_retry_and_releases_the_key() -> N
     assert len(sim.crm.sent_to(cid)) == 1
 
 
-async def test_contact_deleted_cancels() -> None:
-    sim = Simulation(START)
+async def test_contact_deleted_cancels(checkpointer: BaseCheckpointSaver[Any]) -> None:
+    sim = Simulation(START, checkpointer=checkpointer)
     cid = sim.add_lead(make_contact("c-del"))
     await sim.enroll_all()
     del sim.crm.contacts[cid]
