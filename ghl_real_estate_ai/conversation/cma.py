@@ -1,0 +1,526 @@
+"""Comparable-sales analysis (CMA): the lead's property, nearby recent sales, and a value estimate. Pure
+apart from reading the bundled CSV once.
+
+Choosing comparables (``select_comparables``): always the same property type and never the subject itself;
+sold within a look-back window ending at ``as_of`` (never after it); then, step by step, until a step finds
+at least ``min_comps`` (3) sales:
+
+====  ============  ==========  =========  ==========  ===========================
+step  radius        sqft band   beds band  look-back   without coordinates
+====  ============  ==========  =========  ==========  ===========================
+1     1 mile        ±30%        ±1         12 months   same zip
+2     2 miles       ±30%        ±1         12 months   same zip
+3     5 miles       ±30%        ±1         12 months   same city
+4     5 miles       ±50%        ±2         12 months   same city
+5     10 miles      ±50%        ±2         18 months   same city
+6     25 miles      any         any        24 months   same city
+====  ============  ==========  =========  ==========  ===========================
+
+Distance widens first (a similar home a mile further away is a better comparable than a different home next
+door), then the size bands, then time. The first step with enough sales wins and its sales are ranked
+nearest first (then closest in size, then most recent); if no step finds ``min_comps``, the widest step's
+sales are returned, possibly none. Size and bedroom bands apply only when the subject's size and bedrooms
+are known.
+
+Estimating (``estimate``): value = median price per square foot of the comparables × the subject's square
+feet, rounded half-up to the nearest $1,000; the range is the interquartile range of price per square foot
+(``statistics.quantiles(..., method="inclusive")``) × square feet with four or more comparables, else
+±7.5% of the unrounded value. When the subject's size is unknown (a GHL contact rarely has it) the same
+rules apply to sale prices instead of price per square foot.
+"""
+
+from __future__ import annotations
+
+import calendar
+import csv
+import io
+import logging
+import math
+import re
+import statistics
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import ROUND_HALF_UP, Decimal
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Protocol, TextIO
+
+logger = logging.getLogger(__name__)
+
+PropertyType = Literal["single_family", "condo", "townhouse"]
+PROPERTY_TYPES: tuple[PropertyType, ...] = ("single_family", "condo", "townhouse")
+_TYPE_ALIASES: dict[str, PropertyType] = {
+    "single_family": "single_family", "single family": "single_family", "sfh": "single_family",
+    "sfr": "single_family", "house": "single_family", "single-family": "single_family",
+    "detached": "single_family", "condo": "condo", "condominium": "condo", "apartment": "condo",
+    "flat": "condo", "townhouse": "townhouse", "townhome": "townhouse", "town house": "townhouse",
+    "row house": "townhouse",
+}
+EARTH_RADIUS_MILES = 3958.7613
+RANGE_WITHOUT_QUARTILES = 0.075
+"""Half-width of the range (±7.5%) when fewer than four comparables make quartiles meaningless."""
+
+
+class NoComparablesError(ValueError):
+    """No comparable sale was found, so no estimate can be made. The message says what was searched."""
+
+
+def normalize_property_type(value: str | None) -> PropertyType:
+    """``"Townhome"`` -> ``"townhouse"``; unknown or empty values mean a single-family house."""
+    key = re.sub(r"[\s_\-]+", " ", (value or "").strip().lower())
+    return _TYPE_ALIASES.get(key, _TYPE_ALIASES.get(key.replace(" ", "_"), "single_family"))
+
+
+@dataclass(frozen=True)
+class Sale:
+    """One closed sale from the comparable-sales data."""
+
+    address: str
+    city: str
+    state: str
+    zip: str
+    lat: float
+    lon: float
+    beds: int
+    baths: float
+    sqft: int
+    price: int
+    sold_on: date
+    property_type: PropertyType
+
+    @property
+    def price_per_sqft(self) -> float:
+        return self.price / self.sqft
+
+    def to_state(self) -> dict[str, Any]:
+        """Plain data for graph state (the date as ISO)."""
+        return {
+            "address": self.address,
+            "city": self.city,
+            "state": self.state,
+            "zip": self.zip,
+            "lat": self.lat,
+            "lon": self.lon,
+            "beds": self.beds,
+            "baths": self.baths,
+            "sqft": self.sqft,
+            "price": self.price,
+            "sold_on": self.sold_on.isoformat(),
+            "property_type": self.property_type,
+        }
+
+    @classmethod
+    def from_state(cls, data: Mapping[str, Any]) -> Sale:
+        return cls(
+            address=str(data["address"]),
+            city=str(data["city"]),
+            state=str(data["state"]),
+            zip=str(data["zip"]),
+            lat=float(data["lat"]),
+            lon=float(data["lon"]),
+            beds=int(data["beds"]),
+            baths=float(data["baths"]),
+            sqft=int(data["sqft"]),
+            price=int(data["price"]),
+            sold_on=date.fromisoformat(str(data["sold_on"])),
+            property_type=normalize_property_type(str(data["property_type"])),
+        )
+
+
+@dataclass(frozen=True)
+class Subject:
+    """The lead's property, as far as known: a GHL contact usually gives only address, city, state, zip."""
+
+    address: str
+    city: str = ""
+    state: str = ""
+    zip: str = ""
+    lat: float | None = None
+    lon: float | None = None
+    beds: int | None = None
+    baths: float | None = None
+    sqft: int | None = None
+    property_type: PropertyType = "single_family"
+
+    @property
+    def has_coordinates(self) -> bool:
+        return self.lat is not None and self.lon is not None
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "address": self.address,
+            "city": self.city,
+            "state": self.state,
+            "zip": self.zip,
+            "lat": self.lat,
+            "lon": self.lon,
+            "beds": self.beds,
+            "baths": self.baths,
+            "sqft": self.sqft,
+            "property_type": self.property_type,
+        }
+
+    @classmethod
+    def from_state(cls, data: Mapping[str, Any]) -> Subject:
+        return cls(
+            address=str(data.get("address") or ""),
+            city=str(data.get("city") or ""),
+            state=str(data.get("state") or ""),
+            zip=str(data.get("zip") or ""),
+            lat=_number(data.get("lat"), float),
+            lon=_number(data.get("lon"), float),
+            beds=_number(data.get("beds"), int),
+            baths=_number(data.get("baths"), float),
+            sqft=_number(data.get("sqft"), int),
+            property_type=normalize_property_type(data.get("property_type")),
+        )
+
+
+def _number(value: Any, kind: type[int] | type[float]) -> Any:
+    """``value`` as ``kind`` ("1,850" -> 1850), or ``None`` when it is missing or not a positive number."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(str(value).replace(",", "").replace("$", "").strip())
+    except ValueError:
+        return None
+    if not math.isfinite(number):
+        return None
+    if kind is int:
+        return round(number) if number > 0 else None
+    return number
+
+
+def subject_from_contact(contact: Mapping[str, Any]) -> Subject:
+    """The lead's property from a contact snapshot in graph state (``Contact.to_state()``): ``address``,
+    ``city``, ``state``, ``postal_code``, plus ``sqft``, ``beds``, ``baths``, ``property_type``, ``lat`` and
+    ``lon`` when present (GHL keys such as ``address1``/``postalCode`` are accepted too). Never raises: what
+    is missing stays unknown and ``comparables``/``estimate`` decide what they can do with it."""
+    zip_code = contact.get("postal_code") or contact.get("postalCode") or contact.get("zip") or ""
+    zip_code = str(zip_code).strip()
+    lat = _number(contact.get("lat"), float)
+    lon = _number(contact.get("lon"), float)
+    if lat is None or lon is None or not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        lat = lon = None
+    return Subject(
+        address=str(contact.get("address") or contact.get("address1") or "").strip(),
+        city=str(contact.get("city") or "").strip(),
+        state=str(contact.get("state") or "").strip(),
+        zip=zip_code[:5],
+        lat=lat,
+        lon=lon,
+        beds=_number(contact.get("beds"), int),
+        baths=_number(contact.get("baths"), float),
+        sqft=_number(contact.get("sqft"), int),
+        property_type=normalize_property_type(contact.get("property_type")),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------
+
+CSV_FIELDS = (
+    "address", "city", "state", "zip", "lat", "lon", "beds", "baths", "sqft", "price", "sold_on",
+    "property_type",
+)
+
+
+def read_sales(stream: TextIO) -> list[Sale]:
+    """Parse comparable-sales CSV (header ``CSV_FIELDS``). Raises ``ValueError`` naming the bad line."""
+    reader = csv.DictReader(stream)
+    missing = [name for name in CSV_FIELDS if name not in (reader.fieldnames or ())]
+    if missing:
+        raise ValueError(f"sales CSV is missing the columns {', '.join(missing)}")
+    sales = []
+    for row in reader:
+        try:
+            sale = Sale(
+                address=row["address"].strip(),
+                city=row["city"].strip(),
+                state=row["state"].strip(),
+                zip=row["zip"].strip(),
+                lat=float(row["lat"]),
+                lon=float(row["lon"]),
+                beds=int(row["beds"]),
+                baths=float(row["baths"]),
+                sqft=int(row["sqft"]),
+                price=int(row["price"]),
+                sold_on=date.fromisoformat(row["sold_on"]),
+                property_type=normalize_property_type(row["property_type"]),
+            )
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"sales CSV line {reader.line_num}: {exc}") from exc
+        if sale.sqft <= 0 or sale.price <= 0:
+            raise ValueError(f"sales CSV line {reader.line_num}: sqft and price must be positive")
+        sales.append(sale)
+    return sales
+
+
+def load_sales(path: str | Path | None = None) -> list[Sale]:
+    """Sales from ``path``, or from the data set bundled with the package (``data/sales.csv``)."""
+    if path is not None:
+        with open(path, encoding="utf-8", newline="") as stream:
+            return read_sales(stream)
+    bundled = resources.files("ghl_real_estate_ai").joinpath("data", "sales.csv")
+    return read_sales(io.StringIO(bundled.read_text(encoding="utf-8"), newline=""))
+
+
+# --------------------------------------------------------------------------------------------------
+# Choosing comparables
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Criteria:
+    """One step of the widening search (see the module docstring)."""
+
+    radius_miles: float
+    sqft_band: float | None
+    beds_band: int | None
+    months: int
+    area: Literal["zip", "city"]
+
+
+WIDENING: tuple[Criteria, ...] = (
+    Criteria(1.0, 0.30, 1, 12, "zip"),
+    Criteria(2.0, 0.30, 1, 12, "zip"),
+    Criteria(5.0, 0.30, 1, 12, "city"),
+    Criteria(5.0, 0.50, 2, 12, "city"),
+    Criteria(10.0, 0.50, 2, 18, "city"),
+    Criteria(25.0, None, None, 24, "city"),
+)
+
+
+def haversine_miles(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance in miles."""
+    phi1, phi2 = math.radians(lat1), math.radians(lat2)
+    dphi = phi2 - phi1
+    dlambda = math.radians(lon2 - lon1)
+    a = math.sin(dphi / 2) ** 2 + math.cos(phi1) * math.cos(phi2) * math.sin(dlambda / 2) ** 2
+    return 2 * EARTH_RADIUS_MILES * math.asin(min(1.0, math.sqrt(a)))
+
+
+def months_before(day: date, months: int) -> date:
+    """The same day ``months`` calendar months earlier (clamped to the month's last day)."""
+    year, month_index = divmod(day.year * 12 + day.month - 1 - months, 12)
+    month = month_index + 1
+    return date(year, month, min(day.day, calendar.monthrange(year, month)[1]))
+
+
+def _key(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
+
+
+def _same_city(sale: Sale, subject: Subject) -> bool:
+    if not subject.city or _key(sale.city) != _key(subject.city):
+        return False
+    return not subject.state or _key(sale.state) == _key(subject.state)
+
+
+def select_comparables(
+    sales: Iterable[Sale],
+    subject: Subject,
+    *,
+    as_of: date,
+    limit: int = 6,
+    min_comps: int = 3,
+    steps: Sequence[Criteria] = WIDENING,
+) -> list[Sale]:
+    """Up to ``limit`` comparables for ``subject``, by the widening search in the module docstring."""
+    if limit <= 0:
+        return []
+    own_address = _key(subject.address)
+
+    def is_subject(sale: Sale) -> bool:
+        same_place = sale.zip == subject.zip or _same_city(sale, subject)
+        return bool(own_address) and _key(sale.address) == own_address and same_place
+
+    pool = [
+        sale
+        for sale in sales
+        if sale.property_type == subject.property_type and sale.sold_on <= as_of and not is_subject(sale)
+    ]
+    distances: dict[int, float] = {}
+    if subject.has_coordinates:
+        assert subject.lat is not None and subject.lon is not None
+        distances = {id(s): haversine_miles(subject.lat, subject.lon, s.lat, s.lon) for s in pool}
+
+    def matches(sale: Sale, step: Criteria) -> bool:
+        if sale.sold_on < months_before(as_of, step.months):
+            return False
+        if subject.has_coordinates:
+            if distances[id(sale)] > step.radius_miles:
+                return False
+        elif step.area == "zip" and subject.zip:
+            if sale.zip != subject.zip:
+                return False
+        elif not _same_city(sale, subject) and not (subject.zip and sale.zip == subject.zip):
+            return False
+        if step.sqft_band is not None and subject.sqft and (
+            abs(sale.sqft - subject.sqft) > step.sqft_band * subject.sqft
+        ):
+            return False
+        return not (step.beds_band is not None and subject.beds is not None
+                    and abs(sale.beds - subject.beds) > step.beds_band)
+
+    def rank(sale: Sale) -> tuple[float, float, int, str]:
+        if subject.has_coordinates:
+            nearness = distances[id(sale)]
+        else:
+            nearness = 0.0 if subject.zip and sale.zip == subject.zip else 1.0
+        size_gap = abs(sale.sqft - subject.sqft) / subject.sqft if subject.sqft else 0.0
+        return (nearness, size_gap, (as_of - sale.sold_on).days, sale.address)
+
+    found: list[Sale] = []
+    for number, step in enumerate(steps, start=1):
+        found = [s for s in pool if matches(s, step)]
+        if len(found) >= min_comps:
+            logger.debug("comparables for %s: %d at widening step %d", subject.address, len(found), number)
+            break
+    return sorted(found, key=rank)[:limit]
+
+
+class CompsProvider(Protocol):
+    """Where comparables come from. ``as_of`` ends the look-back window (``None``: the newest sale known)."""
+
+    def comparables(self, subject: Subject, *, limit: int = 6, as_of: date | None = None) -> list[Sale]: ...
+
+
+class ListCompsProvider:
+    """Comparables from sales given in memory (tests, demos, a custom feed)."""
+
+    def __init__(self, sales: Iterable[Sale]) -> None:
+        self._sales = list(sales)
+
+    @property
+    def sales(self) -> list[Sale]:
+        return self._sales
+
+    def comparables(self, subject: Subject, *, limit: int = 6, as_of: date | None = None) -> list[Sale]:
+        """See ``select_comparables``; ``as_of=None`` means the newest sale date in the data."""
+        sales = self.sales
+        if not sales:
+            return []
+        when = as_of or max(s.sold_on for s in sales)
+        return select_comparables(sales, subject, as_of=when, limit=limit)
+
+
+class CsvCompsProvider(ListCompsProvider):
+    """Comparables from a CSV file, by default the synthetic data set bundled with the package. The file is
+    read once, on first use, and kept (thread-safe)."""
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        super().__init__(())
+        self._path = path
+        self._loaded = False
+        self._lock = threading.Lock()
+
+    @property
+    def sales(self) -> list[Sale]:
+        if not self._loaded:
+            with self._lock:
+                if not self._loaded:
+                    self._sales = load_sales(self._path)
+                    self._loaded = True
+                    source = self._path or "the bundled data set"
+                    logger.info("loaded %d comparable sales from %s", len(self._sales), source)
+        return self._sales
+
+
+# --------------------------------------------------------------------------------------------------
+# Estimating
+# --------------------------------------------------------------------------------------------------
+
+
+def round_to_thousand(amount: float) -> int:
+    """Round half-up to the nearest $1,000 (``round`` would round half to even)."""
+    return int((Decimal(repr(amount)) / 1000).to_integral_value(ROUND_HALF_UP)) * 1000
+
+
+@dataclass(frozen=True)
+class Valuation:
+    """A value estimate with its range and the sales behind it.
+
+    ``method`` is ``"price_per_sqft"`` when the subject's size is known, else ``"median_price"``.
+    """
+
+    value: int
+    low: int
+    high: int
+    price_per_sqft_median: float
+    comps: list[Sale] = field(default_factory=list)
+    subject: Subject = field(default_factory=lambda: Subject(address=""))
+    as_of: date = date(1970, 1, 1)
+    method: Literal["price_per_sqft", "median_price"] = "price_per_sqft"
+
+    def to_state(self) -> dict[str, Any]:
+        """Plain data for LangGraph state: str, int, float, lists and dicts only; dates as ISO strings."""
+        return {
+            "value": self.value,
+            "low": self.low,
+            "high": self.high,
+            "price_per_sqft_median": round(self.price_per_sqft_median, 2),
+            "method": self.method,
+            "as_of": self.as_of.isoformat(),
+            "subject": self.subject.to_state(),
+            "comps": [sale.to_state() for sale in self.comps],
+        }
+
+    @classmethod
+    def from_state(cls, data: Mapping[str, Any]) -> Valuation:
+        """The inverse of ``to_state`` (for nodes that render a stored valuation)."""
+        method: Literal["price_per_sqft", "median_price"] = (
+            "median_price" if data.get("method") == "median_price" else "price_per_sqft"
+        )
+        return cls(
+            value=int(data["value"]),
+            low=int(data["low"]),
+            high=int(data["high"]),
+            price_per_sqft_median=float(data["price_per_sqft_median"]),
+            comps=[Sale.from_state(c) for c in data.get("comps", [])],
+            subject=Subject.from_state(data.get("subject", {})),
+            as_of=date.fromisoformat(str(data["as_of"])),
+            method=method,
+        )
+
+
+def estimate(subject: Subject, comps: Sequence[Sale], *, as_of: date | None = None) -> Valuation:
+    """Value ``subject`` from ``comps`` (see the module docstring for the arithmetic).
+
+    ``as_of`` defaults to the newest comparable's sale date. Raises ``NoComparablesError`` (a
+    ``ValueError``) when ``comps`` is empty.
+    """
+    if not comps:
+        where = subject.zip or subject.city or "an unknown area"
+        raise NoComparablesError(
+            f"no comparable {subject.property_type.replace('_', ' ')} sales near"
+            f" {subject.address or 'the property'} ({where}); add sales for that area to the comps data or"
+            " give the property's coordinates"
+        )
+    per_sqft = [sale.price_per_sqft for sale in comps]
+    median_per_sqft = statistics.median(per_sqft)
+    method: Literal["price_per_sqft", "median_price"]
+    if subject.sqft:
+        basis, scale, method = per_sqft, float(subject.sqft), "price_per_sqft"
+    else:
+        basis, scale, method = [float(sale.price) for sale in comps], 1.0, "median_price"
+    raw = statistics.median(basis) * scale
+    if len(basis) >= 4:
+        q1, _, q3 = statistics.quantiles(basis, n=4, method="inclusive")
+        low, high = q1 * scale, q3 * scale
+    else:
+        low, high = raw * (1 - RANGE_WITHOUT_QUARTILES), raw * (1 + RANGE_WITHOUT_QUARTILES)
+    value = round_to_thousand(raw)
+    return Valuation(
+        value=value,
+        low=min(round_to_thousand(low), value),
+        high=max(round_to_thousand(high), value),
+        price_per_sqft_median=median_per_sqft,
+        comps=list(comps),
+        subject=subject,
+        as_of=as_of or max(sale.sold_on for sale in comps),
+        method=method,
+    )
