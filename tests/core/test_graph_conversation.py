@@ -342,3 +342,11 @@ async def test_opted_out_lead_only_gets_answers_to_start_and_help(
     count = len(sim.crm.sent_to(cid))
     await sim.dispatch(cid, _inbound("what's my house worth", "m2"))
     assert len(sim.crm.sent_to(cid)) == count
+
+
+async def test_email_reply_escapes_the_leads_own_words(checkpointer: BaseCheckpointSaver[Any]) -> None:
+    sim = Simulation(START, checkpointer=checkpointer)
+    cid = await _lead(sim, first_name="<script>x</script>")
+    await sim.dispatch(cid, _inbound("Is it near a park?", "m1", "email"))
+    email = sim.crm.sent_to(cid, "email")[-1]
+    assert "<script>" not in email.body and "&lt;script&gt;" in email.body

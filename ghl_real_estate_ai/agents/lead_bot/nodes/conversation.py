@@ -9,6 +9,7 @@ messages get a conversational reply only while the timed sequence runs and no hu
 from __future__ import annotations
 
 import hashlib
+import html
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -60,9 +61,8 @@ async def _send_reply(
         return "skipped", "already answered (send key claimed)"
     try:
         if channel == "email":
-            result = await ctx.crm.send_email(
-                cid, subject or f"Re: {ctx.rules.program_name}", f"<p>{text}</p>"
-            )
+            body = "".join(f"<p>{html.escape(line)}</p>" for line in text.split("\n") if line.strip())
+            result = await ctx.crm.send_email(cid, subject or f"Re: {ctx.rules.program_name}", body)
         else:
             result = await ctx.crm.send_sms(cid, text)
     except SendBlockedError as exc:
