@@ -350,3 +350,20 @@ async def test_email_reply_escapes_the_leads_own_words(checkpointer: BaseCheckpo
     await sim.dispatch(cid, _inbound("Is it near a park?", "m1", "email"))
     email = sim.crm.sent_to(cid, "email")[-1]
     assert "<script>" not in email.body and "&lt;script&gt;" in email.body
+
+
+async def test_stop_before_enrollment_is_on_record_and_blocks_enrollment(
+    checkpointer: BaseCheckpointSaver[Any],
+) -> None:
+    sim = Simulation(START, checkpointer=checkpointer)
+    cid = sim.add_lead(make_contact("c-early"))
+    await sim.dispatch(cid, _inbound("stop texting me", "m1"))
+    assert (await sim.state(cid))["sequence"]["status"] == "opted_out"
+    await sim.dispatch(cid, {"type": "enroll"})
+    await sim.run_until(START + 30 * DAY)
+    assert [s.body for s in sim.crm.sent_to(cid)] == [sim.crm.sent_to(cid)[0].body]
+    assert "unsubscribed" in sim.crm.sent_to(cid)[0].body.lower()
+    # Anything else from a contact that is not enrolled gets no answer.
+    other = sim.add_lead(make_contact("c-stranger"))
+    await sim.dispatch(other, _inbound("hi, who is this? what's the price?", "m2"))
+    assert not [s for s in sim.crm.sent_to(other) if "price" in s.body.lower()]

@@ -268,3 +268,18 @@ async def test_contact_deleted_cancels(checkpointer: BaseCheckpointSaver[Any]) -
     state = await sim.state(cid)
     assert state["sequence"]["status"] == "cancelled"
     assert state["sequence"]["next_step"] is None
+
+
+async def test_pause_until_resumes_by_itself(checkpointer: BaseCheckpointSaver[Any]) -> None:
+    sim = Simulation(START, checkpointer=checkpointer)
+    cid = sim.add_lead(make_contact("c-vacation"))
+    await sim.enroll_all()
+    await sim.run_until(START + DAY)
+    until = START + 6 * DAY
+    await sim.dispatch(cid, {"type": "pause", "until": until.isoformat().replace("+00:00", "Z")})
+    state = await sim.state(cid)
+    assert state["sequence"]["next_step"] == "resume"
+    await sim.run_until(START + 6 * DAY + timedelta(hours=1))
+    # Resumed on day 6: the overdue day_7 call goes right away, day_14 keeps its time.
+    assert [(t.channel, (t.at - START).days) for t in sim.crm.sent_to(cid)] == [("sms", 0), ("call", 6)]
+    assert (await sim.state(cid))["sequence"]["status"] == "active"

@@ -119,7 +119,7 @@ EXPECTED: dict[str, dict[str | None, str]] = {
         "cancelled": "skip",
         "failed": "cancel",
     },
-    "inbound_message": {None: "skip", **{s: "converse" for s in STATUSES if s}},
+    "inbound_message": {s: "converse" for s in STATUSES},
     "human_message": {
         None: "skip",
         "active": "human_takeover",
@@ -185,3 +185,11 @@ def test_step_due_over_the_cap_defers() -> None:
 def test_resume_clears_a_human_takeover() -> None:
     state = _state("active", takeover_until=iso(NOW + timedelta(days=3)))
     assert decide(state, {"type": "resume"}, NOW, LOCALE).route == "resume"  # type: ignore[arg-type]
+
+
+def test_a_pause_with_an_end_resumes_by_itself() -> None:
+    state = _state("paused", next_step="resume", next_due_at=iso(NOW + timedelta(hours=1)))
+    early = decide(state, {"type": "step_due", "step": "resume"}, NOW, LOCALE)  # type: ignore[arg-type]
+    assert early.route == "skip" and "lasts until" in early.reason
+    due = decide(state, {"type": "step_due", "step": "resume"}, NOW + timedelta(hours=2), LOCALE)  # type: ignore[arg-type]
+    assert due.route == "resume"

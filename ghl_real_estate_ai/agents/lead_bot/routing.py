@@ -41,6 +41,8 @@ Route = Literal[
 ]
 
 STEP_ROUTES: frozenset[str] = frozenset(step.value for step in Step)
+# The "step" a pause with an end schedules: when it comes due, the lead resumes by itself.
+RESUME_STEP = "resume"
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,10 @@ def decide(state: LeadState, event: Event, now: datetime, locale: LeadLocale) ->
     if status is None:
         if kind == "opt_out":
             return Decision("opt_out", event.get("reason") or "opt-out before enrollment")
-        if kind in ("inbound_message", "human_message", "contact_update", "contact_deleted", "call_result"):
+        if kind == "inbound_message":
+            # Answered only for STOP, START and HELP, so an opt-out is on record before any enrollment.
+            return Decision("converse", "message from a contact that is not enrolled")
+        if kind in ("human_message", "contact_update", "contact_deleted", "call_result"):
             return Decision("skip", f"{kind} for a contact that is not enrolled")
         return Decision("skip", "not enrolled")
     if kind == "step_due":
@@ -117,6 +122,11 @@ def _decide_step_due(
 ) -> Decision:
     seq = state.get("sequence", {})
     step = event.get("step") or seq.get("next_step")
+    if step == RESUME_STEP and status == SequenceStatus.PAUSED and seq.get("next_step") == RESUME_STEP:
+        due = parse_time(seq.get("next_due_at"))
+        if due is not None and now < due:
+            return Decision("skip", f"the pause lasts until {seq.get('next_due_at')}")
+        return Decision("resume", "the pause ended")
     if status not in TIMED_STATUSES:
         return Decision("skip", f"{step} not sent: lead is {status}")
     if step != seq.get("next_step"):

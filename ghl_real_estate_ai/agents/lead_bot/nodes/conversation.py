@@ -149,7 +149,11 @@ async def converse(state: LeadState, runtime: Runtime[Context]) -> dict[str, Any
     elif status == SequenceStatus.OPTED_OUT.value:
         timeline.append(entry(now, "reply", "skipped", "lead opted out: only START and HELP are answered"))
     elif status not in TIMED_STATUSES or under_takeover:
-        why = "a human has taken over" if under_takeover else f"lead is {status}: the bot stays quiet"
+        why = (
+            "a human has taken over"
+            if under_takeover
+            else f"lead is {status or 'not enrolled'}: the bot stays quiet"
+        )
         timeline.append(entry(now, "reply", "skipped", why, intent=reply.intent.value))
     else:
         update = _merge(update, await _act_on_intent(state, runtime, reply, channel, reply_key))

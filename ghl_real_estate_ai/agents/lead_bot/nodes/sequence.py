@@ -20,7 +20,7 @@ from ghl_real_estate_ai.agents.lead_bot.nodes.common import (
     now_of,
     timed_status,
 )
-from ghl_real_estate_ai.agents.lead_bot.routing import decide
+from ghl_real_estate_ai.agents.lead_bot.routing import RESUME_STEP, decide
 from ghl_real_estate_ai.agents.lead_bot.state import LeadState
 from ghl_real_estate_ai.errors import (
     NotFoundError,
@@ -104,10 +104,7 @@ async def plan(state: LeadState, runtime: Runtime[Context]) -> dict[str, Any]:
         return {}
     status = seq.get("status", "")
     current = seq.get("current_step")
-    not_before = max(
-        (t for t in (parse_time(seq.get("takeover_until")), parse_time(seq.get("paused_until"))) if t),
-        default=None,
-    )
+    not_before = parse_time(seq.get("takeover_until"))
     result = plan_next(
         status=status,
         enrolled_at=parse_time(seq.get("enrolled_at")),
@@ -121,6 +118,12 @@ async def plan(state: LeadState, runtime: Runtime[Context]) -> dict[str, Any]:
         stall_attempts=state.get("stall", {}).get("attempts", 0),
         not_before=not_before,
     )
+    paused_until = parse_time(seq.get("paused_until"))
+    if status == SequenceStatus.PAUSED.value and paused_until is not None:
+        # A pause with an end: the scheduler fires "resume" then, like any other due step.
+        return {
+            "sequence": {"next_step": RESUME_STEP, "next_due_at": iso(paused_until), "cadence_due_at": None}
+        }
     update: dict[str, Any] = {
         "sequence": {
             "next_step": result.step.value if result.step else None,
