@@ -332,6 +332,7 @@ class LeadBotService:
         # Load the configured webhook keys now: a malformed PEM is a startup error, not a failure per request.
         from ghl_real_estate_ai.api.signatures import (
             GHL_ED25519_PUBLIC_KEY_PEM,
+            GHL_RSA_PUBLIC_KEY_PEM,
             SignatureError,
             verify_ghl_webhook,
         )
@@ -339,7 +340,7 @@ class LeadBotService:
         with contextlib.suppress(SignatureError):
             verify_ghl_webhook(b"{}", {"x-ghl-signature": "AAAA", "x-wh-signature": "AAAA"},
                                settings.ghl_webhook_public_key or GHL_ED25519_PUBLIC_KEY_PEM,
-                               settings.ghl_webhook_rsa_public_key)
+                               settings.ghl_webhook_rsa_public_key or GHL_RSA_PUBLIC_KEY_PEM)
 
     async def _open_redis(self) -> None:
         url = self.settings.redis_url

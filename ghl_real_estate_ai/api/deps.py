@@ -15,6 +15,7 @@ from fastapi import Depends, Request
 
 from ghl_real_estate_ai.api.signatures import (
     GHL_ED25519_PUBLIC_KEY_PEM,
+    GHL_RSA_PUBLIC_KEY_PEM,
     SignatureError,
     verify_ghl_webhook,
     verify_retell_signature,
@@ -109,7 +110,7 @@ async def verify_ghl(request: Request) -> VerifiedBody:
             body,
             request.headers,
             settings.ghl_webhook_public_key or GHL_ED25519_PUBLIC_KEY_PEM,
-            settings.ghl_webhook_rsa_public_key,
+            settings.ghl_webhook_rsa_public_key or GHL_RSA_PUBLIC_KEY_PEM,
         )
     except SignatureError as exc:
         service.metrics.webhook("ghl", "-", f"unauthorized_{exc.reason}")
