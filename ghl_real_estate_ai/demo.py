@@ -15,7 +15,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
 
 from ghl_real_estate_ai.agents.lead_bot import Rules
-from ghl_real_estate_ai.sequence import QuietHours, is_allowed, parse_time, resolve_locale
+from ghl_real_estate_ai.sequence import LeadLocale, QuietHours, is_allowed, parse_time, resolve_locale
 from ghl_real_estate_ai.testing.fakes import make_contact
 from ghl_real_estate_ai.testing.harness import Simulation
 
@@ -28,6 +28,11 @@ class DemoLead:
     record: dict[str, Any]
     story: str
     script: tuple[tuple[timedelta, dict[str, Any]], ...] = ()
+
+
+def _says(after: timedelta, text: str) -> tuple[timedelta, dict[str, Any]]:
+    """A scripted SMS from the lead, ``after`` enrollment."""
+    return after, {"type": "inbound_message", "channel": "sms", "text": text}
 
 
 def demo_leads() -> list[DemoLead]:
@@ -58,16 +63,7 @@ def demo_leads() -> list[DemoLead]:
                 email="dev@example.com",
             ),
             "Tampa, FL (texts only 08:00-20:00): asks a question on day 8, then goes quiet",
-            (
-                (
-                    8 * day + timedelta(hours=6),
-                    {
-                        "type": "inbound_message",
-                        "channel": "sms",
-                        "text": "What are HOA fees like in those neighborhoods?",
-                    },
-                ),
-            ),
+            (_says(8 * day + timedelta(hours=6), "What are HOA fees like in those neighborhoods?"),),
         ),
         DemoLead(
             make_contact(
@@ -94,7 +90,7 @@ def demo_leads() -> list[DemoLead]:
                 email="chris@example.com",
             ),
             "Phoenix, AZ: replies STOP on day 5; gets one confirmation and nothing else, ever",
-            ((5 * day + timedelta(hours=3), {"type": "inbound_message", "channel": "sms", "text": "STOP"}),),
+            (_says(5 * day + timedelta(hours=3), "STOP"),),
         ),
         DemoLead(
             make_contact(
@@ -108,16 +104,7 @@ def demo_leads() -> list[DemoLead]:
                 email="ana@example.com",
             ),
             "Miami, FL: 'call me Saturday' on day 1: qualified and handed to a human agent",
-            (
-                (
-                    1 * day + timedelta(hours=4),
-                    {
-                        "type": "inbound_message",
-                        "channel": "sms",
-                        "text": "Yes! Can you call me Saturday morning?",
-                    },
-                ),
-            ),
+            (_says(1 * day + timedelta(hours=4), "Yes! Can you call me Saturday morning?"),),
         ),
         DemoLead(
             make_contact(
@@ -133,16 +120,7 @@ def demo_leads() -> list[DemoLead]:
                 postal_code="78704",
             ),
             "Honolulu time zone, owns in Austin: asks what the house is worth on day 12: gets a CMA by email",
-            (
-                (
-                    12 * day + timedelta(hours=8),
-                    {
-                        "type": "inbound_message",
-                        "channel": "sms",
-                        "text": "what's my house worth these days?",
-                    },
-                ),
-            ),
+            (_says(12 * day + timedelta(hours=8), "what's my house worth these days?"),),
         ),
     ]
 
@@ -187,18 +165,18 @@ async def run_demo(
         return sim
 
 
-def _zone(record: dict[str, Any]) -> ZoneInfo:
-    locale = resolve_locale(
+def _locale(record: dict[str, Any]) -> LeadLocale:
+    return resolve_locale(
         QuietHours(), timezone=record.get("timezone"), state=record.get("state"), phone=record.get("phone")
     )
-    return ZoneInfo(locale.zones[0])
+
+
+def _zone(record: dict[str, Any]) -> ZoneInfo:
+    return ZoneInfo(_locale(record).zones[0])
 
 
 def _allowed(at: datetime, record: dict[str, Any]) -> bool:
-    locale = resolve_locale(
-        QuietHours(), timezone=record.get("timezone"), state=record.get("state"), phone=record.get("phone")
-    )
-    return is_allowed(at, locale)
+    return is_allowed(at, _locale(record))
 
 
 def render_timeline(lead: DemoLead, state: dict[str, Any]) -> str:
