@@ -139,8 +139,8 @@ STATE_WINDOWS: dict[str, Window] = {state: Window(time(8), time(20)) for state i
 class QuietHours:
     """The allowed send window: a default plus per-state windows.
 
-    Statutory state windows always apply: a configured default can only narrow them, never widen them,
-    unless the state is configured explicitly (``"08:00-21:00,TX=09:00-21:00"``).
+    Statutory state windows always apply: configuration (a default, or a state's own window as in
+    ``"08:00-21:00,TX=09:00-21:00"``) can narrow them, never widen them.
     """
 
     default: Window = Window(time(8), time(21))
@@ -166,10 +166,9 @@ class QuietHours:
         return cls(default, states)
 
     def window_for(self, state: str | None) -> Window:
-        if state and state in self.states:
-            return self.states[state]
+        configured = self.states.get(state or "", self.default)
         statutory = STATE_WINDOWS.get(state or "")
-        return self.default.intersect(statutory) if statutory else self.default
+        return configured.intersect(statutory) if statutory else configured
 
     def strictest(self) -> Window:
         window = self.default

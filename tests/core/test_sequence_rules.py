@@ -202,6 +202,7 @@ def test_unknown_zone_only_sends_when_allowed_everywhere() -> None:
         ("08:00-21:00,TX=10:00-19:00", "TX", "10:00-19:00"),
         ("08:00-21:00,FL=09:00-19:00", "FL", "09:00-19:00"),
         ("08:00-21:00,florida=08:30-20:00", "FL", "08:30-20:00"),
+        ("08:00-21:00,FL=07:00-22:00", "FL", "08:00-20:00"),  # never wider than Florida's statute
     ],
 )
 def test_quiet_hours_configuration(spec: str, state: str | None, window: str) -> None:
