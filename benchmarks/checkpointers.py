@@ -24,6 +24,7 @@ interleaved per turn, so background noise on the machine hits them all alike.
 
 from __future__ import annotations
 
+import abc
 import argparse
 import asyncio
 import contextlib
@@ -214,19 +215,19 @@ class Result:
     error: str | None = None
 
 
-class Runner:
+class Runner(abc.ABC):
     """One saver under test: ``run_turn(lead, turn)`` and ``finish(n_leads)``."""
 
     name: str
 
-    def run_turn(self, lead: int, turn: int) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def run_turn(self, lead: int, turn: int) -> None: ...
 
     def memory(self, n_leads: int) -> tuple[float | None, str]:
         return None, "n/a"
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None:  # most runners hold nothing to close
+        return None
 
 
 DURABILITY = "sync"

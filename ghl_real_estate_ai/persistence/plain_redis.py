@@ -36,6 +36,7 @@ Redis Cluster; the registry is a separate key, written in a separate command of 
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import builtins
 import collections
@@ -699,11 +700,11 @@ def _validate_prune(thread_ids: Sequence[str], strategy: str) -> list[str]:
 # ---------------------------------------------------------------------------------- sync saver
 
 
-class _SyncMethods(_PlainRedisBase):
-    """The blocking half of the API, on ``self._sync()``."""
+class _SyncMethods(_PlainRedisBase, abc.ABC):
+    """The blocking half of the API, on ``self._sync()`` (each saver says which blocking client)."""
 
-    def _sync(self) -> redis.Redis:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _sync(self) -> redis.Redis: ...
 
     def _drive(self, gen: _Gen[T]) -> T:
         return _run_sync(self._sync(), gen)

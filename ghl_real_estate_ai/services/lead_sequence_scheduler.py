@@ -52,6 +52,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ghl_real_estate_ai.errors import LeadNotFoundError, LockTimeoutError
+from ghl_real_estate_ai.sequence import TIMED_STATUSES
 from ghl_real_estate_ai.services.locks import LeaderLease, stop_background
 from ghl_real_estate_ai.services.runner import summary_from_state
 from ghl_real_estate_ai.services.timebase import Timebase
@@ -74,7 +75,6 @@ __all__ = [
 ]
 
 JOB_FUNC_REF = "ghl_real_estate_ai.services.lead_sequence_scheduler:fire_due_step"
-TIMED_STATUSES = frozenset({"active", "nurture"})
 
 
 def _schedulable(seq: Mapping[str, Any]) -> bool:

@@ -9,6 +9,7 @@ which is how a client timeout with an unknown outcome is produced.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import json
@@ -110,7 +111,7 @@ def _matches(method: str | None, path: str | None, req_method: str, req_path: st
     return path is None or req_path == path or req_path.startswith(path.rstrip("/") + "/")
 
 
-class FakeHTTPServer:
+class FakeHTTPServer(abc.ABC):
     """Base class of the fakes. Subclasses implement :meth:`handle`.
 
     Use as a context manager or call :meth:`start`/:meth:`stop`. ``clock`` stamps recorded requests and
@@ -296,8 +297,9 @@ class FakeHTTPServer:
         with self._lock:
             return "".join(self._rng.choice(alphabet) for _ in range(length))
 
-    async def handle(self, request: Request, record: RecordedRequest) -> Response:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    async def handle(self, request: Request, record: RecordedRequest) -> Response:
+        """Answer one request (the fake's API); faults and recording are done around it."""
 
     async def _asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

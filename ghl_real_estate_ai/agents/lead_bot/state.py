@@ -13,6 +13,10 @@ from langchain_core.messages import AnyMessage
 from langgraph.graph.message import add_messages
 from typing_extensions import TypedDict
 
+# The sections merged key by key, and the lists only appended to (see ``LeadState``).
+SECTIONS = ("sequence", "engagement", "cma", "stall")
+APPEND_ONLY = ("timeline", "messages")
+
 
 def merge(current: dict[str, Any] | None, update: dict[str, Any] | None) -> dict[str, Any]:
     """Shallow-merge a section update into the current section."""

@@ -19,7 +19,7 @@ from langgraph.runtime import Runtime
 from ghl_real_estate_ai.agents.lead_bot.context import Context
 from ghl_real_estate_ai.agents.lead_bot.nodes.common import enrollment_id, entry, now_of, timed_status
 from ghl_real_estate_ai.agents.lead_bot.nodes.operations import mark_opted_out
-from ghl_real_estate_ai.agents.lead_bot.state import LeadState
+from ghl_real_estate_ai.agents.lead_bot.state import APPEND_ONLY, SECTIONS, LeadState, merge
 from ghl_real_estate_ai.conversation import cma as cma_rules
 from ghl_real_estate_ai.conversation import templates
 from ghl_real_estate_ai.conversation.calls import call_outcome
@@ -173,11 +173,12 @@ async def converse(state: LeadState, runtime: Runtime[Context]) -> dict[str, Any
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Combine two partial updates of one node the way the state's reducers would apply them."""
     merged = dict(base)
     for key, value in extra.items():
-        if key in ("sequence", "engagement", "cma", "stall") and key in merged:
-            merged[key] = {**merged[key], **value}
-        elif key in ("timeline", "messages") and key in merged:
+        if key in SECTIONS and key in merged:
+            merged[key] = merge(merged[key], value)
+        elif key in APPEND_ONLY and key in merged:
             merged[key] = [*merged[key], *value]
         else:
             merged[key] = value
