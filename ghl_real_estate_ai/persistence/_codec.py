@@ -326,45 +326,51 @@ class NameDict:
 
 
 class PreparedCheckpoint:
-    """The name-independent part of a checkpoint's encoding: blobs serialized once, even if the record
-    has to be rebuilt because the cached name dictionary was stale."""
+    """The name-independent part of a checkpoint's encoding: the new blobs serialized once (even if the
+    record has to be rebuilt because the cached name dictionary was stale), the body's fixed parts and
+    the parent id in its stored form."""
 
-    __slots__ = ("blobs", "body", "channels", "names", "parent_id", "seen", "updated", "vkeys")
-
-    names: dict[str, None]
+    __slots__ = ("blobs", "checkpoint", "head", "new_versions", "tail")
 
     def __init__(
         self,
-        parent_id: str | None,
-        vkeys: list[bytes],
-        channels: list[tuple[str, int, int]],
-        seen: list[tuple[str, list[tuple[str, int]]]],
-        updated: list[str] | None,
-        body: list[Any],
-        blobs: list[tuple[str, bytes, bytes]],
+        checkpoint: Mapping[str, Any],
+        new_versions: Mapping[str, Any],
+        head: bytes,
+        tail: list[Any],
+        blobs: dict[str, bytes],
     ) -> None:
-        self.parent_id = parent_id
-        self.vkeys = vkeys
-        self.channels = channels
-        self.seen = seen
-        self.updated = updated
-        self.body = body
-        self.blobs = blobs
-        # every channel and node name the record refers to, for the name dictionary
-        names = {ch: None for ch, _, _ in channels}
-        for node, pairs in seen:
-            names[node] = None
-            for ch, _ in pairs:
-                names[ch] = None
-        if updated:
-            for ch in updated:
-                names[ch] = None
-        self.names = names
+        self.checkpoint = checkpoint
+        self.new_versions = new_versions
+        self.head = head  # format byte + parent
+        self.tail = tail  # [ts, v, extra, metadata]
+        self.blobs = blobs  # channel -> typed value, for the new channels whose value is a blob
 
 
 _STANDARD_KEYS = frozenset(
     {"v", "id", "ts", "channel_values", "channel_versions", "versions_seen", "updated_channels"}
 )
+
+
+def _parent_bytes(parent_id: str | None) -> bytes:
+    """A canonical (lower-case, hyphenated) uuid as 254 + its 16 bytes, anything else as len + text."""
+    if parent_id and len(parent_id) == 36:
+        hexa = parent_id.replace("-", "")
+        if (
+            len(hexa) == 32
+            and parent_id[8] == parent_id[13] == parent_id[18] == parent_id[23] == "-"
+            and hexa.islower() | hexa.isdigit()
+        ):
+            try:
+                raw = bytes.fromhex(hexa)
+            except ValueError:
+                raw = b""
+            if len(raw) == 16:
+                return bytes((_LEN_UUID,)) + raw
+    out = bytearray()
+    b = (parent_id or "").encode()
+    _put_len(out, len(b))
+    return bytes(out + b)
 
 
 def prepare_checkpoint(
@@ -374,59 +380,25 @@ def prepare_checkpoint(
     parent_id: str | None,
     new_versions: Mapping[str, Any],
 ) -> PreparedCheckpoint:
-    """Serialize the blobs of ``checkpoint``'s channels in ``new_versions`` and lay out the rest.
+    """Serialize the blobs of ``checkpoint``'s channels in ``new_versions``, and the parts of the record
+    that do not depend on the name dictionary.
 
     Only channels listed in ``new_versions`` (at the version the checkpoint carries) get a blob; an
     unchanged channel keeps pointing at the blob an earlier checkpoint wrote.
     """
     values: Mapping[str, Any] = checkpoint.get("channel_values") or {}
     versions: Mapping[str, Any] = checkpoint.get("channel_versions") or {}
-    table: dict[bytes, int] = {}
-    channels: list[tuple[str, int, int]] = []
-    inline_values: list[Any] = []
-    blobs: list[tuple[str, bytes, bytes]] = []
-    for channel, version in versions.items():
-        vk = version_key(version)
-        idx = table.get(vk)
-        if idx is None:
-            idx = table[vk] = len(table)
-        is_new = channel in new_versions and new_versions[channel] == version
-        if channel in values:
+    dumps = serde.dumps_typed
+    blobs: dict[str, bytes] = {}
+    for channel, version in new_versions.items():
+        if channel in values and versions.get(channel) == version:
             value = values[channel]
-            if inlinable(value):
-                kind = KIND_INLINE
-                inline_values.append(value)
-            else:
-                kind = KIND_BLOB
-                if is_new:
-                    blobs.append((channel, vk, typed_to_bytes(serde.dumps_typed(value))))
-        else:
-            kind = KIND_EMPTY if is_new else KIND_BLOB
-        channels.append((channel, idx, kind))
-
-    seen: list[tuple[str, list[tuple[str, int]]]] = []
-    for node, node_versions in (checkpoint.get("versions_seen") or {}).items():
-        pairs: list[tuple[str, int]] = []
-        for channel, version in node_versions.items():
-            vk = version_key(version)
-            idx = table.get(vk)
-            if idx is None:
-                idx = table[vk] = len(table)
-            pairs.append((channel, idx))
-        seen.append((node, pairs))
-    updated = checkpoint.get("updated_channels")
+            if not inlinable(value):
+                blobs[channel] = typed_to_bytes(dumps(value))
     extra = {k: v for k, v in checkpoint.items() if k not in _STANDARD_KEYS}
-    body = [
-        _ts_out(checkpoint.get("ts")),
-        checkpoint.get("v"),
-        None,
-        None,
-        extra,
-        dict(metadata),
-        inline_values,
-    ]
+    tail = [_ts_out(checkpoint.get("ts")), checkpoint.get("v"), extra, dict(metadata)]
     return PreparedCheckpoint(
-        parent_id, list(table), channels, seen, None if updated is None else list(updated), body, blobs
+        checkpoint, new_versions, bytes((RECORD_FORMAT,)) + _parent_bytes(parent_id), tail, blobs
     )
 
 
@@ -435,45 +407,97 @@ def build_record(
 ) -> tuple[bytes, list[str], list[tuple[bytes, bytes]]]:
     """The record of a prepared checkpoint against ``names``, the names it had to add to the
     dictionary, and its new blobs as ``(field, value)``."""
+    checkpoint = prep.checkpoint
+    values: Mapping[str, Any] = checkpoint.get("channel_values") or {}
+    versions: Mapping[str, Any] = checkpoint.get("channel_versions") or {}
+    blobs = prep.blobs
     index = names.index
     added: list[str] = []
-    missing = [n for n in prep.names if n not in index]
-    if missing:  # first sight of these names in this namespace: extend a private copy
-        index = dict(index)
-        for name in missing:
-            if name not in index:
-                index[name] = len(index)
-                added.append(name)
-
-    out = bytearray()
-    out.append(RECORD_FORMAT)
-    _put_parent(out, prep.parent_id)
-    if len(prep.vkeys) > 0xFFFF or len(prep.channels) > 0xFFFF:
-        raise ValueError("too many channels in one checkpoint (at most 65535)")
-    out += _U16.pack(len(prep.vkeys))
-    for vk in prep.vkeys:
-        _put_len(out, len(vk))
-        out += vk
-    out += _U16.pack(len(prep.channels))
+    table: dict[Any, int] = {}  # version -> position in the record's version table
+    vk_out = bytearray()
+    ch_out = bytearray()
     pack = _CHANNEL.pack
-    for name, idx, kind in prep.channels:
-        out += pack(index[name], idx, kind)
+    vcache = _vkey_cache
+    inline_values: list[Any] = []
+    blob_fields: list[tuple[bytes, bytes]] = []
+
+    def add(name: str) -> int:
+        nonlocal index
+        if not added:  # first sight of a name in this namespace: extend a private copy
+            index = dict(index)
+        nid = index[name] = len(index)
+        added.append(name)
+        return nid
+
+    def new_vk(vk: bytes) -> int:
+        idx = table[vk] = len(table)
+        n = len(vk)
+        if n < _LEN_UUID:
+            vk_out.append(n)
+        else:
+            _put_len(vk_out, n)
+        vk_out.extend(vk)
+        return idx
+
+    new_versions = prep.new_versions
+    for channel, version in versions.items():
+        nid = index.get(channel)
+        if nid is None:
+            nid = add(channel)
+        # the table is keyed by byte form: 1, 1.0 and True are one dict key but three versions
+        vk = vcache.get(version) if type(version) is str else None
+        if vk is None:
+            vk = version_key(version)
+        idx = table.get(vk)
+        if idx is None:
+            idx = new_vk(vk)
+        if channel in values:
+            value = values[channel]
+            if inlinable(value):
+                kind = KIND_INLINE
+                inline_values.append(value)
+            else:
+                kind = KIND_BLOB
+                blob = blobs.get(channel)
+                if blob is not None:
+                    blob_fields.append((b"b" + _U16.pack(nid) + vk, blob))
+        elif channel in new_versions and new_versions[channel] == version:
+            kind = KIND_EMPTY
+        else:
+            kind = KIND_BLOB
+        ch_out += pack(nid, idx, kind)
+
     seen: list[Any] = []
-    for node, pairs in prep.seen:
+    for node, node_versions in (checkpoint.get("versions_seen") or {}).items():
+        nid = index.get(node)
+        seen.append(add(node) if nid is None else nid)
         flat: list[int] = []
-        for channel, idx in pairs:
-            flat.append(index[channel])
-            flat.append(idx)
-        seen.append(index[node])
+        for channel, version in node_versions.items():
+            cid = index.get(channel)
+            flat.append(add(channel) if cid is None else cid)
+            vk = vcache.get(version) if type(version) is str else None
+            if vk is None:
+                vk = version_key(version)
+            idx = table.get(vk)
+            flat.append(new_vk(vk) if idx is None else idx)
         seen.append(flat)
-    body = list(prep.body)
-    body[2] = seen
-    body[3] = None if prep.updated is None else [index[ch] for ch in prep.updated]
-    blobs = [(b"b" + _U16.pack(index[ch]) + vk, value) for ch, vk, value in prep.blobs]
+    updated = checkpoint.get("updated_channels")
+    updated_ids = None
+    if updated is not None:
+        updated_ids = []
+        for ch in updated:
+            cid = index.get(ch)
+            updated_ids.append(add(ch) if cid is None else cid)
+    if len(table) > 0xFFFF or len(versions) > 0xFFFF:
+        raise ValueError("too many channels in one checkpoint (at most 65535)")
     if len(names.names) + len(added) > 0xFFFF:
         raise ValueError("more than 65535 channel and node names in one namespace")
-    out += typed_to_bytes(serde.dumps_typed(body))
-    return bytes(out), added, blobs
+    ts, v, extra, metadata = prep.tail
+    body = typed_to_bytes(serde.dumps_typed([ts, v, seen, updated_ids, extra, metadata, inline_values]))
+    record = b"".join(
+        (prep.head, _U16.pack(len(table)), vk_out, _U16.pack(len(versions)), ch_out, body)
+    )
+    return record, added, blob_fields
 
 
 class RecordHeader:
