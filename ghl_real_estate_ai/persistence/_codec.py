@@ -494,9 +494,7 @@ def build_record(
         raise ValueError("more than 65535 channel and node names in one namespace")
     ts, v, extra, metadata = prep.tail
     body = typed_to_bytes(serde.dumps_typed([ts, v, seen, updated_ids, extra, metadata, inline_values]))
-    record = b"".join(
-        (prep.head, _U16.pack(len(table)), vk_out, _U16.pack(len(versions)), ch_out, body)
-    )
+    record = b"".join((prep.head, _U16.pack(len(table)), vk_out, _U16.pack(len(versions)), ch_out, body))
     return record, added, blob_fields
 
 
@@ -519,7 +517,10 @@ def parse_header(record: bytes) -> RecordHeader:
         raise CodecError(f"unknown checkpoint record format {record[:1]!r}")
     try:
         if record[1] == _LEN_UUID:
-            parent: str | None = str(uuid.UUID(bytes=record[2:18]))
+            h = record[2:18].hex()
+            if len(h) != 32:
+                raise IndexError("parent id cut short")
+            parent: str | None = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"  # str(uuid.UUID(...))
             pos = 18
         else:
             n, pos = _get_len(record, 1)
@@ -529,13 +530,20 @@ def parse_header(record: bytes) -> RecordHeader:
         pos += 2
         vkeys: list[bytes] = []
         for _ in range(nvk):
-            n, pos = _get_len(record, pos)
+            n = record[pos]
+            if n < _LEN_UUID:
+                pos += 1
+            else:
+                n, pos = _get_len(record, pos)
             vkeys.append(record[pos : pos + n])
             pos += n
         (nch,) = _U16.unpack_from(record, pos)
         pos += 2
-        channels = [_CHANNEL.unpack_from(record, pos + 5 * i) for i in range(nch)]
-        pos += 5 * nch
+        end = pos + 5 * nch
+        if end > len(record):
+            raise IndexError("channel table cut short")
+        channels = list(_CHANNEL.iter_unpack(record[pos:end]))
+        pos = end
     except (IndexError, struct.error) as exc:
         raise CodecError("truncated checkpoint record") from exc
     return RecordHeader(parent, vkeys, channels, pos)
@@ -572,7 +580,8 @@ def decode_checkpoint(
     """
     header = parse_header(record)
     ts, v, seen_flat, updated, extra, metadata, inline_values = _decode_body(serde, record, header)
-    versions = [version_from_key(vk) for vk in header.vkeys]
+    vcache = _version_cache
+    versions = [vcache.get(vk) or version_from_key(vk) for vk in header.vkeys]
     try:
         name = names.names
         channel_versions: dict[str, Any] = {}
@@ -589,13 +598,15 @@ def decode_checkpoint(
                 if raw is not None and not is_empty_typed(raw):
                     channel_values[ch] = serde.loads_typed(typed_from_bytes(raw))
         versions_seen: dict[str, dict[str, Any]] = {}
-        for i in range(0, len(seen_flat), 2):
-            pairs = seen_flat[i + 1]
-            versions_seen[name[seen_flat[i]]] = {
-                name[pairs[j]]: versions[pairs[j + 1]] for j in range(0, len(pairs), 2)
-            }
+        nodes = iter(seen_flat)
+        for node_id, pairs in zip(nodes, nodes, strict=True):  # strict: an odd length is corrupt
+            seen: dict[str, Any] = {}
+            ids = iter(pairs)
+            for ch_id, v_idx in zip(ids, ids, strict=True):
+                seen[name[ch_id]] = versions[v_idx]
+            versions_seen[name[node_id]] = seen
         updated_names = None if updated is None else [name[i] for i in updated]
-    except (IndexError, StopIteration) as exc:
+    except (IndexError, StopIteration, ValueError) as exc:
         raise CodecError("checkpoint record does not match its name dictionary") from exc
     checkpoint: dict[str, Any] = {
         "v": v,

@@ -590,3 +590,25 @@ def test_copy_thread_refuses_an_existing_target(client: redis.Redis, key_prefix:
     graph.invoke({"x": "more"}, cfg("lead:dst"), durability="sync")  # the copy is a live thread
     with pytest.raises(ValueError, match="already has checkpoints"):
         saver.copy_thread("lead:src", "lead:dst")
+
+
+@pytest.mark.parametrize(
+    "parent",
+    [
+        str(uuid.UUID(int=0x1F0E5C2A_0B6C_6D1E_8000_1234567890AB)),  # canonical: stored as 16 bytes
+        "1F0E5C2A-0B6C-6D1E-8000-1234567890AB",  # a uuid, but not in canonical form: kept as text
+        "1f0e5c2a-0b6c-6d1e-8000-1234567890ag",  # uuid-shaped, not hex
+        "1f0e5c2a-0b6c-6d1e-8000-1234567890 b",  # uuid-shaped with a space (bytes.fromhex skips spaces)
+        "not-a-uuid",
+    ],
+)
+def test_parent_ids_round_trip_exactly(client: redis.Redis, key_prefix: str, parent: str) -> None:
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    saver = PlainRedisSaver(client, key_prefix=key_prefix)
+    checkpoint = empty_checkpoint()
+    saver.put(cfg("t-parent", checkpoint_ns="", checkpoint_id=parent), checkpoint, {"step": 1}, {})
+    tup = saver.get_tuple(cfg("t-parent", checkpoint_ns=""))
+    assert tup is not None and tup.parent_config is not None
+    assert tup.parent_config["configurable"]["checkpoint_id"] == parent
+    assert tup.checkpoint["id"] == checkpoint["id"]
