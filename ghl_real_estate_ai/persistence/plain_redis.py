@@ -78,6 +78,7 @@ from ghl_real_estate_ai.persistence._codec import (
     typed_from_bytes,
     typed_to_bytes,
 )
+from ghl_real_estate_ai.persistence._lean import LeanConnections, lean_settings
 from ghl_real_estate_ai.persistence._scripts import SCRIPTS, Script
 
 logger = logging.getLogger(__name__)
@@ -158,10 +159,11 @@ async def _run_async(client: aredis.Redis, gen: _Gen[T]) -> T:
 
 
 # Script calls are the hot path (8 per graph turn). On a plain (non-cluster) client they are packed
-# here and sent straight over a connection (sync: one of _ScriptConnections; async: from the pool):
-# redis-py's generic command path (argument encoder, retry wrapper, observability hooks, pool checkout
-# probe) costs as much CPU as the round trip itself. A call that fails on the connection is retried
-# once on a new one, as redis-py's default retry would; every script is safe to run twice. Cluster
+# here and sent straight over a connection (sync: one of _ScriptConnections; async: a pipelined
+# _lean.LeanConnections connection, or one from the pool where that cannot reproduce the client's
+# settings): redis-py's generic command path (argument encoder, retry wrapper, observability hooks,
+# pool checkout probe) costs as much CPU as the round trip itself. A call that fails on the connection
+# is retried once on a new one, as redis-py's default retry would; every script is safe to run twice. Cluster
 # and single-connection clients use the normal client path.
 _RETRYABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
@@ -269,11 +271,38 @@ def _call_sync(client: redis.Redis, *args: Any) -> Any:
     return conns.call(_resp(args))
 
 
+_LEAN_CONNECTIONS: weakref.WeakKeyDictionary[Any, LeanConnections | None] = weakref.WeakKeyDictionary()
+
+
+def _lean_connections(client: aredis.Redis) -> LeanConnections | None:
+    try:
+        return _LEAN_CONNECTIONS[client]
+    except KeyError:
+        settings = lean_settings(client)
+        conns = _LEAN_CONNECTIONS[client] = LeanConnections(settings) if settings is not None else None
+        return conns
+
+
+def _close_lean_connections(client: Any) -> None:
+    conns = _LEAN_CONNECTIONS.pop(client, None)
+    if conns is not None:
+        conns.close()
+
+
 async def _call_async(client: aredis.Redis, *args: Any) -> Any:
+    packed = _resp(args)
+    lean = _lean_connections(client)
+    if lean is not None:
+        for attempt in range(2):
+            try:
+                return await lean.call(packed)
+            except _RETRYABLE:
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
     if not _lean_ok(client):
         return await client.execute_command(*args)
     pool = client.connection_pool
-    packed = _resp(args)
     for attempt in range(2):
         conn = await pool.get_connection()
         try:
@@ -1023,7 +1052,9 @@ class AsyncPlainRedisSaver(_SyncMethods):
         return self._sync_client
 
     async def aclose(self) -> None:
-        """Close the blocking client this saver made for itself (not clients passed in)."""
+        """Close the saver's own connections: the script connections it opened on ``client`` and the
+        blocking client it made for itself (the clients passed in stay open)."""
+        _close_lean_connections(self.client)
         if self._owns_sync_client and self._sync_client is not None:
             _close_script_connections(self._sync_client)
             self._sync_client.close()
@@ -1053,6 +1084,7 @@ class AsyncPlainRedisSaver(_SyncMethods):
                 serde=serde,
             )
         finally:
+            _close_lean_connections(client)
             await client.aclose()
             _close_script_connections(sync_client)
             sync_client.close()

@@ -1,0 +1,211 @@
+"""A pipelined asyncio connection for the async saver's script calls.
+
+``redis.asyncio`` costs tens of microseconds of Python per command (pool checkout, stream reader,
+per-command retry and event hooks), which for the async saver is more than the script itself. The
+script calls (one per saver operation) therefore go over a ``_LeanConnection`` instead: an
+``asyncio.Protocol`` with a hiredis reader. A call writes the packed command to the transport and
+awaits a future; replies arrive in request order, so concurrent calls from many tasks share one
+connection as a pipeline, and ``data_received`` completes their futures in order.
+
+One connection per (client, event loop). It is used only for settings it can reproduce exactly (TCP or
+Unix socket, optional username/password, database number, client name, RESP2); anything else (TLS,
+credential providers, RESP3) keeps the ``redis.asyncio`` path. A lost connection fails the calls in
+flight with ``redis.ConnectionError`` (the caller retries once, as ``redis.asyncio`` would) and the next call
+connects again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import weakref
+from typing import Any
+
+import hiredis
+import redis.asyncio as aredis
+from redis._parsers.base import BaseParser
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+# Settings that change what goes over the wire or how it is read; with any of them set to other than its
+# default, the lean path steps aside. Everything else in a pool's connection_kwargs (keepalive options,
+# retry settings, redis-py internals) does not change the replies of the script calls.
+_UNSUPPORTED = ("credential_provider", "redis_connect_func", "decode_responses", "ssl", "ssl_context")
+
+
+def _pack(*args: bytes | str | int) -> bytes:
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        out += (b"$%d\r\n" % len(data), data, b"\r\n")
+    return b"".join(out)
+
+
+class _LeanConnection(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.reader = hiredis.Reader()
+        self.waiters: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self.closed = False
+
+    # ---------------------------------------------------------------------------- protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        reader = self.reader
+        reader.feed(data)
+        while True:
+            try:
+                reply = reader.gets()
+            except hiredis.ProtocolError as exc:
+                self._fail(RedisConnectionError(f"protocol error from the Redis server: {exc}"))
+                if self.transport is not None:
+                    self.transport.close()
+                return
+            if reply is False:
+                return
+            if not self.waiters:  # a reply nobody asked for: the stream is out of step
+                self._fail(RedisConnectionError("unexpected reply from the Redis server"))
+                if self.transport is not None:
+                    self.transport.close()
+                return
+            fut = self.waiters.popleft()
+            if fut.done():  # the caller was cancelled; its reply is read and dropped
+                continue
+            if isinstance(reply, hiredis.ReplyError):
+                fut.set_exception(BaseParser.parse_error(str(reply)))
+            else:
+                fut.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(RedisConnectionError(f"connection to the Redis server lost: {exc or 'closed'}"))
+
+    def _fail(self, error: Exception) -> None:
+        self.closed = True
+        while self.waiters:
+            fut = self.waiters.popleft()
+            if not fut.done():
+                fut.set_exception(error)
+
+    # --------------------------------------------------------------------------------- use
+
+    def call(self, packed: bytes) -> asyncio.Future[Any]:
+        if self.closed or self.transport is None or self.transport.is_closing():
+            raise RedisConnectionError("connection to the Redis server is closed")
+        fut = asyncio.get_running_loop().create_future()
+        self.waiters.append(fut)
+        self.transport.write(packed)
+        return fut
+
+    def close(self) -> None:
+        self.closed = True
+        transport, self.transport = self.transport, None
+        if transport is not None:
+            # RuntimeError: its event loop is closed; the socket is closed with the transport object
+            with contextlib.suppress(RuntimeError):
+                transport.close()
+
+
+def lean_settings(client: Any) -> dict[str, Any] | None:
+    """The connection settings of ``client`` if a lean connection can reproduce them, else None."""
+    if type(client) is not aredis.Redis or getattr(client, "single_connection_client", False):
+        return None
+    pool = client.connection_pool
+    if pool.connection_class not in (aredis.Connection, aredis.UnixDomainSocketConnection):
+        return None
+    kw = pool.connection_kwargs
+    if any(kw.get(name) for name in _UNSUPPORTED) or kw.get("protocol") not in (None, 2, "2"):
+        return None
+    return dict(kw)
+
+
+class LeanConnections:
+    """Lean connections of one async client, one per event loop."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self.settings = settings
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LeanConnection] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._connecting: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Future[Any]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def call(self, packed: bytes) -> Any:
+        loop = asyncio.get_running_loop()
+        conn = self._by_loop.get(loop)
+        if conn is None or conn.closed:
+            conn = await self._connect(loop)
+        fut = conn.call(packed)
+        timeout = self.settings.get("socket_timeout")
+        if timeout is None:
+            return await fut
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:  # asyncio's, builtin since 3.11
+            conn.close()  # its replies would now arrive out of step
+            raise RedisTimeoutError(f"no reply from the Redis server within {timeout} s") from None
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> _LeanConnection:
+        # A connection keeps its loop alive (transport -> loop), so entries of closed loops are
+        # dropped here rather than by the weak dictionary.
+        for old in [old for old in self._by_loop if old.is_closed()]:
+            self._by_loop.pop(old).close()
+        pending = self._connecting.get(loop)
+        if pending is not None:  # another task is connecting on this loop: share its connection
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[_LeanConnection] = loop.create_future()
+        self._connecting[loop] = fut
+        try:
+            conn = await self._open(loop)
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: no "exception never retrieved" warning if nobody waits
+            raise
+        finally:
+            self._connecting.pop(loop, None)
+        self._by_loop[loop] = conn
+        fut.set_result(conn)
+        return conn
+
+    async def _open(self, loop: asyncio.AbstractEventLoop) -> _LeanConnection:
+        s = self.settings
+        try:
+            if s.get("path"):
+                opening = loop.create_unix_connection(_LeanConnection, s["path"])
+            else:
+                opening = loop.create_connection(
+                    _LeanConnection, s.get("host", "localhost"), s.get("port", 6379)
+                )
+            _, conn = await asyncio.wait_for(
+                opening, s.get("socket_connect_timeout") or s.get("socket_timeout")
+            )
+        except (OSError, TimeoutError) as exc:
+            raise RedisConnectionError(f"cannot connect to the Redis server: {exc}") from exc
+        handshake: list[bytes] = []
+        if s.get("password") is not None:
+            user = s.get("username")
+            handshake.append(_pack("AUTH", user, s["password"]) if user else _pack("AUTH", s["password"]))
+        if s.get("db"):
+            handshake.append(_pack("SELECT", s["db"]))
+        if s.get("client_name"):
+            handshake.append(_pack("CLIENT", "SETNAME", s["client_name"]))
+        try:
+            replies = [conn.call(cmd) for cmd in handshake]
+            for reply in replies:
+                await reply
+        except BaseException as exc:
+            conn.close()
+            if isinstance(exc, ResponseError):
+                raise RedisConnectionError(f"Redis server refused the connection setup: {exc}") from exc
+            raise
+        return conn
+
+    def close(self) -> None:
+        for conn in list(self._by_loop.values()):
+            conn.close()
+        self._by_loop.clear()

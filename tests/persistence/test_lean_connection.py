@@ -1,0 +1,212 @@
+"""The async saver's pipelined script connection (``persistence._lean``), against real Redis servers.
+
+Concurrent calls share one connection and each gets its own reply; error replies map to redis-py's
+exception classes (NOSCRIPT reloads the script); a killed connection is reconnected and the call
+retried; AUTH (password and ACL user), SELECT and CLIENT SETNAME are reproduced; settings it cannot
+reproduce (TLS, RESP3) fall back to ``redis.asyncio``; each event loop gets its own connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+
+import pytest
+import redis
+import redis.asyncio as aredis
+from langgraph.checkpoint.base import empty_checkpoint
+
+from ghl_real_estate_ai.persistence import AsyncPlainRedisSaver
+from ghl_real_estate_ai.persistence import plain_redis as pr
+from ghl_real_estate_ai.persistence._lean import _LeanConnection, lean_settings
+from ghl_real_estate_ai.testing.redis_server import RedisServer
+
+
+def cfg(thread_id: str, **extra: str) -> dict[str, dict[str, str]]:
+    return {"configurable": {"thread_id": thread_id, "checkpoint_ns": "", **extra}}
+
+
+@pytest.fixture
+def private_server() -> Iterator[RedisServer]:
+    """A server of this test's own: the tests change its auth settings and kill its clients."""
+    with RedisServer() as server:
+        yield server
+
+
+def script_connections(server: RedisServer) -> int:
+    """Connections whose last command was a script call (the lean connection's only kind)."""
+    client = redis.Redis.from_url(server.url)
+    try:
+        return sum(1 for c in client.client_list() if c.get("cmd") == "evalsha")
+    finally:
+        client.close()
+
+
+def kill_script_connections(server: RedisServer) -> int:
+    client = redis.Redis.from_url(server.url)
+    try:
+        ids = [c["id"] for c in client.client_list() if c.get("cmd") == "evalsha"]
+        for cid in ids:
+            client.client_kill_filter(_id=cid)
+        return len(ids)
+    finally:
+        client.close()
+
+
+async def test_concurrent_calls_share_one_pipelined_connection(
+    private_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    in_flight: list[int] = []
+    original = _LeanConnection.call
+
+    def counting_call(self: _LeanConnection, packed: bytes) -> asyncio.Future[object]:
+        fut = original(self, packed)
+        in_flight.append(len(self.waiters))
+        return fut
+
+    monkeypatch.setattr(_LeanConnection, "call", counting_call)
+    client = aredis.Redis.from_url(private_server.url)
+    saver = AsyncPlainRedisSaver(client)
+    try:
+        checkpoints = {f"t{i}": empty_checkpoint() for i in range(50)}
+        await asyncio.gather(
+            *(saver.aput(cfg(t), cp, {"step": i}, {}) for i, (t, cp) in enumerate(checkpoints.items()))
+        )
+        tuples = await asyncio.gather(*(saver.aget_tuple(cfg(t)) for t in checkpoints))
+        for (t, cp), tup in zip(checkpoints.items(), tuples, strict=True):
+            assert tup is not None and tup.checkpoint["id"] == cp["id"]
+            assert tup.config["configurable"]["thread_id"] == t
+        lean = pr._lean_connections(client)
+        assert lean is not None and len(lean._by_loop) == 1  # one connection for this loop
+        assert len(in_flight) == 100  # every script call went over it
+        assert max(in_flight) > 10  # ... pipelined: many calls were in flight at once
+        assert script_connections(private_server) == 1
+    finally:
+        await saver.aclose()
+        await client.aclose()
+    assert script_connections(private_server) == 0  # aclose closed it
+
+
+async def test_noscript_reloads_and_error_replies_map_to_redis_exceptions(
+    private_server: RedisServer,
+) -> None:
+    client = aredis.Redis.from_url(private_server.url)
+    saver = AsyncPlainRedisSaver(client)
+    try:
+        first = empty_checkpoint()
+        await saver.aput(cfg("t"), first, {"step": 1}, {})
+        await client.script_flush()  # the server forgets the scripts: NOSCRIPT, then load and retry
+        second = empty_checkpoint()
+        await saver.aput(cfg("t", checkpoint_id=first["id"]), second, {"step": 2}, {})
+        tup = await saver.aget_tuple(cfg("t"))
+        assert tup is not None and tup.checkpoint["id"] == second["id"]
+
+        lean = pr._lean_connections(client)
+        assert lean is not None
+        with pytest.raises(redis.ResponseError) as err:
+            await lean.call(pr._resp(("INCR", "not-a-counter-but", "extra-arg")))
+        assert "wrong number of arguments" in str(err.value)
+        await client.set("text", "abc")
+        with pytest.raises(redis.ResponseError, match="not an integer"):
+            await lean.call(pr._resp(("INCR", "text")))
+        # the connection is still in step after error replies
+        assert await lean.call(pr._resp(("PING",))) == b"PONG"
+    finally:
+        await saver.aclose()
+        await client.aclose()
+
+
+async def test_a_killed_connection_is_reconnected_and_the_call_retried(private_server: RedisServer) -> None:
+    client = aredis.Redis.from_url(private_server.url)
+    saver = AsyncPlainRedisSaver(client)
+    try:
+        first = empty_checkpoint()
+        await saver.aput(cfg("t"), first, {"step": 1}, {})
+        assert await saver.aget_tuple(cfg("t")) is not None  # a script call: the lean connection is open
+        assert kill_script_connections(private_server) == 1
+        second = empty_checkpoint()
+        await saver.aput(cfg("t", checkpoint_id=first["id"]), second, {"step": 2}, {})
+        tup = await saver.aget_tuple(cfg("t"))
+        assert tup is not None and tup.checkpoint["id"] == second["id"]
+        assert tup.parent_config is not None
+        assert tup.parent_config["configurable"]["checkpoint_id"] == first["id"]
+    finally:
+        await saver.aclose()
+        await client.aclose()
+
+
+async def test_a_stopped_server_fails_with_connection_error(private_server: RedisServer) -> None:
+    client = aredis.Redis.from_url(private_server.url)
+    saver = AsyncPlainRedisSaver(client)
+    try:
+        await saver.aput(cfg("t"), empty_checkpoint(), {"step": 1}, {})
+        private_server.stop()
+        with pytest.raises(redis.ConnectionError):
+            await saver.aget_tuple(cfg("t"))
+    finally:
+        await saver.aclose()
+        await client.aclose()
+
+
+async def test_password_acl_user_and_database_are_reproduced(private_server: RedisServer) -> None:
+    admin = redis.Redis.from_url(private_server.url)
+    admin.acl_setuser("bot", enabled=True, passwords=["+s3cret"], keys=["*"], commands=["+@all"])
+    admin.config_set("requirepass", "topsecret")
+    admin.close()
+    port = private_server.port
+    for url in (
+        f"redis://:topsecret@127.0.0.1:{port}/3",
+        f"redis://bot:s3cret@127.0.0.1:{port}/5",
+    ):
+        client = aredis.Redis.from_url(url)
+        assert lean_settings(client) is not None
+        saver = AsyncPlainRedisSaver(client, key_prefix="auth")
+        try:
+            cp = empty_checkpoint()
+            await saver.aput(cfg("t"), cp, {"step": 1}, {})
+            tup = await saver.aget_tuple(cfg("t"))
+            assert tup is not None and tup.checkpoint["id"] == cp["id"]
+        finally:
+            await saver.aclose()
+            await client.aclose()
+        db = int(url.rsplit("/", 1)[1])
+        check = redis.Redis(port=port, password="topsecret", db=db)
+        assert check.exists("auth:{t}:n") == 1  # written in the URL's database
+        check.close()
+
+    wrong = aredis.Redis.from_url(f"redis://bot:wrong@127.0.0.1:{port}/0")
+    saver = AsyncPlainRedisSaver(wrong)
+    try:
+        with pytest.raises(redis.AuthenticationError, match="invalid username-password"):
+            await saver.aget_tuple(cfg("t"))
+    finally:
+        await saver.aclose()
+        await wrong.aclose()
+
+
+def test_settings_it_cannot_reproduce_use_redis_asyncio() -> None:
+    assert lean_settings(aredis.Redis.from_url("redis://127.0.0.1:6379/0")) is not None
+    assert lean_settings(aredis.Redis.from_url("unix:///tmp/redis.sock?db=2")) is not None
+    assert lean_settings(aredis.Redis.from_url("rediss://127.0.0.1:6379/0")) is None
+    assert lean_settings(aredis.Redis.from_url("redis://127.0.0.1:6379/0?protocol=3")) is None
+    assert lean_settings(aredis.Redis(single_connection_client=True)) is None
+
+
+def test_each_event_loop_gets_its_own_connection(private_server: RedisServer) -> None:
+    client = aredis.Redis.from_url(private_server.url)
+    lean = pr._lean_connections(client)
+    assert lean is not None
+    replies: list[object] = []
+
+    async def ping() -> None:
+        replies.append(await lean.call(pr._resp(("PING",))))
+        replies.append(await lean.call(pr._resp(("ECHO", "same connection"))))
+
+    asyncio.run(ping())  # this loop closes; the next loop connects anew
+    worker = threading.Thread(target=asyncio.run, args=(ping(),))
+    worker.start()
+    worker.join()
+    asyncio.run(ping())
+    assert replies == [b"PONG", b"same connection"] * 3
+    lean.close()
