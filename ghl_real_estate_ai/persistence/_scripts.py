@@ -163,7 +163,10 @@ else
 end
 local newflags = flags
 if ARGV[8] == '1' then newflags = bit.bor(newflags, DELTA) end
-local existed = add_namespace(nset, ns)
+-- a namespace with a name dictionary is registered already (the scripts that drop a namespace from
+-- the set delete its hash, dictionary included)
+local existed = 1
+if known == 0 then existed = add_namespace(nset, ns) end
 local latest = redis.call('ZREVRANGE', ik, 0, 0)[1]
 local linear
 if latest then linear = (parent == latest and cid > latest) else linear = (parent == '') end
@@ -196,10 +199,13 @@ return existed
 PUT_WRITES = r"""
 local nset, h, ik = KEYS[1], KEYS[2], KEYS[3]
 local base, ns, cid = ARGV[1], ARGV[2], ARGV[3]
-local existed = add_namespace(nset, ns)
 local keep = tonumber(ARGV[5])
+-- writes for a stored checkpoint: its namespace is registered and it is not pruned
+local stored = redis.call('HEXISTS', h, 'c' .. cid) == 1
+local existed = 1
+if not stored then existed = add_namespace(nset, ns) end
 local stale = false
-if keep > 0 and redis.call('HEXISTS', h, 'c' .. cid) == 0 and redis.call('ZCARD', ik) >= keep then
+if keep > 0 and not stored and redis.call('ZCARD', ik) >= keep then
   -- writes that arrive after keep_last already pruned their checkpoint would never be read
   local oldest = redis.call('ZRANGE', ik, 0, 0)[1]
   stale = oldest ~= nil and cid < oldest
