@@ -25,6 +25,29 @@ def test_graph_has_the_contract_node_names() -> None:
     assert {"determine_path", "day_3", "day_7", "day_14", "day_30", "stall_breaker", "nurture"} <= nodes
 
 
+async def test_an_event_is_two_supersteps_with_the_plan_in_the_action() -> None:
+    """The router's decision, then the action together with the next-step plan: each event adds four
+    checkpoints (its input, the input applied, the router, the action) and the action's checkpoint
+    already carries the next step."""
+    sim = Simulation(START)
+    cid = sim.add_lead(make_contact("c-steps"))
+    config = sim.runner.config(cid)
+    await sim.enroll_all()
+    await sim.run_until(START + timedelta(hours=1))  # day_3 runs at enrollment
+
+    history = [snap async for snap in sim.graph.aget_state_history(config)]
+    sources = [(snap.metadata or {}).get("source") for snap in reversed(history)]
+    assert sources == ["input", "loop", "loop", "loop"] * 2  # enroll, then the due day_3
+    latest = history[0]
+    assert latest.next == ()
+    seq = latest.values["sequence"]
+    assert seq["completed"].keys() == {"day_3"}
+    assert seq["next_step"] == "day_7"  # planned in the same superstep as the send
+    assert seq["next_due_at"] == (START + timedelta(days=4)).isoformat().replace("+00:00", "Z")
+    router = history[1]
+    assert router.next == ("day_3",) and router.values["route"] == "day_3"
+
+
 async def test_silent_lead_gets_the_whole_sequence_at_the_right_times(
     checkpointer: BaseCheckpointSaver[Any],
 ) -> None:

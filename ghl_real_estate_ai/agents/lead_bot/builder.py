@@ -4,18 +4,31 @@
     START → determine_path ─┬─ enroll / day_3 / day_7 / day_14 / day_30 / nurture / stall_breaker
                             ├─ defer / skip / pause / resume / cancel / opt_out / fail / contact_update
                             └─ converse / human_takeover / call_result (conversation turns)
-                            each → plan_next → END
+                            each → END
+
+Every node after the router ends by planning the lead's next step (``sequence.plan``: the step and its
+send time, which the scheduler acts on) in the same superstep, so an event costs two supersteps and
+two checkpoints after its input: the router's decision and the action with its plan.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Awaitable
+from typing import Any, Protocol
+
 from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
 
 from ghl_real_estate_ai.agents.lead_bot.context import Context
 from ghl_real_estate_ai.agents.lead_bot.nodes import conversation, operations, sequence
 from ghl_real_estate_ai.agents.lead_bot.nodes.common import IO_RETRY
 from ghl_real_estate_ai.agents.lead_bot.routing import route_after_determine_path
-from ghl_real_estate_ai.agents.lead_bot.state import LeadState
+from ghl_real_estate_ai.agents.lead_bot.state import LeadState, combine_updates
+
+
+class Node(Protocol):
+    def __call__(self, state: LeadState, runtime: Runtime[Context]) -> Awaitable[dict[str, Any]]: ...
 
 IO_NODES = {
     "enroll": sequence.enroll,
@@ -41,19 +54,29 @@ PURE_NODES = {
 }
 
 
+def then_plan(node: Node) -> Node:
+    """``node``, then ``sequence.plan`` on the state as ``node`` leaves it; returns both updates as one."""
+
+    @functools.wraps(node)
+    async def run(state: LeadState, runtime: Runtime[Context]) -> dict[str, Any]:
+        update = await node(state, runtime)
+        after = combine_updates(dict(state), update)
+        return combine_updates(update, await sequence.plan(after, runtime))  # type: ignore[arg-type]
+
+    return run
+
+
 def build_graph() -> StateGraph[LeadState, Context]:
     """The lead bot's ``StateGraph`` (uncompiled)."""
     builder: StateGraph[LeadState, Context] = StateGraph(LeadState, context_schema=Context)
     builder.add_node("determine_path", sequence.determine_path)
     for name, node in IO_NODES.items():
-        builder.add_node(name, node, retry_policy=IO_RETRY)
+        builder.add_node(name, then_plan(node), retry_policy=IO_RETRY)
     for name, node in PURE_NODES.items():
-        builder.add_node(name, node)
-    builder.add_node("plan_next", sequence.plan)
+        builder.add_node(name, then_plan(node))
     builder.add_edge(START, "determine_path")
     targets = [*IO_NODES, *PURE_NODES]
     builder.add_conditional_edges("determine_path", route_after_determine_path, targets)
     for name in targets:
-        builder.add_edge(name, "plan_next")
-    builder.add_edge("plan_next", END)
+        builder.add_edge(name, END)
     return builder

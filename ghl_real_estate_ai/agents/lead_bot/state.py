@@ -23,6 +23,21 @@ def merge(current: dict[str, Any] | None, update: dict[str, Any] | None) -> dict
     return {**(current or {}), **(update or {})}
 
 
+def combine_updates(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` applied on top of ``base`` the way the state's reducers would apply it: sections merged
+    key by key, lists appended, anything else replaced. Combines two partial updates of one node, or
+    shows a node's update applied to the state."""
+    combined = dict(base)
+    for key, value in extra.items():
+        if key in SECTIONS and key in combined:
+            combined[key] = merge(combined[key], value)
+        elif key in APPEND_ONLY and key in combined:
+            combined[key] = [*combined[key], *value]
+        else:
+            combined[key] = value
+    return combined
+
+
 EventType = Literal[
     "enroll",
     "step_due",

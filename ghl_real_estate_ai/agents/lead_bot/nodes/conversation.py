@@ -19,7 +19,7 @@ from langgraph.runtime import Runtime
 from ghl_real_estate_ai.agents.lead_bot.context import Context
 from ghl_real_estate_ai.agents.lead_bot.nodes.common import enrollment_id, entry, now_of, timed_status
 from ghl_real_estate_ai.agents.lead_bot.nodes.operations import mark_opted_out
-from ghl_real_estate_ai.agents.lead_bot.state import APPEND_ONLY, SECTIONS, LeadState, merge
+from ghl_real_estate_ai.agents.lead_bot.state import LeadState, combine_updates
 from ghl_real_estate_ai.conversation import cma as cma_rules
 from ghl_real_estate_ai.conversation import templates
 from ghl_real_estate_ai.conversation.calls import call_outcome
@@ -140,7 +140,7 @@ async def converse(state: LeadState, runtime: Runtime[Context]) -> dict[str, Any
             except TransientIntegrationError as exc:
                 outcome, why = "failed", f"confirmation not sent: {exc}"
             timeline.append(entry(now, "opt_out_confirmation", outcome, why, channel="sms"))
-            update = _merge(update, await mark_opted_out(state, runtime, f"lead replied {text!r}"))
+            update = combine_updates(update, await mark_opted_out(state, runtime, f"lead replied {text!r}"))
         else:
             timeline.append(entry(now, "reply", "skipped", "already opted out; one confirmation was sent"))
     elif reply.intent == Intent.OPT_IN:
@@ -165,24 +165,11 @@ async def converse(state: LeadState, runtime: Runtime[Context]) -> dict[str, Any
         )
         timeline.append(entry(now, "reply", "skipped", why, intent=reply.intent.value))
     else:
-        update = _merge(update, await _act_on_intent(state, runtime, reply, channel, reply_key))
+        update = combine_updates(update, await _act_on_intent(state, runtime, reply, channel, reply_key))
         return _finish(update, reply, now)
 
     update["timeline"] = [*update.get("timeline", []), *timeline]
     return update
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """Combine two partial updates of one node the way the state's reducers would apply them."""
-    merged = dict(base)
-    for key, value in extra.items():
-        if key in SECTIONS and key in merged:
-            merged[key] = merge(merged[key], value)
-        elif key in APPEND_ONLY and key in merged:
-            merged[key] = [*merged[key], *value]
-        else:
-            merged[key] = value
-    return merged
 
 
 def _finish(update: dict[str, Any], reply: Reply, now: datetime) -> dict[str, Any]:

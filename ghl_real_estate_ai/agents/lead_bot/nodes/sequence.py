@@ -1,4 +1,4 @@
-"""The timed sequence: enroll, the step nodes (day_3 ... nurture, stall_breaker), defer and plan_next.
+"""The timed sequence: enroll, the step nodes (day_3 ... nurture, stall_breaker), defer and plan.
 
 Every step node re-reads the contact from GHL right before sending, re-checks DND, opt-out and owner tags
 and quiet hours, and sends under the touch key ``contact|enrollment|step|occurrence`` claimed in the send
@@ -96,7 +96,8 @@ async def defer(state: LeadState, runtime: Runtime[Context]) -> dict[str, Any]:
 
 
 async def plan(state: LeadState, runtime: Runtime[Context]) -> dict[str, Any]:
-    """Compute the next step and its send time (the scheduler acts on them). Runs after every node."""
+    """Compute the next step and its send time (the scheduler acts on them). Every node after the router
+    ends with it (``builder.then_plan``)."""
     now = now_of(runtime)
     seq = state.get("sequence", {})
     eng = state.get("engagement", {})
