@@ -163,8 +163,8 @@ async def _run_async(client: aredis.Redis, gen: _Gen[T]) -> T:
 # _lean.LeanConnections connection, or one from the pool where that cannot reproduce the client's
 # settings): redis-py's generic command path (argument encoder, retry wrapper, observability hooks,
 # pool checkout probe) costs as much CPU as the round trip itself. A call that fails on the connection
-# is retried once on a new one, as redis-py's default retry would; every script is safe to run twice. Cluster
-# and single-connection clients use the normal client path.
+# is retried once on a new one, as redis-py's default retry would; every script is safe to run twice.
+# Cluster and single-connection clients use the normal client path.
 _RETRYABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
@@ -290,9 +290,9 @@ def _close_lean_connections(client: Any) -> None:
 
 
 async def _call_async(client: aredis.Redis, *args: Any) -> Any:
-    packed = _resp(args)
     lean = _lean_connections(client)
     if lean is not None:
+        packed = _resp(args)
         for attempt in range(2):
             try:
                 return await lean.call(packed)
@@ -303,6 +303,7 @@ async def _call_async(client: aredis.Redis, *args: Any) -> Any:
     if not _lean_ok(client):
         return await client.execute_command(*args)
     pool = client.connection_pool
+    packed = _resp(args)
     for attempt in range(2):
         conn = await pool.get_connection()
         try:

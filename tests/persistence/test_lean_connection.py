@@ -210,3 +210,23 @@ def test_each_event_loop_gets_its_own_connection(private_server: RedisServer) ->
     asyncio.run(ping())
     assert replies == [b"PONG", b"same connection"] * 3
     lean.close()
+
+
+async def test_a_cancelled_call_does_not_put_replies_out_of_step(private_server: RedisServer) -> None:
+    client = aredis.Redis.from_url(private_server.url)
+    lean = pr._lean_connections(client)
+    assert lean is not None
+    try:
+        # BLPOP on an empty list holds this connection's replies for 0.3 s; the caller gives up first
+        blocked = asyncio.ensure_future(lean.call(pr._resp(("BLPOP", "empty-list", "0.3"))))
+        await asyncio.sleep(0.05)
+        blocked.cancel()
+        assert await lean.call(pr._resp(("PING",))) == b"PONG"  # not BLPOP's nil
+        assert blocked.cancelled()
+        big = b"x" * (3 * 1024 * 1024)  # a reply that arrives in many chunks
+        await client.set("big", big)
+        replies = await asyncio.gather(*(lean.call(pr._resp(("GET", "big"))) for _ in range(3)))
+        assert replies == [big, big, big]
+    finally:
+        lean.close()
+        await client.aclose()
