@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import threading
 import weakref
 from typing import Any
 
@@ -128,6 +129,7 @@ class LeanConnections:
 
     def __init__(self, settings: dict[str, Any]) -> None:
         self.settings = settings
+        self._lock = threading.Lock()
         self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LeanConnection] = (
             weakref.WeakKeyDictionary()
         )
@@ -152,9 +154,13 @@ class LeanConnections:
 
     async def _connect(self, loop: asyncio.AbstractEventLoop) -> _LeanConnection:
         # A connection keeps its loop alive (transport -> loop), so entries of closed loops are
-        # dropped here rather than by the weak dictionary.
-        for old in [old for old in self._by_loop if old.is_closed()]:
-            self._by_loop.pop(old).close()
+        # dropped here rather than by the weak dictionary. Loops of other threads may connect at the
+        # same moment: the dictionary is only touched under the lock.
+        with self._lock:
+            closed = [old for old in self._by_loop if old.is_closed()]
+            stale = [self._by_loop.pop(old) for old in closed]
+        for conn in stale:
+            conn.close()
         pending = self._connecting.get(loop)
         if pending is not None:  # another task is connecting on this loop: share its connection
             return await asyncio.shield(pending)
@@ -163,12 +169,15 @@ class LeanConnections:
         try:
             conn = await self._open(loop)
         except BaseException as exc:
-            fut.set_exception(exc)
+            # tasks sharing this attempt retry on a ConnectionError, even when this one was cancelled
+            shared = exc if isinstance(exc, Exception) else RedisConnectionError("connecting was interrupted")
+            fut.set_exception(shared)
             fut.exception()  # retrieved: no "exception never retrieved" warning if nobody waits
             raise
         finally:
             self._connecting.pop(loop, None)
-        self._by_loop[loop] = conn
+        with self._lock:
+            self._by_loop[loop] = conn
         fut.set_result(conn)
         return conn
 
@@ -206,6 +215,8 @@ class LeanConnections:
         return conn
 
     def close(self) -> None:
-        for conn in list(self._by_loop.values()):
+        with self._lock:
+            conns = list(self._by_loop.values())
+            self._by_loop.clear()
+        for conn in conns:
             conn.close()
-        self._by_loop.clear()
