@@ -21,6 +21,7 @@ import collections
 import contextlib
 import threading
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 import hiredis
@@ -36,11 +37,22 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 _UNSUPPORTED = ("credential_provider", "redis_connect_func", "decode_responses", "ssl", "ssl_context")
 
 
-def _pack(*args: bytes | str | int) -> bytes:
+def pack_command(args: Sequence[Any]) -> bytes:
+    """RESP encoding of a command whose arguments are bytes, str, int or float: the script calls'
+    arguments are bytes already, so this skips redis-py's per-argument encoder."""
     out = [b"*%d\r\n" % len(args)]
     for arg in args:
-        data = arg if isinstance(arg, bytes) else str(arg).encode()
-        out += (b"$%d\r\n" % len(data), data, b"\r\n")
+        if isinstance(arg, bytes):
+            data = arg
+        elif isinstance(arg, str):
+            data = arg.encode()
+        elif isinstance(arg, int):
+            data = b"%d" % arg
+        else:
+            data = repr(float(arg)).encode()
+        out.append(b"$%d\r\n" % len(data))
+        out.append(data)
+        out.append(b"\r\n")
     return b"".join(out)
 
 
@@ -198,11 +210,11 @@ class LeanConnections:
         handshake: list[bytes] = []
         if s.get("password") is not None:
             user = s.get("username")
-            handshake.append(_pack("AUTH", user, s["password"]) if user else _pack("AUTH", s["password"]))
+            handshake.append(pack_command(("AUTH", user, s["password"]) if user else ("AUTH", s["password"])))
         if s.get("db"):
-            handshake.append(_pack("SELECT", s["db"]))
+            handshake.append(pack_command(("SELECT", s["db"])))
         if s.get("client_name"):
-            handshake.append(_pack("CLIENT", "SETNAME", s["client_name"]))
+            handshake.append(pack_command(("CLIENT", "SETNAME", s["client_name"])))
         try:
             replies = [conn.call(cmd) for cmd in handshake]
             for reply in replies:

@@ -78,7 +78,7 @@ from ghl_real_estate_ai.persistence._codec import (
     typed_from_bytes,
     typed_to_bytes,
 )
-from ghl_real_estate_ai.persistence._lean import LeanConnections, lean_settings
+from ghl_real_estate_ai.persistence._lean import LeanConnections, lean_settings, pack_command
 from ghl_real_estate_ai.persistence._scripts import SCRIPTS, Script
 
 logger = logging.getLogger(__name__)
@@ -168,25 +168,6 @@ async def _run_async(client: aredis.Redis, gen: _Gen[T]) -> T:
 _RETRYABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
-def _resp(args: Sequence[Any]) -> bytes:
-    """RESP encoding of a command whose arguments are bytes, str, int or float: the script calls'
-    arguments are bytes already, so this skips redis-py's per-argument encoder."""
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        if isinstance(arg, bytes):
-            data = arg
-        elif isinstance(arg, str):
-            data = arg.encode()
-        elif isinstance(arg, int):
-            data = b"%d" % arg
-        else:
-            data = repr(float(arg)).encode()
-        out.append(b"$%d\r\n" % len(data))
-        out.append(data)
-        out.append(b"\r\n")
-    return b"".join(out)
-
-
 def _lean_ok(client: Any) -> bool:
     return type(client) in (redis.Redis, aredis.Redis) and getattr(client, "connection", None) is None
 
@@ -268,7 +249,7 @@ def _call_sync(client: redis.Redis, *args: Any) -> Any:
     conns = _script_connections(client)
     if conns is None:
         return client.execute_command(*args)
-    return conns.call(_resp(args))
+    return conns.call(pack_command(args))
 
 
 _LEAN_CONNECTIONS: weakref.WeakKeyDictionary[Any, LeanConnections | None] = weakref.WeakKeyDictionary()
@@ -292,7 +273,7 @@ def _close_lean_connections(client: Any) -> None:
 async def _call_async(client: aredis.Redis, *args: Any) -> Any:
     lean = _lean_connections(client)
     if lean is not None:
-        packed = _resp(args)
+        packed = pack_command(args)
         for attempt in range(2):
             try:
                 return await lean.call(packed)
@@ -303,7 +284,7 @@ async def _call_async(client: aredis.Redis, *args: Any) -> Any:
     if not _lean_ok(client):
         return await client.execute_command(*args)
     pool = client.connection_pool
-    packed = _resp(args)
+    packed = pack_command(args)
     for attempt in range(2):
         conn = await pool.get_connection()
         try:

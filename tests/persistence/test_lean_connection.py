@@ -19,7 +19,7 @@ from langgraph.checkpoint.base import empty_checkpoint
 
 from ghl_real_estate_ai.persistence import AsyncPlainRedisSaver
 from ghl_real_estate_ai.persistence import plain_redis as pr
-from ghl_real_estate_ai.persistence._lean import _LeanConnection, lean_settings
+from ghl_real_estate_ai.persistence._lean import _LeanConnection, lean_settings, pack_command
 from ghl_real_estate_ai.testing.redis_server import RedisServer
 
 
@@ -105,13 +105,13 @@ async def test_noscript_reloads_and_error_replies_map_to_redis_exceptions(
         lean = pr._lean_connections(client)
         assert lean is not None
         with pytest.raises(redis.ResponseError) as err:
-            await lean.call(pr._resp(("INCR", "not-a-counter-but", "extra-arg")))
+            await lean.call(pack_command(("INCR", "not-a-counter-but", "extra-arg")))
         assert "wrong number of arguments" in str(err.value)
         await client.set("text", "abc")
         with pytest.raises(redis.ResponseError, match="not an integer"):
-            await lean.call(pr._resp(("INCR", "text")))
+            await lean.call(pack_command(("INCR", "text")))
         # the connection is still in step after error replies
-        assert await lean.call(pr._resp(("PING",))) == b"PONG"
+        assert await lean.call(pack_command(("PING",))) == b"PONG"
     finally:
         await saver.aclose()
         await client.aclose()
@@ -200,8 +200,8 @@ def test_each_event_loop_gets_its_own_connection(private_server: RedisServer) ->
     replies: list[object] = []
 
     async def ping() -> None:
-        replies.append(await lean.call(pr._resp(("PING",))))
-        replies.append(await lean.call(pr._resp(("ECHO", "same connection"))))
+        replies.append(await lean.call(pack_command(("PING",))))
+        replies.append(await lean.call(pack_command(("ECHO", "same connection"))))
 
     asyncio.run(ping())  # this loop closes; the next loop connects anew
     worker = threading.Thread(target=asyncio.run, args=(ping(),))
@@ -218,14 +218,14 @@ async def test_a_cancelled_call_does_not_put_replies_out_of_step(private_server:
     assert lean is not None
     try:
         # BLPOP on an empty list holds this connection's replies for 0.3 s; the caller gives up first
-        blocked = asyncio.ensure_future(lean.call(pr._resp(("BLPOP", "empty-list", "0.3"))))
+        blocked = asyncio.ensure_future(lean.call(pack_command(("BLPOP", "empty-list", "0.3"))))
         await asyncio.sleep(0.05)
         blocked.cancel()
-        assert await lean.call(pr._resp(("PING",))) == b"PONG"  # not BLPOP's nil
+        assert await lean.call(pack_command(("PING",))) == b"PONG"  # not BLPOP's nil
         assert blocked.cancelled()
         big = b"x" * (3 * 1024 * 1024)  # a reply that arrives in many chunks
         await client.set("big", big)
-        replies = await asyncio.gather(*(lean.call(pr._resp(("GET", "big"))) for _ in range(3)))
+        replies = await asyncio.gather(*(lean.call(pack_command(("GET", "big"))) for _ in range(3)))
         assert replies == [big, big, big]
     finally:
         lean.close()
