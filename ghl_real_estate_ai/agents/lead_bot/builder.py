@@ -7,8 +7,8 @@
                             each → END
 
 Every node after the router ends by planning the lead's next step (``sequence.plan``: the step and its
-send time, which the scheduler acts on) in the same superstep, so an event costs two supersteps and
-two checkpoints after its input: the router's decision and the action with its plan.
+send time, which the scheduler acts on) in the same superstep, so an event costs two supersteps after
+its input: the router's decision, then the action with its plan.
 """
 
 from __future__ import annotations
