@@ -57,7 +57,6 @@ len channel, len value) + channel + typed value.
 from __future__ import annotations
 
 import struct
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -265,20 +264,25 @@ def _get_len(buf: bytes, pos: int) -> tuple[int, int]:
     return _U16.unpack_from(buf, pos + 1)[0], pos + 3
 
 
-def _put_parent(out: bytearray, parent_id: str | None) -> None:
-    """A canonical uuid (what LangGraph's ids are) as 16 bytes, anything else as text."""
+def _parent_bytes(parent_id: str | None) -> bytes:
+    """A canonical (lower-case, hyphenated) uuid as 254 + its 16 bytes, anything else as len + text."""
     if parent_id and len(parent_id) == 36:
-        try:
-            u = uuid.UUID(parent_id)
-        except ValueError:
-            u = None
-        if u is not None and str(u) == parent_id:
-            out.append(_LEN_UUID)
-            out += u.bytes
-            return
+        hexa = parent_id.replace("-", "")
+        if (
+            len(hexa) == 32
+            and parent_id[8] == parent_id[13] == parent_id[18] == parent_id[23] == "-"
+            and (hexa.islower() or hexa.isdigit())
+        ):
+            try:
+                raw = bytes.fromhex(hexa)
+            except ValueError:
+                raw = b""
+            if len(raw) == 16:
+                return bytes((_LEN_UUID,)) + raw
+    out = bytearray()
     b = (parent_id or "").encode()
     _put_len(out, len(b))
-    out += b
+    return bytes(out + b)
 
 
 class NameDict:
@@ -350,27 +354,6 @@ class PreparedCheckpoint:
 _STANDARD_KEYS = frozenset(
     {"v", "id", "ts", "channel_values", "channel_versions", "versions_seen", "updated_channels"}
 )
-
-
-def _parent_bytes(parent_id: str | None) -> bytes:
-    """A canonical (lower-case, hyphenated) uuid as 254 + its 16 bytes, anything else as len + text."""
-    if parent_id and len(parent_id) == 36:
-        hexa = parent_id.replace("-", "")
-        if (
-            len(hexa) == 32
-            and parent_id[8] == parent_id[13] == parent_id[18] == parent_id[23] == "-"
-            and hexa.islower() | hexa.isdigit()
-        ):
-            try:
-                raw = bytes.fromhex(hexa)
-            except ValueError:
-                raw = b""
-            if len(raw) == 16:
-                return bytes((_LEN_UUID,)) + raw
-    out = bytearray()
-    b = (parent_id or "").encode()
-    _put_len(out, len(b))
-    return bytes(out + b)
 
 
 def prepare_checkpoint(
