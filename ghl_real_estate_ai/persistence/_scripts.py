@@ -90,6 +90,22 @@ local function refresh(base, nset, ttl)
   end
 end
 
+-- A write that created none of the thread's keys refreshes them only if they were not refreshed in
+-- the last second (ttl/100 for a ttl under 100 s): all keys are always refreshed together, so the
+-- namespace hash's remaining time stands for all of them, and the writes of one graph turn (about
+-- eight, milliseconds apart) refresh once. Every write still leaves every key at least ttl - slack.
+local function refresh_due(base, nset, h, ttl, created)
+  if not created then
+    local left = redis.call('PTTL', h)
+    if ttl > 0 then
+      if left <= ttl and left >= ttl - math.min(1000, math.floor(ttl / 100)) then return end
+    elseif left == -1 then
+      return
+    end
+  end
+  refresh(base, nset, ttl)
+end
+
 -- Registers namespace `ns`; returns 1 if the thread already existed, 0 if this created it.
 local function add_namespace(nset, ns)
   if redis.call('SADD', nset, ns) == 0 then return 1 end
@@ -150,6 +166,7 @@ PUT = r"""
 local nset, h, ik = KEYS[1], KEYS[2], KEYS[3]
 local base, ns, cid, parent = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local d = redis.call('HGET', h, 'n')
+local had_hash = d ~= false
 local known = tonumber(ARGV[10])
 local flags
 if d then
@@ -188,7 +205,8 @@ if keep > 0 and bit.band(newflags, DELTA) == 0 then
     remove_checkpoints(nset, ns, h, ik, redis.call('ZRANGE', ik, 0, total - keep - 1), false)
   end
 end
-refresh(base, nset, tonumber(ARGV[6]))
+-- h and ik existed before this call if the dictionary and a latest checkpoint did
+refresh_due(base, nset, h, tonumber(ARGV[6]), not (had_hash and latest))
 return existed
 """
 
@@ -267,7 +285,7 @@ else
     redis.call('HSET', h, 'w' .. cid, table.concat(parts))
   end
 end
-refresh(base, nset, tonumber(ARGV[4]))
+refresh_due(base, nset, h, tonumber(ARGV[4]), not stored)
 return existed
 """
 

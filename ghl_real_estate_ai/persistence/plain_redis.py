@@ -21,8 +21,11 @@ Storage (key layout and byte formats in ``_codec.py``, scripts in ``_scripts.py`
 * Values are the serde type tag and the raw serde bytes, no base64 or JSON wrapping.
 * Every ``put``/``put_writes`` is one Lua call (one round trip): it also refreshes the expiry of every
   key the thread uses (``ttl_seconds``) and prunes checkpoints beyond ``keep_last`` together with their
-  writes and the blobs only they read. ``get_tuple`` is one Lua call returning checkpoint, blobs and
-  pending writes.
+  writes and the blobs only they read. All keys of a thread are refreshed together, so a write that
+  creates no key skips the refresh when the thread's keys were refreshed in the last second (ttl/100
+  for a ttl under 100 s): the eight writes of a graph turn refresh once, and every write still leaves
+  every key at least ``ttl_seconds`` minus that slack to live. ``get_tuple`` is one Lua call returning
+  checkpoint, blobs and pending writes.
 * ``list(None)`` walks a registry ZSET ``<prefix>:threads`` (thread id -> time of last touch). A saver
   touches a thread there at most once per ``ttl_seconds / 10`` (per process), in the same round trip as
   a put; entries older than ``1.25 * ttl_seconds`` are trimmed then, and the registry key itself

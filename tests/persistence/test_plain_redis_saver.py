@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import pytest
 import redis
 import redis.asyncio as aredis
+from langgraph.checkpoint.base.id import uuid6
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, interrupt
@@ -173,6 +174,81 @@ def test_ttl_none_persists_every_key(client: redis.Redis, key_prefix: str) -> No
     thread_keys = [k for k in prefixed_keys(client, key_prefix) if b"{lead:p}" in k]
     assert len(thread_keys) == 3
     assert all(client.pttl(k) == -1 for k in thread_keys)
+
+
+def thread_keys(client: redis.Redis, prefix: str, thread_id: str) -> list[bytes]:
+    return [k for k in prefixed_keys(client, prefix) if f"{{{thread_id}}}".encode() in k]
+
+
+def bare_checkpoint(**values: Any) -> dict[str, Any]:
+    return {
+        "v": 4,
+        "id": str(uuid6()),
+        "ts": "2025-03-01T15:00:00+00:00",
+        "channel_values": values,
+        "channel_versions": {name: f"{1:032}.{0.5:016}" for name in values},
+        "versions_seen": {},
+        "updated_channels": None,
+    }
+
+
+def test_writes_skip_the_refresh_only_within_the_slack(client: redis.Redis, key_prefix: str) -> None:
+    """All keys of a thread are refreshed together, so a write that creates no key leaves them alone
+    while they have at least ttl - slack to live (slack: 1 s at ttl >= 100 s), and refreshes them all
+    once they have less."""
+    graph = lead_graph().compile(checkpointer=PlainRedisSaver(client, ttl_seconds=100, key_prefix=key_prefix))
+    config = cfg("lead:slack")
+    graph.invoke({"contact": CONTACT}, config, durability="sync")
+    keys = thread_keys(client, key_prefix, "lead:slack")
+    assert len(keys) == 3
+    assert all(99_000 < client.pttl(k) <= 100_000 for k in keys)
+    for key in keys:
+        client.pexpire(key, 99_500)
+    graph.invoke({"x": "due"}, config, durability="sync")  # within the slack: no refresh
+    assert all(98_500 < client.pttl(k) <= 99_500 for k in keys)
+    for key in keys:
+        client.pexpire(key, 98_900)
+    graph.invoke({"x": "due"}, config, durability="sync")  # beyond it: every key refreshed
+    assert all(99_500 < client.pttl(k) <= 100_000 for k in keys)
+    assert graph.get_state(config).values["step"] == 3
+
+
+def test_a_write_that_creates_a_key_refreshes_every_key(client: redis.Redis, key_prefix: str) -> None:
+    """Right after another write (inside the slack), a write that creates the index or a namespace
+    still gives every key of the thread its expiry."""
+    saver = PlainRedisSaver(client, ttl_seconds=100, key_prefix=key_prefix)
+    first = bare_checkpoint(contact=CONTACT)
+    at_first = cfg("lead:created", checkpoint_ns="", checkpoint_id=first["id"])
+    # writes for a checkpoint not stored yet: the namespace hash exists, the index does not
+    saver.put_writes(at_first, [("contact", CONTACT)], "task-0")
+    assert len(thread_keys(client, key_prefix, "lead:created")) == 2
+    saver.put(cfg("lead:created", checkpoint_ns=""), first, {"source": "input", "step": -1}, {})
+    keys = thread_keys(client, key_prefix, "lead:created")
+    assert len(keys) == 3
+    assert all(99_000 < client.pttl(k) <= 100_000 for k in keys), {k: client.pttl(k) for k in keys}
+    saver.put(
+        cfg("lead:created", checkpoint_ns="inner:1"), bare_checkpoint(), {"source": "loop", "step": 0}, {}
+    )
+    keys = thread_keys(client, key_prefix, "lead:created")
+    assert len(keys) == 5
+    assert all(99_000 < client.pttl(k) <= 100_000 for k in keys), {k: client.pttl(k) for k in keys}
+    tup = saver.get_tuple(at_first)
+    assert tup is not None and tup.pending_writes == [("task-0", "contact", CONTACT)]
+
+
+def test_a_shorter_ttl_takes_effect_on_the_next_write(client: redis.Redis, key_prefix: str) -> None:
+    config = cfg("lead:shorter")
+    long_lived = lead_graph().compile(
+        checkpointer=PlainRedisSaver(client, ttl_seconds=100, key_prefix=key_prefix)
+    )
+    long_lived.invoke({"contact": CONTACT}, config, durability="sync")
+    short_lived = lead_graph().compile(
+        checkpointer=PlainRedisSaver(client, ttl_seconds=10, key_prefix=key_prefix)
+    )
+    short_lived.invoke({"x": "due"}, config, durability="sync")
+    keys = thread_keys(client, key_prefix, "lead:shorter")
+    assert len(keys) == 3
+    assert all(9_000 < client.pttl(k) <= 10_000 for k in keys)
 
 
 # ---------------------------------------------------------------------------------------- forks
