@@ -7,9 +7,10 @@ in the same Redis Cluster slot. The byte layouts they read are documented in ``_
 
 Why Lua: each saver call is one round trip and atomic. A ``put`` stores the record, the index entry
 and the new blobs, prunes old checkpoints (``keep_last``) and refreshes the expiry of every key the
-thread still uses, all at once; ``put_writes`` merges first-write-wins in place (HSETNX semantics on a
-packed field); a read returns the checkpoint with its blobs and pending writes. The scripts keep the
-number of ``redis.call``s low because each one costs about a microsecond of server time.
+thread still uses (unless that was done in the last second: ``refresh_due``), all at once;
+``put_writes`` merges first-write-wins in place (HSETNX semantics on a packed field); a read returns
+the checkpoint with its blobs and pending writes. The scripts keep the number of ``redis.call``s low
+because each one costs about a microsecond of server time.
 """
 
 from __future__ import annotations
