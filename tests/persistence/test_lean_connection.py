@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis
@@ -32,6 +32,18 @@ def private_server() -> Iterator[RedisServer]:
     """A server of this test's own: the tests change its auth settings and kill its clients."""
     with RedisServer() as server:
         yield server
+
+
+@pytest.fixture
+async def saver(private_server: RedisServer) -> AsyncIterator[AsyncPlainRedisSaver]:
+    """The async saver on the private server; closed, with its client, after the test."""
+    client = aredis.Redis.from_url(private_server.url)
+    saver = AsyncPlainRedisSaver(client)
+    try:
+        yield saver
+    finally:
+        await saver.aclose()
+        await client.aclose()
 
 
 def script_connections(server: RedisServer) -> int:
@@ -89,64 +101,51 @@ async def test_concurrent_calls_share_one_pipelined_connection(
 
 
 async def test_noscript_reloads_and_error_replies_map_to_redis_exceptions(
-    private_server: RedisServer,
+    saver: AsyncPlainRedisSaver,
 ) -> None:
-    client = aredis.Redis.from_url(private_server.url)
-    saver = AsyncPlainRedisSaver(client)
-    try:
-        first = empty_checkpoint()
-        await saver.aput(cfg("t"), first, {"step": 1}, {})
-        await client.script_flush()  # the server forgets the scripts: NOSCRIPT, then load and retry
-        second = empty_checkpoint()
-        await saver.aput(cfg("t", checkpoint_id=first["id"]), second, {"step": 2}, {})
-        tup = await saver.aget_tuple(cfg("t"))
-        assert tup is not None and tup.checkpoint["id"] == second["id"]
+    client = saver.client
+    first = empty_checkpoint()
+    await saver.aput(cfg("t"), first, {"step": 1}, {})
+    await client.script_flush()  # the server forgets the scripts: NOSCRIPT, then load and retry
+    second = empty_checkpoint()
+    await saver.aput(cfg("t", checkpoint_id=first["id"]), second, {"step": 2}, {})
+    tup = await saver.aget_tuple(cfg("t"))
+    assert tup is not None and tup.checkpoint["id"] == second["id"]
 
-        lean = pr._lean_connections(client)
-        assert lean is not None
-        with pytest.raises(redis.ResponseError) as err:
-            await lean.call(pack_command(("INCR", "not-a-counter-but", "extra-arg")))
-        assert "wrong number of arguments" in str(err.value)
-        await client.set("text", "abc")
-        with pytest.raises(redis.ResponseError, match="not an integer"):
-            await lean.call(pack_command(("INCR", "text")))
-        # the connection is still in step after error replies
-        assert await lean.call(pack_command(("PING",))) == b"PONG"
-    finally:
-        await saver.aclose()
-        await client.aclose()
+    lean = pr._lean_connections(client)
+    assert lean is not None
+    with pytest.raises(redis.ResponseError) as err:
+        await lean.call(pack_command(("INCR", "not-a-counter-but", "extra-arg")))
+    assert "wrong number of arguments" in str(err.value)
+    await client.set("text", "abc")
+    with pytest.raises(redis.ResponseError, match="not an integer"):
+        await lean.call(pack_command(("INCR", "text")))
+    # the connection is still in step after error replies
+    assert await lean.call(pack_command(("PING",))) == b"PONG"
 
 
-async def test_a_killed_connection_is_reconnected_and_the_call_retried(private_server: RedisServer) -> None:
-    client = aredis.Redis.from_url(private_server.url)
-    saver = AsyncPlainRedisSaver(client)
-    try:
-        first = empty_checkpoint()
-        await saver.aput(cfg("t"), first, {"step": 1}, {})
-        assert await saver.aget_tuple(cfg("t")) is not None  # a script call: the lean connection is open
-        assert kill_script_connections(private_server) == 1
-        second = empty_checkpoint()
-        await saver.aput(cfg("t", checkpoint_id=first["id"]), second, {"step": 2}, {})
-        tup = await saver.aget_tuple(cfg("t"))
-        assert tup is not None and tup.checkpoint["id"] == second["id"]
-        assert tup.parent_config is not None
-        assert tup.parent_config["configurable"]["checkpoint_id"] == first["id"]
-    finally:
-        await saver.aclose()
-        await client.aclose()
+async def test_a_killed_connection_is_reconnected_and_the_call_retried(
+    saver: AsyncPlainRedisSaver, private_server: RedisServer
+) -> None:
+    first = empty_checkpoint()
+    await saver.aput(cfg("t"), first, {"step": 1}, {})
+    assert await saver.aget_tuple(cfg("t")) is not None  # a script call: the lean connection is open
+    assert kill_script_connections(private_server) == 1
+    second = empty_checkpoint()
+    await saver.aput(cfg("t", checkpoint_id=first["id"]), second, {"step": 2}, {})
+    tup = await saver.aget_tuple(cfg("t"))
+    assert tup is not None and tup.checkpoint["id"] == second["id"]
+    assert tup.parent_config is not None
+    assert tup.parent_config["configurable"]["checkpoint_id"] == first["id"]
 
 
-async def test_a_stopped_server_fails_with_connection_error(private_server: RedisServer) -> None:
-    client = aredis.Redis.from_url(private_server.url)
-    saver = AsyncPlainRedisSaver(client)
-    try:
-        await saver.aput(cfg("t"), empty_checkpoint(), {"step": 1}, {})
-        private_server.stop()
-        with pytest.raises(redis.ConnectionError):
-            await saver.aget_tuple(cfg("t"))
-    finally:
-        await saver.aclose()
-        await client.aclose()
+async def test_a_stopped_server_fails_with_connection_error(
+    saver: AsyncPlainRedisSaver, private_server: RedisServer
+) -> None:
+    await saver.aput(cfg("t"), empty_checkpoint(), {"step": 1}, {})
+    private_server.stop()
+    with pytest.raises(redis.ConnectionError):
+        await saver.aget_tuple(cfg("t"))
 
 
 async def test_password_acl_user_and_database_are_reproduced(private_server: RedisServer) -> None:
