@@ -334,19 +334,20 @@ class PreparedCheckpoint:
     record has to be rebuilt because the cached name dictionary was stale), the body's fixed parts and
     the parent id in its stored form."""
 
-    __slots__ = ("blobs", "checkpoint", "head", "new_versions", "tail")
+    __slots__ = ("blobs", "checkpoint", "head", "new_versions", "parent_id", "tail")
 
     def __init__(
         self,
         checkpoint: Mapping[str, Any],
         new_versions: Mapping[str, Any],
-        head: bytes,
+        parent_id: str | None,
         tail: list[Any],
         blobs: dict[str, bytes],
     ) -> None:
         self.checkpoint = checkpoint
         self.new_versions = new_versions
-        self.head = head  # format byte + parent
+        self.parent_id = parent_id or None
+        self.head = bytes((RECORD_FORMAT,)) + _parent_bytes(parent_id)  # format byte + parent
         self.tail = tail  # [ts, v, extra, metadata]
         self.blobs = blobs  # channel -> typed value, for the new channels whose value is a blob
 
@@ -380,16 +381,15 @@ def prepare_checkpoint(
                 blobs[channel] = typed_to_bytes(dumps(value))
     extra = {k: v for k, v in checkpoint.items() if k not in _STANDARD_KEYS}
     tail = [_ts_out(checkpoint.get("ts")), checkpoint.get("v"), extra, dict(metadata)]
-    return PreparedCheckpoint(
-        checkpoint, new_versions, bytes((RECORD_FORMAT,)) + _parent_bytes(parent_id), tail, blobs
-    )
+    return PreparedCheckpoint(checkpoint, new_versions, parent_id, tail, blobs)
 
 
 def build_record(
     serde: Any, prep: PreparedCheckpoint, names: NameDict
-) -> tuple[bytes, list[str], list[tuple[bytes, bytes]]]:
+) -> tuple[bytes, list[str], list[tuple[bytes, bytes]], Skeleton]:
     """The record of a prepared checkpoint against ``names``, the names it had to add to the
-    dictionary, and its new blobs as ``(field, value)``."""
+    dictionary, its new blobs as ``(field, value)``, and its skeleton (with ``names`` plus the added
+    ones)."""
     checkpoint = prep.checkpoint
     values: Mapping[str, Any] = checkpoint.get("channel_values") or {}
     versions: Mapping[str, Any] = checkpoint.get("channel_versions") or {}
@@ -403,6 +403,7 @@ def build_record(
     vcache = _vkey_cache
     inline_values: list[Any] = []
     blob_fields: list[tuple[bytes, bytes]] = []
+    kinds: list[tuple[str, int]] = []
 
     def add(name: str) -> int:
         nonlocal index
@@ -449,6 +450,7 @@ def build_record(
         else:
             kind = KIND_BLOB
         ch_out += pack(nid, idx, kind)
+        kinds.append((channel, kind))
 
     seen: list[Any] = []
     for node, node_versions in (checkpoint.get("versions_seen") or {}).items():
@@ -477,8 +479,16 @@ def build_record(
         raise ValueError("more than 65535 channel and node names in one namespace")
     ts, v, extra, metadata = prep.tail
     body = typed_to_bytes(serde.dumps_typed([ts, v, seen, updated_ids, extra, metadata, inline_values]))
-    record = b"".join((prep.head, _U16.pack(len(table)), vk_out, _U16.pack(len(versions)), ch_out, body))
-    return record, added, blob_fields
+    head = b"".join((prep.head, _U16.pack(len(table)), vk_out, _U16.pack(len(versions)), ch_out))
+    skeleton = Skeleton(
+        prep.parent_id,
+        len(head),
+        kinds,
+        dict(versions),
+        {node: dict(seen) for node, seen in (checkpoint.get("versions_seen") or {}).items()},
+        None if updated is None else list(updated),
+    )
+    return head + body, added, blob_fields, skeleton
 
 
 class RecordHeader:
@@ -532,54 +542,58 @@ def parse_header(record: bytes) -> RecordHeader:
     return RecordHeader(parent, vkeys, channels, pos)
 
 
-def _decode_body(serde: Any, record: bytes, header: RecordHeader) -> list[Any]:
-    body = serde.loads_typed(typed_from_bytes(record[header.body_at :]))
+def _decode_body(serde: Any, record: bytes, body_at: int) -> list[Any]:
+    body = serde.loads_typed(typed_from_bytes(record[body_at:]))
     if not isinstance(body, list) or len(body) != 7:
         raise CodecError("checkpoint record body has the wrong shape")
     return body
 
 
 def decode_metadata(serde: Any, record: bytes) -> dict[str, Any]:
-    metadata: dict[str, Any] = _decode_body(serde, record, parse_header(record))[5]
+    metadata: dict[str, Any] = _decode_body(serde, record, parse_header(record).body_at)[5]
     return metadata
 
 
-class DecodedRecord:
-    __slots__ = ("checkpoint", "header", "metadata")
+class Skeleton:
+    """A record decoded, apart from what every read must build afresh (channel values, metadata):
+    the parent, where the body starts, the channels in record order with their kinds, and the
+    version maps. Never changed once built, so it can be kept and shared: ``decode_checkpoint``
+    hands out copies. ``build_record`` makes one for the record it writes, so a read of the record a
+    process just wrote skips the header parse and the name lookups."""
 
-    def __init__(self, header: RecordHeader, checkpoint: dict[str, Any], metadata: dict[str, Any]) -> None:
-        self.header = header
-        self.checkpoint = checkpoint
-        self.metadata = metadata
+    __slots__ = ("body_at", "channel_versions", "channels", "parent_id", "updated", "versions_seen")
+
+    def __init__(
+        self,
+        parent_id: str | None,
+        body_at: int,
+        channels: list[tuple[str, int]],
+        channel_versions: dict[str, Any],
+        versions_seen: dict[str, dict[str, Any]],
+        updated: list[str] | None,
+    ) -> None:
+        self.parent_id = parent_id
+        self.body_at = body_at
+        self.channels = channels  # (channel, kind)
+        self.channel_versions = channel_versions
+        self.versions_seen = versions_seen
+        self.updated = updated
 
 
-def decode_checkpoint(
-    serde: Any, checkpoint_id: str, record: bytes, blob_values: Sequence[bytes | None], names: NameDict
-) -> DecodedRecord:
-    """Rebuild the checkpoint from its record and the blob values the Lua script returned.
-
-    ``blob_values`` follows the order of the record's blob channels (kind 0); a missing blob or one
-    tagged ``empty`` leaves the channel out of ``channel_values`` (as InMemorySaver does).
-    """
+def decode_skeleton(record: bytes, body: list[Any], names: NameDict) -> Skeleton:
+    """The skeleton of ``record`` (whose decoded body is ``body``) against the name dictionary."""
     header = parse_header(record)
-    ts, v, seen_flat, updated, extra, metadata, inline_values = _decode_body(serde, record, header)
+    seen_flat, updated = body[2], body[3]
     vcache = _version_cache
     versions = [vcache.get(vk) or version_from_key(vk) for vk in header.vkeys]
     try:
         name = names.names
+        channels: list[tuple[str, int]] = []
         channel_versions: dict[str, Any] = {}
-        channel_values: dict[str, Any] = {}
-        inline_iter = iter(inline_values)
-        blob_iter = iter(blob_values)
         for name_id, idx, kind in header.channels:
             ch = name[name_id]
             channel_versions[ch] = versions[idx]
-            if kind == KIND_INLINE:
-                channel_values[ch] = next(inline_iter)
-            elif kind == KIND_BLOB:
-                raw = next(blob_iter, None)
-                if raw is not None and not is_empty_typed(raw):
-                    channel_values[ch] = serde.loads_typed(typed_from_bytes(raw))
+            channels.append((ch, kind))
         versions_seen: dict[str, dict[str, Any]] = {}
         nodes = iter(seen_flat)
         for node_id, pairs in zip(nodes, nodes, strict=True):  # strict: an odd length is corrupt
@@ -589,20 +603,60 @@ def decode_checkpoint(
                 seen[name[ch_id]] = versions[v_idx]
             versions_seen[name[node_id]] = seen
         updated_names = None if updated is None else [name[i] for i in updated]
-    except (IndexError, StopIteration, ValueError) as exc:
+    except (IndexError, ValueError) as exc:
         raise CodecError("checkpoint record does not match its name dictionary") from exc
+    return Skeleton(
+        header.parent_id, header.body_at, channels, channel_versions, versions_seen, updated_names
+    )
+
+
+def decode_checkpoint(
+    serde: Any,
+    checkpoint_id: str,
+    record: bytes,
+    blob_values: Sequence[bytes | None],
+    names: NameDict,
+    skeleton: Skeleton | None = None,
+) -> tuple[dict[str, Any], dict[str, Any], str | None]:
+    """Rebuild ``(checkpoint, metadata, parent id)`` from a record and the blob values the Lua script
+    returned. ``skeleton``, when given, must be the record's own (see ``Skeleton``).
+
+    ``blob_values`` follows the order of the record's blob channels (kind 0); a missing blob or one
+    tagged ``empty`` leaves the channel out of ``channel_values`` (as InMemorySaver does).
+    """
+    if skeleton is None:
+        body = _decode_body(serde, record, parse_header(record).body_at)
+        skeleton = decode_skeleton(record, body, names)
+    else:
+        body = _decode_body(serde, record, skeleton.body_at)
+    ts, v, _, _, extra, metadata, inline_values = body
+    channel_values: dict[str, Any] = {}
+    inline_iter = iter(inline_values)
+    blob_iter = iter(blob_values)
+    loads = serde.loads_typed
+    try:
+        for ch, kind in skeleton.channels:
+            if kind == KIND_INLINE:
+                channel_values[ch] = next(inline_iter)
+            elif kind == KIND_BLOB:
+                raw = next(blob_iter, None)
+                if raw is not None and not is_empty_typed(raw):
+                    channel_values[ch] = loads(typed_from_bytes(raw))
+    except StopIteration as exc:
+        raise CodecError("checkpoint record has fewer inline values than inline channels") from exc
+    updated = skeleton.updated
     checkpoint: dict[str, Any] = {
         "v": v,
         "id": checkpoint_id,
         "ts": _ts_in(ts),
         "channel_values": channel_values,
-        "channel_versions": channel_versions,
-        "versions_seen": versions_seen,
-        "updated_channels": updated_names,
+        "channel_versions": dict(skeleton.channel_versions),
+        "versions_seen": {node: dict(seen) for node, seen in skeleton.versions_seen.items()},
+        "updated_channels": None if updated is None else list(updated),
     }
     if extra:
         checkpoint.update(extra)
-    return DecodedRecord(header, checkpoint, metadata)
+    return checkpoint, metadata, skeleton.parent_id
 
 
 # --------------------------------------------------------------------------------------- writes

@@ -72,6 +72,7 @@ from redis.exceptions import NoScriptError
 from ghl_real_estate_ai.persistence._codec import (
     Keys,
     NameDict,
+    Skeleton,
     build_record,
     decode_checkpoint,
     decode_metadata,
@@ -112,6 +113,7 @@ _PAGE = 50
 _REGISTRY_PAGE = 500
 _TOUCH_CACHE_MAX = 100_000
 _NAMES_CACHE_MAX = 50_000
+_WRITTEN_CACHE_MAX = 4096  # threads whose last-written record is kept (a few KB each)
 _PUT_ATTEMPTS = 5
 _DELTA_METADATA_KEYS = ("counters_since_delta_snapshot", "delta_writes_versioned")
 PRUNE_STRATEGIES = ("keep_latest", "delete")
@@ -409,6 +411,10 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
         self._touched: dict[str, float] = {}
         # Name dictionaries per (thread base key, namespace), as last seen on the server.
         self._names: dict[tuple[bytes, str], NameDict] = {}
+        # The record this process last wrote per (thread base key, namespace), with the name epoch it
+        # was built against and its skeleton: reading that record back (the next turn's get_tuple)
+        # skips decoding all but its values and metadata.
+        self._written: dict[tuple[bytes, str], tuple[bytes, bytes, Skeleton]] = {}
 
     # ------------------------------------------------------------------------------- versions
 
@@ -487,7 +493,7 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
         uses_delta = any(k in md for k in _DELTA_METADATA_KEYS)
         for _ in range(_PUT_ATTEMPTS):
             names = self._names.get(cache_key) or NameDict(os.urandom(8), ())
-            record, added, blobs = build_record(self.serde, prep, names)
+            record, added, blobs, skeleton = build_record(self.serde, prep, names)
             args: list[Any] = [
                 keys.base,
                 ns,
@@ -513,6 +519,12 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
                 self._names_put(cache_key, reply)
                 continue
             self._names[cache_key] = names.extended(added)
+            written = self._written
+            written.pop(cache_key, None)
+            if len(written) >= _WRITTEN_CACHE_MAX:  # drop the oldest entry
+                with contextlib.suppress(StopIteration, RuntimeError, KeyError):
+                    del written[next(iter(written))]
+            written[cache_key] = (names.epoch, record, skeleton)
             return {
                 "configurable": {
                     "thread_id": thread_id,
@@ -557,13 +569,26 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
         if reply[0] is not None:
             self._names_put(cache_key, reply[0])
         names = self._names.get(cache_key) or NameDict(b"", ())
-        return [self._row_to_tuple(thread_id, ns, row, names) for row in reply[1:]]
+        written = self._written.get(cache_key)
+        return [self._row_to_tuple(thread_id, ns, row, names, written) for row in reply[1:]]
 
-    def _row_to_tuple(self, thread_id: str, ns: str, row: Sequence[Any], names: NameDict) -> CheckpointTuple:
+    def _row_to_tuple(
+        self,
+        thread_id: str,
+        ns: str,
+        row: Sequence[Any],
+        names: NameDict,
+        written: tuple[bytes, bytes, Skeleton] | None = None,
+    ) -> CheckpointTuple:
         cid_b, record, values = row
         cid = _text(cid_b)
         wpack = values[0]
-        dec = decode_checkpoint(self.serde, cid, record, values[1:], names)
+        skeleton = None
+        # the same bytes against the same dictionary (same epoch: ids name the same names) decode
+        # to what the record was built from
+        if written is not None and written[1] == record and written[0] == names.epoch:
+            skeleton = written[2]
+        checkpoint, metadata, parent = decode_checkpoint(self.serde, cid, record, values[1:], names, skeleton)
         pending: list[tuple[str, str, Any]] = []
         if wpack:
             # writes_sort_key order: (task_path, task_id, idx)
@@ -573,11 +598,10 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
                 (task_id, channel, loads(typed_from_bytes(value)))
                 for task_id, _, _, channel, value in entries
             ]
-        parent = dec.header.parent_id
         return CheckpointTuple(
             config={"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": cid}},
-            checkpoint=cast(Checkpoint, dec.checkpoint),
-            metadata=cast(CheckpointMetadata, dec.metadata),
+            checkpoint=cast(Checkpoint, checkpoint),
+            metadata=cast(CheckpointMetadata, metadata),
             parent_config=(
                 {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": parent}}
                 if parent

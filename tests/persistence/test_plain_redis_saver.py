@@ -684,7 +684,50 @@ def test_parent_ids_round_trip_exactly(client: redis.Redis, key_prefix: str, par
     saver = PlainRedisSaver(client, key_prefix=key_prefix)
     checkpoint = empty_checkpoint()
     saver.put(cfg("t-parent", checkpoint_ns="", checkpoint_id=parent), checkpoint, {"step": 1}, {})
-    tup = saver.get_tuple(cfg("t-parent", checkpoint_ns=""))
-    assert tup is not None and tup.parent_config is not None
-    assert tup.parent_config["configurable"]["checkpoint_id"] == parent
-    assert tup.checkpoint["id"] == checkpoint["id"]
+    # the writer reads what it kept at the put, a new saver decodes the stored record
+    for reader in (saver, PlainRedisSaver(client, key_prefix=key_prefix)):
+        tup = reader.get_tuple(cfg("t-parent", checkpoint_ns=""))
+        assert tup is not None and tup.parent_config is not None
+        assert tup.parent_config["configurable"]["checkpoint_id"] == parent
+        assert tup.checkpoint["id"] == checkpoint["id"]
+
+
+def test_a_saver_reads_back_what_another_rewrote_with_the_same_bytes(
+    client: redis.Redis, key_prefix: str
+) -> None:
+    """A saver decodes the record it last wrote from what it kept at the put, but only while the
+    namespace's name dictionary is the one the record was built against: here another saver deletes
+    the thread and writes a record with the very same bytes, whose name ids mean other channels."""
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    first, second = (
+        PlainRedisSaver(client, key_prefix=key_prefix),
+        PlainRedisSaver(client, key_prefix=key_prefix),
+    )
+    v1, v2 = first.get_next_version(None, None), first.get_next_version(None, None)
+    base = {**empty_checkpoint(), "ts": "2026-11-30T15:00:00+00:00"}
+
+    def put(saver: PlainRedisSaver, order: list[str]) -> None:
+        checkpoint = {
+            **base,
+            "channel_values": {order[0]: "x" * 60, order[1]: "y" * 60},
+            "channel_versions": {order[0]: v1, order[1]: v2},
+        }
+        saver.put(
+            cfg("t-same-bytes", checkpoint_ns=""),
+            checkpoint,
+            {"step": 1},
+            dict(checkpoint["channel_versions"]),
+        )
+
+    put(first, ["a", "b"])
+    written = first.get_tuple(cfg("t-same-bytes"))
+    assert written is not None and written.checkpoint["channel_values"] == {"a": "x" * 60, "b": "y" * 60}
+    record = namespace_hash(client, key_prefix, "t-same-bytes")[b"c" + base["id"].encode()]
+    second.delete_thread("t-same-bytes")
+    put(second, ["b", "a"])
+    assert namespace_hash(client, key_prefix, "t-same-bytes")[b"c" + base["id"].encode()] == record
+    reread = first.get_tuple(cfg("t-same-bytes"))
+    assert reread is not None
+    assert reread.checkpoint["channel_values"] == {"b": "x" * 60, "a": "y" * 60}
+    assert reread.checkpoint["channel_versions"] == {"b": v1, "a": v2}
