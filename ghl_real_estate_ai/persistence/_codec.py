@@ -404,6 +404,7 @@ def build_record(
     inline_values: list[Any] = []
     blob_fields: list[tuple[bytes, bytes]] = []
     kinds: list[tuple[str, int]] = []
+    reads: list[bytes] = []
 
     def add(name: str) -> int:
         nonlocal index
@@ -442,13 +443,16 @@ def build_record(
                 inline_values.append(value)
             else:
                 kind = KIND_BLOB
+                field = b"b" + _U16.pack(nid) + vk
+                reads.append(field)
                 blob = blobs.get(channel)
                 if blob is not None:
-                    blob_fields.append((b"b" + _U16.pack(nid) + vk, blob))
+                    blob_fields.append((field, blob))
         elif channel in new_versions and new_versions[channel] == version:
             kind = KIND_EMPTY
         else:
             kind = KIND_BLOB
+            reads.append(b"b" + _U16.pack(nid) + vk)
         ch_out += pack(nid, idx, kind)
         kinds.append((channel, kind))
 
@@ -484,6 +488,7 @@ def build_record(
         prep.parent_id,
         len(head),
         kinds,
+        reads,
         dict(versions),
         {node: dict(seen) for node, seen in (checkpoint.get("versions_seen") or {}).items()},
         None if updated is None else list(updated),
@@ -556,18 +561,20 @@ def decode_metadata(serde: Any, record: bytes) -> dict[str, Any]:
 
 class Skeleton:
     """A record decoded, apart from what every read must build afresh (channel values, metadata):
-    the parent, where the body starts, the channels in record order with their kinds, and the
-    version maps. Never changed once built, so it can be kept and shared: ``decode_checkpoint``
-    hands out copies. ``build_record`` makes one for the record it writes, so a read of the record a
-    process just wrote skips the header parse and the name lookups."""
+    the parent, where the body starts, the channels in record order with their kinds, the blob fields
+    the record reads (in record order, as the Lua ``blob_fields`` lists them), and the version maps.
+    Never changed once built, so it can be kept and shared: ``decode_checkpoint`` hands out copies.
+    ``build_record`` makes one for the record it writes, so a read of the record a process just wrote
+    skips the header parse and the name lookups."""
 
-    __slots__ = ("body_at", "channel_versions", "channels", "parent_id", "updated", "versions_seen")
+    __slots__ = ("body_at", "channel_versions", "channels", "parent_id", "reads", "updated", "versions_seen")
 
     def __init__(
         self,
         parent_id: str | None,
         body_at: int,
         channels: list[tuple[str, int]],
+        reads: list[bytes],
         channel_versions: dict[str, Any],
         versions_seen: dict[str, dict[str, Any]],
         updated: list[str] | None,
@@ -575,6 +582,7 @@ class Skeleton:
         self.parent_id = parent_id
         self.body_at = body_at
         self.channels = channels  # (channel, kind)
+        self.reads = reads
         self.channel_versions = channel_versions
         self.versions_seen = versions_seen
         self.updated = updated
@@ -585,15 +593,19 @@ def decode_skeleton(record: bytes, body: list[Any], names: NameDict) -> Skeleton
     header = parse_header(record)
     seen_flat, updated = body[2], body[3]
     vcache = _version_cache
-    versions = [vcache.get(vk) or version_from_key(vk) for vk in header.vkeys]
+    vkeys = header.vkeys
+    versions = [vcache.get(vk) or version_from_key(vk) for vk in vkeys]
     try:
         name = names.names
         channels: list[tuple[str, int]] = []
+        reads: list[bytes] = []
         channel_versions: dict[str, Any] = {}
         for name_id, idx, kind in header.channels:
             ch = name[name_id]
             channel_versions[ch] = versions[idx]
             channels.append((ch, kind))
+            if kind == KIND_BLOB:
+                reads.append(b"b" + _U16.pack(name_id) + vkeys[idx])
         versions_seen: dict[str, dict[str, Any]] = {}
         nodes = iter(seen_flat)
         for node_id, pairs in zip(nodes, nodes, strict=True):  # strict: an odd length is corrupt
@@ -606,7 +618,7 @@ def decode_skeleton(record: bytes, body: list[Any], names: NameDict) -> Skeleton
     except (IndexError, ValueError) as exc:
         raise CodecError("checkpoint record does not match its name dictionary") from exc
     return Skeleton(
-        header.parent_id, header.body_at, channels, channel_versions, versions_seen, updated_names
+        header.parent_id, header.body_at, channels, reads, channel_versions, versions_seen, updated_names
     )
 
 

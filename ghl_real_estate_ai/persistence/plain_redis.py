@@ -136,12 +136,18 @@ class _Cmd(NamedTuple):
     args: tuple[Any, ...]
 
 
+class _Tx(NamedTuple):
+    """Plain commands run as one MULTI/EXEC transaction; the reply is EXEC's list of replies."""
+
+    commands: list[tuple[Any, ...]]
+
+
 class _Batch(NamedTuple):
     ops: list[_Eval | _Cmd]
     transaction: bool
 
 
-_Op = _Eval | _Cmd | _Batch
+_Op = _Eval | _Cmd | _Tx | _Batch
 _Gen = Generator[_Op, Any, T]
 
 
@@ -193,7 +199,9 @@ class _ScriptConnections:
         self.idle: collections.deque[Any] = collections.deque()
         self.pid = os.getpid()
 
-    def call(self, packed: bytes) -> Any:
+    def call(self, packed: bytes, replies: int = 1) -> Any:
+        """Send ``packed`` (``replies`` commands) and return the last reply; an error reply to any of
+        them is raised once all are read."""
         if self.pid != os.getpid():
             self.idle, self.pid = collections.deque(), os.getpid()
         for attempt in range(2):
@@ -203,7 +211,15 @@ class _ScriptConnections:
                 conn = self.pool.connection_class(**self.pool.connection_kwargs)
             try:
                 conn.send_packed_command([packed])
+                error: redis.ResponseError | None = None
+                for _ in range(replies - 1):
+                    try:
+                        conn.read_response()
+                    except redis.ResponseError as exc:
+                        error = error or exc
                 reply = conn.read_response()
+                if error is not None:
+                    raise error
             except _RETRYABLE:
                 # the server went away (restart, failover): every idle connection is as dead as this one
                 conn.disconnect()
@@ -257,6 +273,20 @@ def _call_sync(client: redis.Redis, *args: Any) -> Any:
     return conns.call(pack_command(args))
 
 
+def _multi_exec_packed(commands: Sequence[tuple[Any, ...]]) -> bytes:
+    return b"".join(map(pack_command, (("MULTI",), *commands, ("EXEC",))))
+
+
+def _tx_sync(client: redis.Redis, commands: list[tuple[Any, ...]]) -> Any:
+    conns = _script_connections(client)
+    if conns is not None:
+        return conns.call(_multi_exec_packed(commands), len(commands) + 2)
+    pipe = client.pipeline(transaction=True)
+    for command in commands:
+        pipe.execute_command(*command)
+    return pipe.execute()
+
+
 _LEAN_CONNECTIONS: weakref.WeakKeyDictionary[Any, LeanConnections | None] = weakref.WeakKeyDictionary()
 
 
@@ -305,6 +335,8 @@ async def _call_async(client: aredis.Redis, *args: Any) -> Any:
 
 
 def _exec_sync(client: redis.Redis, op: _Op) -> Any:
+    if isinstance(op, _Tx):
+        return _tx_sync(client, op.commands)
     if isinstance(op, _Eval):
         try:
             return _call_sync(client, "EVALSHA", op.script.sha, len(op.keys), *op.keys, *op.args)
@@ -333,7 +365,26 @@ def _exec_sync(client: redis.Redis, op: _Op) -> Any:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+async def _tx_async(client: aredis.Redis, commands: list[tuple[Any, ...]]) -> Any:
+    lean = _lean_connections(client)
+    if lean is not None:
+        packed = _multi_exec_packed(commands)
+        for attempt in range(2):
+            try:
+                return await lean.call(packed, len(commands) + 2)
+            except _RETRYABLE:
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+    pipe = client.pipeline(transaction=True)
+    for command in commands:
+        pipe.execute_command(*command)
+    return await pipe.execute()
+
+
 async def _exec_async(client: aredis.Redis, op: _Op) -> Any:
+    if isinstance(op, _Tx):
+        return await _tx_async(client, op.commands)
     if isinstance(op, _Eval):
         try:
             return await _call_async(client, "EVALSHA", op.script.sha, len(op.keys), *op.keys, *op.args)
@@ -374,6 +425,13 @@ def _check_binary_client(client: Any) -> None:
         )
 
 
+class _Written(NamedTuple):
+    cid: bytes
+    record: bytes
+    epoch: bytes
+    skeleton: Skeleton
+
+
 class _Page(NamedTuple):
     tuples: list[CheckpointTuple]
     last_id: str | None
@@ -411,10 +469,10 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
         self._touched: dict[str, float] = {}
         # Name dictionaries per (thread base key, namespace), as last seen on the server.
         self._names: dict[tuple[bytes, str], NameDict] = {}
-        # The record this process last wrote per (thread base key, namespace), with the name epoch it
-        # was built against and its skeleton: reading that record back (the next turn's get_tuple)
-        # skips decoding all but its values and metadata.
-        self._written: dict[tuple[bytes, str], tuple[bytes, bytes, Skeleton]] = {}
+        # The checkpoint this process last wrote per (thread base key, namespace): its id, record, the
+        # name epoch the record was built against and its skeleton. Reading it back (the next turn's
+        # get_tuple) needs no script (see _op_latest_written) and decodes only values and metadata.
+        self._written: dict[tuple[bytes, str], _Written] = {}
 
     # ------------------------------------------------------------------------------- versions
 
@@ -524,7 +582,7 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
             if len(written) >= _WRITTEN_CACHE_MAX:  # drop the oldest entry
                 with contextlib.suppress(StopIteration, RuntimeError, KeyError):
                     del written[next(iter(written))]
-            written[cache_key] = (names.epoch, record, skeleton)
+            written[cache_key] = _Written(checkpoint["id"].encode(), record, names.epoch, skeleton)
             return {
                 "configurable": {
                     "thread_id": thread_id,
@@ -578,7 +636,7 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
         ns: str,
         row: Sequence[Any],
         names: NameDict,
-        written: tuple[bytes, bytes, Skeleton] | None = None,
+        written: _Written | None = None,
     ) -> CheckpointTuple:
         cid_b, record, values = row
         cid = _text(cid_b)
@@ -586,8 +644,8 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
         skeleton = None
         # the same bytes against the same dictionary (same epoch: ids name the same names) decode
         # to what the record was built from
-        if written is not None and written[1] == record and written[0] == names.epoch:
-            skeleton = written[2]
+        if written is not None and written.record == record and written.epoch == names.epoch:
+            skeleton = written.skeleton
         checkpoint, metadata, parent = decode_checkpoint(self.serde, cid, record, values[1:], names, skeleton)
         pending: list[tuple[str, str, Any]] = []
         if wpack:
@@ -614,10 +672,47 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
         thread_id, ns = self._target(config)
         cid = get_checkpoint_id(config)
         keys = Keys(self.key_prefix, thread_id)
-        args = ["id", cid, 0] if cid else ["page", "", 1]
-        reply = yield _Eval(SCRIPTS["load"], keys.ns_keys(ns), [*args, *self._load_args(keys, ns)])
+        reply = None if cid else (yield from self._op_latest_written(keys, ns))
+        if reply is None:
+            args = ["id", cid, 0] if cid else ["page", "", 1]
+            reply = yield _Eval(SCRIPTS["load"], keys.ns_keys(ns), [*args, *self._load_args(keys, ns)])
         tuples = self._rows_to_tuples(keys, thread_id, ns, reply)
         return tuples[0] if tuples else None
+
+    def _op_latest_written(self, keys: Keys, ns: str) -> _Gen[list[Any] | None]:
+        """The load script's reply for the latest checkpoint, read with plain commands in one MULTI
+        when it is the one this process last wrote: the blob fields it reads are known, so no script
+        has to parse the record to find them (the script costs several times the commands). ``None``
+        when this process wrote nothing here, or someone else wrote since: the caller loads."""
+        cache_key = (keys.base, ns)
+        written = self._written.get(cache_key)
+        if written is None:
+            return None
+        h, ik = keys.ns_keys(ns)
+        cid = written.cid
+        latest, record, values, names = yield _Tx(
+            [
+                ("ZREVRANGEBYLEX", ik, "+", "-", "LIMIT", 0, 1),
+                ("HGET", h, b"c" + cid),
+                ("HMGET", h, b"w" + cid, *written.skeleton.reads),
+                ("HGET", h, "n"),
+            ]
+        )
+        if not latest:  # no checkpoints (deleted, expired): the answer, as the script would give it
+            self._written.pop(cache_key, None)
+            return [None]
+        if latest[0] != cid or record != written.record:
+            self._written.pop(cache_key, None)
+            return None
+        cached = self._names.get(cache_key)
+        if (
+            cached is not None
+            and names is not None
+            and names[:8] == cached.epoch
+            and int.from_bytes(names[9:11], "big") == len(cached.names)
+        ):
+            names = None  # the cached dictionary is current, as the script would have said
+        return [names, [cid, record, values]]
 
     def _op_page(self, thread_id: str, ns: str, upper: str | None, count: int) -> _Gen[_Page]:
         keys = Keys(self.key_prefix, thread_id)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
+import hiredis
 import pytest
 import redis
 import redis.asyncio as aredis
@@ -19,7 +21,7 @@ from langgraph.checkpoint.base import empty_checkpoint
 
 from ghl_real_estate_ai.persistence import AsyncPlainRedisSaver
 from ghl_real_estate_ai.persistence import plain_redis as pr
-from ghl_real_estate_ai.persistence._lean import _LeanConnection, lean_settings, pack_command
+from ghl_real_estate_ai.persistence._lean import _LeanConnection, lean_settings, pack_command, pack_command_py
 from ghl_real_estate_ai.testing.redis_server import RedisServer
 
 
@@ -46,11 +48,16 @@ async def saver(private_server: RedisServer) -> AsyncIterator[AsyncPlainRedisSav
         await client.aclose()
 
 
+# The commands a lean connection sends: script calls, and MULTI ... EXEC for reading back the
+# checkpoint the saver last wrote.
+LEAN_COMMANDS = ("evalsha", "exec")
+
+
 def script_connections(server: RedisServer) -> int:
-    """Connections whose last command was a script call (the lean connection's only kind)."""
+    """Connections whose last command was one a lean connection sends."""
     client = redis.Redis.from_url(server.url)
     try:
-        return sum(1 for c in client.client_list() if c.get("cmd") == "evalsha")
+        return sum(1 for c in client.client_list() if c.get("cmd") in LEAN_COMMANDS)
     finally:
         client.close()
 
@@ -58,7 +65,7 @@ def script_connections(server: RedisServer) -> int:
 def kill_script_connections(server: RedisServer) -> int:
     client = redis.Redis.from_url(server.url)
     try:
-        ids = [c["id"] for c in client.client_list() if c.get("cmd") == "evalsha"]
+        ids = [c["id"] for c in client.client_list() if c.get("cmd") in LEAN_COMMANDS]
         for cid in ids:
             client.client_kill_filter(_id=cid)
         return len(ids)
@@ -72,10 +79,10 @@ async def test_concurrent_calls_share_one_pipelined_connection(
     in_flight: list[int] = []
     original = _LeanConnection.call
 
-    def counting_call(self: _LeanConnection, packed: bytes) -> asyncio.Future[object]:
-        fut = original(self, packed)
+    def counting_call(self: _LeanConnection, packed: bytes, replies: int = 1) -> list[asyncio.Future[object]]:
+        futs = original(self, packed, replies)
         in_flight.append(len(self.waiters))
-        return fut
+        return futs
 
     monkeypatch.setattr(_LeanConnection, "call", counting_call)
     client = aredis.Redis.from_url(private_server.url)
@@ -91,7 +98,7 @@ async def test_concurrent_calls_share_one_pipelined_connection(
             assert tup.config["configurable"]["thread_id"] == t
         lean = pr._lean_connections(client)
         assert lean is not None and len(lean._by_loop) == 1  # one connection for this loop
-        assert len(in_flight) == 100  # every script call went over it
+        assert len(in_flight) == 50  # every read went over it (one MULTI ... EXEC each)
         assert max(in_flight) > 10  # ... pipelined: many calls were in flight at once
         assert script_connections(private_server) == 1
     finally:
@@ -129,7 +136,7 @@ async def test_a_killed_connection_is_reconnected_and_the_call_retried(
 ) -> None:
     first = empty_checkpoint()
     await saver.aput(cfg("t"), first, {"step": 1}, {})
-    assert await saver.aget_tuple(cfg("t")) is not None  # a script call: the lean connection is open
+    assert await saver.aget_tuple(cfg("t")) is not None  # the lean connection is open
     assert kill_script_connections(private_server) == 1
     second = empty_checkpoint()
     await saver.aput(cfg("t", checkpoint_id=first["id"]), second, {"step": 2}, {})
@@ -137,6 +144,8 @@ async def test_a_killed_connection_is_reconnected_and_the_call_retried(
     assert tup is not None and tup.checkpoint["id"] == second["id"]
     assert tup.parent_config is not None
     assert tup.parent_config["configurable"]["checkpoint_id"] == first["id"]
+    assert kill_script_connections(private_server) == 1  # the read of its own last write retries too
+    assert await saver.aget_tuple(cfg("t")) == tup
 
 
 async def test_a_stopped_server_fails_with_connection_error(
@@ -229,3 +238,28 @@ async def test_a_cancelled_call_does_not_put_replies_out_of_step(private_server:
     finally:
         lean.close()
         await client.aclose()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("EVALSHA", "a" * 40, 2, b"k:{t}:h:", b"k:{t}:i:", b"\x00\xff" * 300, "\u00e9t\u00e9", 7776000000, 0),
+        ("ZADD", "reg", 1764514800.123456, "t"),
+        ("X", -(2**70), 2**64, 0.1, -0.0, float("inf"), ""),
+        ("SET", "flag", True, False),  # hiredis takes no bool: packed in Python
+        ["LIST", b"args"],
+    ],
+)
+def test_pack_command_is_resp(args: Any) -> None:
+    def text(arg: Any) -> bytes:
+        if isinstance(arg, bytes):
+            return arg
+        if isinstance(arg, float):
+            return repr(arg).encode()
+        return str(int(arg) if isinstance(arg, bool) else arg).encode()
+
+    packed = pack_command(args)
+    assert packed == pack_command_py(args)
+    reader = hiredis.Reader()
+    reader.feed(packed)  # read back as a RESP array of bulk strings: the arguments' text
+    assert reader.gets() == [text(arg) for arg in args]

@@ -624,7 +624,11 @@ def test_each_call_is_one_round_trip(
     monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting)
     tup = saver.get_tuple(cfg("lead:rt"))
     assert tup is not None
-    assert len(sent) == 1 and b"EVALSHA" in sent[0]
+    # the checkpoint this saver wrote last: plain commands in one MULTI, no script
+    assert len(sent) == 1 and sent[0].startswith(b"*1\r\n$5\r\nMULTI") and b"EVALSHA" not in sent[0]
+    sent.clear()
+    assert PlainRedisSaver(client, key_prefix=key_prefix).get_tuple(cfg("lead:rt")) == tup
+    assert len(sent) == 1 and b"EVALSHA" in sent[0]  # any other: the load script
     sent.clear()
     saver.put_writes(tup.config, [("x", "pending")], "task-1")
     assert len(sent) == 1
@@ -731,3 +735,79 @@ def test_a_saver_reads_back_what_another_rewrote_with_the_same_bytes(
     assert reread is not None
     assert reread.checkpoint["channel_values"] == {"b": "x" * 60, "a": "y" * 60}
     assert reread.checkpoint["channel_versions"] == {"b": v1, "a": v2}
+
+
+def lua_load(saver: PlainRedisSaver, thread_id: str, ns: str = "") -> Any:
+    """What the load script returns for the latest checkpoint, given the saver's cached dictionary."""
+    from ghl_real_estate_ai.persistence._scripts import SCRIPTS
+    from ghl_real_estate_ai.persistence.plain_redis import _Eval
+
+    def once() -> Any:
+        reply = yield _Eval(SCRIPTS["load"], keys.ns_keys(ns), ["page", "", 1, *saver._load_args(keys, ns)])
+        return reply
+
+    keys = Keys(saver.key_prefix, thread_id)
+    return saver._drive(once())
+
+
+def test_reading_back_its_own_write_answers_as_the_load_script_does(
+    client: redis.Redis, key_prefix: str
+) -> None:
+    """The saver reads the checkpoint it wrote last with plain commands (the blob fields are known);
+    the reply must be the load script's, whatever another writer did in between."""
+    writer = PlainRedisSaver(client, key_prefix=key_prefix)
+    other = PlainRedisSaver(client, key_prefix=key_prefix)
+    graph = lead_graph().compile(checkpointer=writer)
+    graph.invoke({"contact": CONTACT}, cfg("lead:own"), durability="sync")
+    keys = Keys(key_prefix, "lead:own")
+
+    def fast() -> Any:
+        return writer._drive(writer._op_latest_written(keys, ""))
+
+    assert fast() == lua_load(writer, "lead:own")
+
+    # another writer adds an older checkpoint with a new channel: the latest is still ours, the
+    # dictionary grew, and both paths hand back the new dictionary
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    older = {**empty_checkpoint(), "id": str(uuid.UUID(int=1))}  # sorts before every uuid6 id
+    version = other.get_next_version(None, None)
+    older.update(channel_values={"late": "x" * 60}, channel_versions={"late": version})
+    other.put(cfg("lead:own", checkpoint_ns=""), older, {"step": -5}, {"late": version})
+    reply = fast()
+    assert reply[0] is not None and b"late" in reply[0]
+    assert reply == lua_load(writer, "lead:own")
+    assert writer.get_tuple(cfg("lead:own")) == PlainRedisSaver(client, key_prefix=key_prefix).get_tuple(
+        cfg("lead:own")
+    )
+
+    # another writer's newer checkpoint: no shortcut, the load script answers
+    PlainRedisSaver(client, key_prefix=key_prefix).put(
+        cfg("lead:own", checkpoint_ns=""), empty_checkpoint(), {"step": 99}, {}
+    )
+    graph.invoke({"x": "again"}, cfg("lead:own"), durability="sync")  # reads theirs, writes ours
+    assert fast() == lua_load(writer, "lead:own")
+    other.put(cfg("lead:own", checkpoint_ns=""), {**empty_checkpoint()}, {"step": 100}, {})
+    assert fast() is None
+    latest = writer.get_tuple(cfg("lead:own"))
+    assert latest is not None and latest.metadata["step"] == 100
+
+    # the thread deleted by another saver: nothing, in one round trip
+    graph.invoke({"x": "once more"}, cfg("lead:own"), durability="sync")
+    other.delete_thread("lead:own")
+    assert fast() == [None]
+    assert writer.get_tuple(cfg("lead:own")) is None
+
+
+def test_a_killed_connection_is_retried_for_reads_and_writes(client: redis.Redis, key_prefix: str) -> None:
+    saver = PlainRedisSaver(client, key_prefix=key_prefix)
+    graph = lead_graph().compile(checkpointer=saver)
+    graph.invoke({"contact": CONTACT}, cfg("lead:kill"), durability="sync")
+    expected = saver.get_tuple(cfg("lead:kill"))  # MULTI ... EXEC on the saver's own connection
+    killed = [c["id"] for c in client.client_list() if c.get("cmd") in ("exec", "evalsha")]
+    assert killed
+    for cid in killed:
+        client.client_kill_filter(_id=cid)
+    assert saver.get_tuple(cfg("lead:kill")) == expected
+    graph.invoke({"x": "after"}, cfg("lead:kill"), durability="sync")
+    assert graph.get_state(cfg("lead:kill")).values["step"] == 2
