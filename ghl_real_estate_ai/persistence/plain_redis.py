@@ -24,8 +24,12 @@ Storage (key layout and byte formats in ``_codec.py``, scripts in ``_scripts.py`
   writes and the blobs only they read. All keys of a thread are refreshed together, so a write that
   creates no key skips the refresh when the thread's keys were refreshed in the last second (ttl/100
   for a ttl under 100 s): the eight writes of a graph turn refresh once, and every write still leaves
-  every key at least ``ttl_seconds`` minus that slack to live. ``get_tuple`` is one Lua call returning
-  checkpoint, blobs and pending writes.
+  every key at least ``ttl_seconds`` minus that slack to live. ``get_tuple`` is one round trip returning
+  checkpoint, blobs and pending writes: a Lua call that parses the record to find its blobs, or, for
+  the latest checkpoint when it is the one this saver instance last wrote there (the next graph turn's
+  read), plain commands in one MULTI/EXEC, since the saver kept the record's blob fields and decoded
+  form at the put. If another writer wrote since, that read sees it and the Lua call follows (a second
+  round trip).
 * ``list(None)`` walks a registry ZSET ``<prefix>:threads`` (thread id -> time of last touch). A saver
   touches a thread there at most once per ``ttl_seconds / 10`` (per process), in the same round trip as
   a put; entries older than ``1.25 * ttl_seconds`` are trimmed then, and the registry key itself
@@ -278,9 +282,13 @@ def _multi_exec_packed(commands: Sequence[tuple[Any, ...]]) -> bytes:
 
 
 def _tx_sync(client: redis.Redis, commands: list[tuple[Any, ...]]) -> Any:
+    """EXEC's replies, or ``None`` for a client that is no ``redis.Redis`` (a cluster client): the
+    caller then takes the script way."""
     conns = _script_connections(client)
     if conns is not None:
         return conns.call(_multi_exec_packed(commands), len(commands) + 2)
+    if not isinstance(client, redis.Redis):
+        return None
     pipe = client.pipeline(transaction=True)
     for command in commands:
         pipe.execute_command(*command)
@@ -366,6 +374,7 @@ def _exec_sync(client: redis.Redis, op: _Op) -> Any:
 
 
 async def _tx_async(client: aredis.Redis, commands: list[tuple[Any, ...]]) -> Any:
+    """As ``_tx_sync``."""
     lean = _lean_connections(client)
     if lean is not None:
         packed = _multi_exec_packed(commands)
@@ -376,6 +385,8 @@ async def _tx_async(client: aredis.Redis, commands: list[tuple[Any, ...]]) -> An
                 if attempt:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
+    if not isinstance(client, aredis.Redis):
+        return None
     pipe = client.pipeline(transaction=True)
     for command in commands:
         pipe.execute_command(*command)
@@ -690,7 +701,7 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
             return None
         h, ik = keys.ns_keys(ns)
         cid = written.cid
-        latest, record, values, names = yield _Tx(
+        replies = yield _Tx(
             [
                 ("ZREVRANGEBYLEX", ik, "+", "-", "LIMIT", 0, 1),
                 ("HGET", h, b"c" + cid),
@@ -698,6 +709,9 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
                 ("HGET", h, "n"),
             ]
         )
+        if replies is None:  # a client without transactions here
+            return None
+        latest, record, values, names = replies
         if not latest:  # no checkpoints (deleted, expired): the answer, as the script would give it
             self._written.pop(cache_key, None)
             return [None]

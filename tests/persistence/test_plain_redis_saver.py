@@ -811,3 +811,40 @@ def test_a_killed_connection_is_retried_for_reads_and_writes(client: redis.Redis
     assert saver.get_tuple(cfg("lead:kill")) == expected
     graph.invoke({"x": "after"}, cfg("lead:kill"), durability="sync")
     assert graph.get_state(cfg("lead:kill")).values["step"] == 2
+
+
+def test_clients_without_the_lean_path_read_their_own_writes_through_redis_py(
+    redis_url: str, key_prefix: str
+) -> None:
+    """A single-connection client skips the lean connections: the MULTI read runs as a redis-py
+    transaction pipeline and gives what a new saver's load gives."""
+    client = redis.Redis.from_url(redis_url, single_connection_client=True)
+    try:
+        saver = PlainRedisSaver(client, key_prefix=key_prefix)
+        graph = lead_graph().compile(checkpointer=saver)
+        for turn in range(3):
+            graph.invoke({"x": f"turn {turn}"}, cfg("lead:single"), durability="sync")
+        keys = Keys(key_prefix, "lead:single")
+        assert saver._drive(saver._op_latest_written(keys, "")) == lua_load(saver, "lead:single")
+        fresh = PlainRedisSaver(redis.Redis.from_url(redis_url), key_prefix=key_prefix)
+        assert saver.get_tuple(cfg("lead:single")) == fresh.get_tuple(cfg("lead:single"))
+        assert graph.get_state(cfg("lead:single")).values["step"] == 3
+    finally:
+        client.close()
+
+
+async def test_async_clients_without_the_lean_path_read_their_own_writes(
+    redis_url: str, key_prefix: str
+) -> None:
+    client = aredis.Redis.from_url(redis_url, single_connection_client=True)
+    try:
+        saver = AsyncPlainRedisSaver(client, key_prefix=key_prefix)
+        graph = lead_graph().compile(checkpointer=saver)
+        for turn in range(3):
+            await graph.ainvoke({"x": f"turn {turn}"}, cfg("lead:asingle"), durability="sync")
+        mine = await saver.aget_tuple(cfg("lead:asingle"))
+        other = PlainRedisSaver(redis.Redis.from_url(redis_url), key_prefix=key_prefix)
+        assert mine == other.get_tuple(cfg("lead:asingle"))
+        assert mine is not None and mine.checkpoint["channel_values"]["step"] == 3
+    finally:
+        await client.aclose()
