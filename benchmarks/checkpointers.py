@@ -218,6 +218,7 @@ def turn_input(lead: int, turn: int) -> dict[str, Any]:
 class Result:
     name: str
     latencies: list[float] = field(default_factory=list)
+    passes: list[list[float]] = field(default_factory=list)  # the latencies again, one list per --repeat
     memory_per_lead: float | None = None
     memory_note: str = ""
     error: str | None = None
@@ -544,6 +545,17 @@ def print_table(results: list[Result], leads: int, turns: int) -> None:
             f"{r.name:34} {p50:8.2f} {p99:8.2f} {vs_pg:>7} {vs_peer:>15} {vs_mem:>9} "
             f"{fmt_bytes(r.memory_per_lead):>13} {vs_plain:>14}  {r.memory_note}"
         )
+    if pg and len(pg.passes) > 1:
+        # the spread between passes shows how far the machine's noise moves a ratio
+        print("\nvs PG, pass by pass (p50 of each --repeat pass against PostgresSaver's in the same pass):")
+        for r in results:
+            if r.error or len(r.passes) != len(pg.passes) or r.name == pg.name:
+                continue
+            ratios = [
+                statistics.median(mine) / statistics.median(theirs)
+                for mine, theirs in zip(r.passes, pg.passes, strict=True)
+            ]
+            print(f"  {r.name:34} " + "  ".join(f"{x:.2f}x" for x in ratios))
     print(
         "\nmemory/lead: Redis used_memory delta per lead (own server each); SQLite/Postgres: on-disk bytes."
     )
@@ -586,7 +598,11 @@ def main(argv: list[str] | None = None) -> int:
                         try:
                             t0 = time.perf_counter()
                             runner.run_turn(real_lead, turn)
-                            res.latencies.append(time.perf_counter() - t0)
+                            elapsed = time.perf_counter() - t0
+                            res.latencies.append(elapsed)
+                            while len(res.passes) <= rep:
+                                res.passes.append([])
+                            res.passes[rep].append(elapsed)
                         except Exception as exc:  # a saver that fails is reported, not fatal
                             res.error = f"{type(exc).__name__}: {exc}"[:120]
         total_leads = args.leads * args.repeat
