@@ -711,6 +711,9 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
         )
         if replies is None:  # a client without transactions here
             return None
+        for reply in replies:  # a command failed inside EXEC (a key of another type: not ours)
+            if isinstance(reply, Exception):
+                raise redis.ResponseError(str(reply))
         latest, record, values, names = replies
         if not latest:  # no checkpoints (deleted, expired): the answer, as the script would give it
             self._written.pop(cache_key, None)

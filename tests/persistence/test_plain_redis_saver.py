@@ -848,3 +848,32 @@ async def test_async_clients_without_the_lean_path_read_their_own_writes(
         assert mine is not None and mine.checkpoint["channel_values"]["step"] == 3
     finally:
         await client.aclose()
+
+
+async def test_a_foreign_key_in_the_way_is_an_error_on_both_read_paths(
+    redis_url: str, key_prefix: str
+) -> None:
+    """If something else overwrote the thread's index with another type, a read fails with Redis's
+    WRONGTYPE error, whichever way the saver reads."""
+    sync_client = redis.Redis.from_url(redis_url)
+    async_client = aredis.Redis.from_url(redis_url)
+    try:
+        for saver in (
+            PlainRedisSaver(sync_client, key_prefix=key_prefix),
+            AsyncPlainRedisSaver(async_client, key_prefix=key_prefix),
+        ):
+            from langgraph.checkpoint.base import empty_checkpoint
+
+            thread = f"lead:foreign-{type(saver).__name__}"
+            await saver.aput(cfg(thread, checkpoint_ns=""), empty_checkpoint(), {"step": 1}, {})
+            index = Keys(key_prefix, thread).ns_keys("")[1]
+            sync_client.delete(index)
+            sync_client.set(index, "not a sorted set")
+            with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+                await saver.aget_tuple(cfg(thread))  # the saver's own last write: MULTI/EXEC
+            saver._written.clear()
+            with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+                await saver.aget_tuple(cfg(thread))  # the load script
+    finally:
+        sync_client.close()
+        await async_client.aclose()
