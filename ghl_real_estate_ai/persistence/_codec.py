@@ -564,7 +564,7 @@ class Skeleton:
     the parent, where the body starts, the channels in record order with their kinds, the blob fields
     the record reads (in record order, as the Lua ``blob_fields`` lists them), and the version maps.
     Never changed once built, so it can be kept and shared: ``decode_checkpoint`` hands out copies.
-    ``build_record`` makes one for the record it writes, so a read of the record a process just wrote
+    ``build_record`` makes one for the record it writes, so a read of the record a saver just wrote
     skips the header parse and the name lookups."""
 
     __slots__ = ("body_at", "channel_versions", "channels", "parent_id", "reads", "updated", "versions_seen")

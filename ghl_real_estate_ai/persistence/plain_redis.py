@@ -480,7 +480,7 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
         self._touched: dict[str, float] = {}
         # Name dictionaries per (thread base key, namespace), as last seen on the server.
         self._names: dict[tuple[bytes, str], NameDict] = {}
-        # The checkpoint this process last wrote per (thread base key, namespace): its id, record, the
+        # The checkpoint this saver last wrote per (thread base key, namespace): its id, record, the
         # name epoch the record was built against and its skeleton. Reading it back (the next turn's
         # get_tuple) needs no script (see _op_latest_written) and decodes only values and metadata.
         self._written: dict[tuple[bytes, str], _Written] = {}
@@ -692,9 +692,9 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
 
     def _op_latest_written(self, keys: Keys, ns: str) -> _Gen[list[Any] | None]:
         """The load script's reply for the latest checkpoint, read with plain commands in one MULTI
-        when it is the one this process last wrote: the blob fields it reads are known, so no script
+        when it is the one this saver last wrote: the blob fields it reads are known, so no script
         has to parse the record to find them (the script costs several times the commands). ``None``
-        when this process wrote nothing here, or someone else wrote since: the caller loads."""
+        when this saver wrote nothing here, or someone else wrote since: the caller loads."""
         cache_key = (keys.base, ns)
         written = self._written.get(cache_key)
         if written is None:
