@@ -9,6 +9,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +38,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _reap(process: subprocess.Popen[bytes], data_dir: Path | None) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+    if data_dir is not None:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
 class RedisServer:
     """A redis-server subprocess on a free loopback port, restartable on the same port and data dir."""
 
@@ -47,6 +56,7 @@ class RedisServer:
         self.appendonly = appendonly
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self._reaper: weakref.finalize | None = None
 
     @property
     def url(self) -> str:
@@ -55,17 +65,29 @@ class RedisServer:
     def start(self) -> RedisServer:
         args = [
             redis_server_binary(),
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.data_dir),
-            "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "always",
-            "--daemonize", "no",
-            "--loglevel", "warning",
-            "--logfile", str(self.data_dir / "redis.log"),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.data_dir),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "always",
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
+            "--logfile",
+            str(self.data_dir / "redis.log"),
         ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # an owner that never calls close() (a script that dies half way) must not leave the server
+        # running: the process is killed when this object is collected or the interpreter exits
+        self._reaper = weakref.finalize(self, _reap, self.process, self.data_dir if self._owned_dir else None)
         deadline = time.monotonic() + 10
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         try:
@@ -83,6 +105,8 @@ class RedisServer:
     def stop(self, *, kill: bool = False) -> None:
         if self.process is None:
             return
+        if self._reaper is not None:
+            self._reaper.detach()
         if kill:
             self.process.kill()
         else:
