@@ -313,17 +313,20 @@ def _close_lean_connections(client: Any) -> None:
         conns.close()
 
 
+async def _lean_call(lean: LeanConnections, packed: bytes, replies: int = 1) -> Any:
+    for attempt in range(2):
+        try:
+            return await lean.call(packed, replies)
+        except _RETRYABLE:
+            if attempt:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 async def _call_async(client: aredis.Redis, *args: Any) -> Any:
     lean = _lean_connections(client)
     if lean is not None:
-        packed = pack_command(args)
-        for attempt in range(2):
-            try:
-                return await lean.call(packed)
-            except _RETRYABLE:
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
+        return await _lean_call(lean, pack_command(args))
     if not _lean_ok(client):
         return await client.execute_command(*args)
     pool = client.connection_pool
@@ -377,14 +380,7 @@ async def _tx_async(client: aredis.Redis, commands: list[tuple[Any, ...]]) -> An
     """As ``_tx_sync``."""
     lean = _lean_connections(client)
     if lean is not None:
-        packed = _multi_exec_packed(commands)
-        for attempt in range(2):
-            try:
-                return await lean.call(packed, len(commands) + 2)
-            except _RETRYABLE:
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
+        return await _lean_call(lean, _multi_exec_packed(commands), len(commands) + 2)
     if not isinstance(client, aredis.Redis):
         return None
     pipe = client.pipeline(transaction=True)
@@ -647,7 +643,7 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
         ns: str,
         row: Sequence[Any],
         names: NameDict,
-        written: _Written | None = None,
+        written: _Written | None,
     ) -> CheckpointTuple:
         cid_b, record, values = row
         cid = _text(cid_b)
