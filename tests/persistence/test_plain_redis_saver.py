@@ -127,14 +127,14 @@ def history_values(graph: Any, config: dict[str, Any]) -> list[dict[str, Any]]:
 def test_ttl_refresh_keeps_unchanged_channels_alive(client: redis.Redis, key_prefix: str) -> None:
     """A channel written once (the contact) stays readable while later turns write other channels past
     its original TTL: every key the thread uses is refreshed on every write (plainredis' bug 1)."""
-    ttl = 1.0
+    ttl = 2.0  # a turn every 0.45 ttl: a stall of over a second on a loaded machine still passes
     saver = PlainRedisSaver(client, ttl_seconds=ttl, key_prefix=key_prefix)
     graph = lead_graph().compile(checkpointer=saver)
     config = cfg("lead:ttl")
     graph.invoke({"contact": CONTACT}, config, durability="sync")
     started = time.monotonic()
     for _ in range(3):
-        time.sleep(0.45)
+        time.sleep(ttl * 0.45)
         graph.invoke({"x": "due"}, config, durability="sync")
         for key in prefixed_keys(client, key_prefix):
             pttl = client.pttl(key)
@@ -146,7 +146,7 @@ def test_ttl_refresh_keeps_unchanged_channels_alive(client: redis.Redis, key_pre
 
 
 async def test_whole_thread_expiry_leaves_no_keys(redis_url: str, key_prefix: str) -> None:
-    ttl = 0.6
+    ttl = 1.5  # the key count below is taken before the first thread's keys can expire, even under load
     async with AsyncPlainRedisSaver.from_conn_string(
         redis_url, ttl_seconds=ttl, key_prefix=key_prefix
     ) as saver:
