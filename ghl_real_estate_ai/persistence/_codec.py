@@ -328,6 +328,10 @@ class NameDict:
     def extended(self, names: Sequence[str]) -> NameDict:
         return NameDict(self.epoch, self.names + tuple(names)) if names else self
 
+    def is_current(self, raw: bytes) -> bool:
+        """Whether this copy is the dictionary ``raw`` (as stored): same epoch, same count."""
+        return raw[:8] == self.epoch and len(raw) >= 11 and _U16.unpack_from(raw, 9)[0] == len(self.names)
+
 
 class PreparedCheckpoint:
     """The name-independent part of a checkpoint's encoding: the new blobs serialized once (even if the

@@ -584,12 +584,9 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
                 self._names_put(cache_key, reply)
                 continue
             self._names[cache_key] = names.extended(added)
-            written = self._written
-            written.pop(cache_key, None)
-            if len(written) >= _WRITTEN_CACHE_MAX:  # drop the oldest entry
-                with contextlib.suppress(StopIteration, RuntimeError, KeyError):
-                    del written[next(iter(written))]
-            written[cache_key] = _Written(checkpoint["id"].encode(), record, names.epoch, skeleton)
+            if len(self._written) >= _WRITTEN_CACHE_MAX:  # bounded as the other caches are
+                self._written.clear()
+            self._written[cache_key] = _Written(checkpoint["id"].encode(), record, names.epoch, skeleton)
             return {
                 "configurable": {
                     "thread_id": thread_id,
@@ -718,12 +715,7 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
             self._written.pop(cache_key, None)
             return None
         cached = self._names.get(cache_key)
-        if (
-            cached is not None
-            and names is not None
-            and names[:8] == cached.epoch
-            and int.from_bytes(names[9:11], "big") == len(cached.names)
-        ):
+        if cached is not None and names is not None and cached.is_current(names):
             names = None  # the cached dictionary is current, as the script would have said
         return [names, [cid, record, values]]
 
