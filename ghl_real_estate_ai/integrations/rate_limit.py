@@ -2,8 +2,19 @@
 
 GHL allows 100 requests per 10 s per app and location (``X-RateLimit-Max`` /
 ``X-RateLimit-Interval-Milliseconds``). Both limiters here keep a sliding window of request *slots*
-per key (the location id) and follow the server's own count: when a response says
-``X-RateLimit-Remaining: 0`` the key is blocked for one whole interval.
+per key (the location id), and read the server's ``X-RateLimit-*`` headers to learn what the window
+cannot see by itself:
+
+* ``X-RateLimit-Max`` below our own limit lowers the limit for that key;
+* the server's count (``Max - Remaining``) above our own count of slots in the window is traffic we did
+  not send (another app or a Private Integration token on the same location). That excess is reserved
+  for one ``X-RateLimit-Interval-Milliseconds``: our budget shrinks by it, and when it takes the whole
+  budget no request starts until the interval has passed.
+
+``X-RateLimit-Remaining: 0`` caused by our *own* requests blocks nothing: the window already holds the
+next request until the oldest slot frees, which is exactly when GHL grants it. Blocking a whole interval
+there would throw away budget GHL would grant (and stall every run of the location for 10 s). A 429 with
+``Retry-After`` blocks the key for that long (:meth:`RateLimiter.block`).
 
 Why the window counts finish times, not start times
 ---------------------------------------------------
@@ -45,7 +56,7 @@ class RateLimiter(Protocol):
         ...
 
     async def observe(self, key: str, headers: Mapping[str, str]) -> None:
-        """Follow the server's ``X-RateLimit-*`` response headers."""
+        """Follow the server's ``X-RateLimit-*`` response headers (call it after the slot is given back)."""
         ...
 
     async def block(self, key: str, seconds: float) -> None:
@@ -55,21 +66,41 @@ class RateLimiter(Protocol):
 
 def parse_rate_limit_headers(headers: Mapping[str, str]) -> tuple[int | None, float | None]:
     """``(X-RateLimit-Remaining, X-RateLimit-Interval-Milliseconds as seconds)``; None where absent or bad."""
-    remaining: int | None = None
-    interval: float | None = None
-    raw_remaining = _header(headers, "x-ratelimit-remaining")
-    raw_interval = _header(headers, "x-ratelimit-interval-milliseconds")
-    if raw_remaining is not None:
-        try:
-            remaining = int(raw_remaining)
-        except ValueError:
-            remaining = None
-    if raw_interval is not None:
-        try:
-            interval = float(raw_interval) / 1000.0
-        except ValueError:
-            interval = None
+    remaining = _int_header(headers, "x-ratelimit-remaining")
+    interval_ms = _int_header(headers, "x-ratelimit-interval-milliseconds")
+    interval = interval_ms / 1000.0 if interval_ms is not None and interval_ms > 0 else None
     return remaining, interval
+
+
+@dataclass(frozen=True)
+class ServerCount:
+    """What one answer's ``X-RateLimit-*`` headers say about the location's burst window."""
+
+    remaining: int
+    maximum: int | None  # X-RateLimit-Max
+    interval: float | None  # X-RateLimit-Interval-Milliseconds, in seconds
+
+    @classmethod
+    def parse(cls, headers: Mapping[str, str]) -> ServerCount | None:
+        remaining, interval = parse_rate_limit_headers(headers)
+        if remaining is None:
+            return None
+        maximum = _int_header(headers, "x-ratelimit-max")
+        return cls(max(0, remaining), maximum if maximum is not None and maximum > 0 else None, interval)
+
+    def foreign(self, ours: int, limit: int) -> int:
+        """Requests the server counted that our window did not (``ours`` slots in it): another sender's."""
+        return (self.maximum or limit) - self.remaining - ours
+
+
+def _int_header(headers: Mapping[str, str], name: str) -> int | None:
+    raw = _header(headers, name)
+    if raw is None:
+        return None
+    try:
+        return int(float(raw))
+    except ValueError:
+        return None
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
@@ -90,6 +121,9 @@ class _Bucket:
     in_flight: int = 0
     finished: deque[float] = field(default_factory=deque)
     blocked_until: float = 0.0
+    limit: int | None = None  # the server's X-RateLimit-Max, when below ours
+    foreign: int = 0  # requests of another sender the server counted, reserved until foreign_until
+    foreign_until: float = 0.0
 
 
 class SlidingWindowLimiter:
@@ -123,6 +157,15 @@ class SlidingWindowLimiter:
             bucket = self._buckets[key] = _Bucket()
         return bucket
 
+    def _expire(self, bucket: _Bucket, now: float) -> None:
+        horizon = now - self.window
+        while bucket.finished and bucket.finished[0] <= horizon:
+            bucket.finished.popleft()
+
+    def _budget(self, bucket: _Bucket, now: float) -> int:
+        limit = min(self.max_requests, bucket.limit or self.max_requests)
+        return limit - (bucket.foreign if now < bucket.foreign_until else 0)
+
     @asynccontextmanager
     async def slot(self, key: str) -> AsyncIterator[None]:
         bucket = self._bucket(key)
@@ -141,14 +184,21 @@ class SlidingWindowLimiter:
                 if now < bucket.blocked_until:
                     await self._sleep(bucket.blocked_until - now)
                     continue
-                horizon = now - self.window
-                while bucket.finished and bucket.finished[0] <= horizon:
-                    bucket.finished.popleft()
-                if bucket.in_flight + len(bucket.finished) < self.max_requests:
+                self._expire(bucket, now)
+                budget = self._budget(bucket, now)
+                used = bucket.in_flight + len(bucket.finished)
+                if used < budget:
                     bucket.in_flight += 1
                     return
-                if bucket.finished:
-                    wait = bucket.finished[0] + self.window - now
+                # The slot that frees the budget is the (used - budget + 1)-th oldest finished one.
+                need = used - max(budget, 0) + 1
+                wait: float | None = None
+                if len(bucket.finished) >= need:
+                    wait = bucket.finished[need - 1] + self.window - now
+                if now < bucket.foreign_until:
+                    until_foreign = bucket.foreign_until - now
+                    wait = until_foreign if wait is None else min(wait, until_foreign)
+                if wait is not None:
                     logger.debug("rate limit for %s reached; waiting %.3fs", key, wait)
                     await self._sleep(max(wait, 0.0))
                 else:
@@ -157,9 +207,25 @@ class SlidingWindowLimiter:
                     await bucket.released.wait()
 
     async def observe(self, key: str, headers: Mapping[str, str]) -> None:
-        remaining, interval = parse_rate_limit_headers(headers)
-        if remaining is not None and remaining <= 0:
-            await self.block(key, interval if interval is not None else self.window)
+        count = ServerCount.parse(headers)
+        if count is None:
+            return
+        bucket = self._bucket(key)
+        now = self._clock()
+        if count.maximum is not None:
+            bucket.limit = min(count.maximum, self.max_requests)
+        self._expire(bucket, now)
+        foreign = count.foreign(bucket.in_flight + len(bucket.finished), self.max_requests)
+        if foreign <= 0:
+            return
+        if now >= bucket.foreign_until:
+            bucket.foreign = 0
+        interval = count.interval or self.window
+        if foreign > bucket.foreign:
+            logger.info("GHL counted %d requests of %s that this process did not send; reserving them "
+                        "for %.3fs", foreign, key, interval)
+        bucket.foreign = max(bucket.foreign, foreign)
+        bucket.foreign_until = now + interval
 
     async def block(self, key: str, seconds: float) -> None:
         if seconds <= 0:
@@ -167,35 +233,59 @@ class SlidingWindowLimiter:
         bucket = self._bucket(key)
         until = self._clock() + seconds
         if until > bucket.blocked_until:
-            logger.info("GHL budget for %s exhausted; pausing requests for %.3fs", key, seconds)
+            logger.info("GHL asked to wait for %s; pausing requests for %.3fs", key, seconds)
             bucket.blocked_until = until
 
 
-# KEYS[1] = sorted set of slots (score: finish time, or lease end while in flight); KEYS[2] = blocked-until.
-# ARGV = now, window, max_requests, lease, member, ttl_ms. Answers {granted, wait}: wait is the seconds
-# until a slot frees, or -1 when the oldest slot is still in flight (its score is a lease end, not a finish
-# time). Numbers go back as strings because Redis truncates Lua numbers to integers.
+# KEYS: slots (sorted set; score: finish time, or lease end while in flight), blocked-until, foreign
+# reservation ("count until"), the server's X-RateLimit-Max. ARGV: now, window, max_requests, lease,
+# member, ttl_ms. Answers {granted, wait}: wait is the seconds until budget frees, or -1 when the slot that
+# would free it is still in flight (its score is a lease end, not a finish time). Numbers go back as
+# strings because Redis truncates Lua numbers to integers. Times are the callers' clock, never Redis's:
+# key expiry only collects idle keys.
 _ACQUIRE_SCRIPT = """
 local now = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
-local max_requests = tonumber(ARGV[3])
-local lease = tonumber(ARGV[4])
+local limit = tonumber(ARGV[3])
 local blocked = tonumber(redis.call('GET', KEYS[2]) or '0')
 if blocked > now then
   return {0, tostring(blocked - now)}
 end
+local learned = tonumber(redis.call('GET', KEYS[4]) or '0')
+if learned > 0 and learned < limit then
+  limit = learned
+end
+local foreign, foreign_until = 0, 0
+local reserved = redis.call('GET', KEYS[3])
+if reserved then
+  local n, u = string.match(reserved, '^(%d+) (.+)$')
+  if n and tonumber(u) > now then
+    foreign, foreign_until = tonumber(n), tonumber(u)
+  end
+end
+local budget = limit - foreign
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 local count = redis.call('ZCARD', KEYS[1])
-if count < max_requests then
-  redis.call('ZADD', KEYS[1], now + lease, ARGV[5])
+if count < budget then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), ARGV[5])
   redis.call('PEXPIRE', KEYS[1], ARGV[6])
   return {1, '0'}
 end
-local oldest = tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2])
-if oldest > now then
+local wait = nil
+local need = count - math.max(budget, 0) + 1
+if need <= count then
+  local score = tonumber(redis.call('ZRANGE', KEYS[1], need - 1, need - 1, 'WITHSCORES')[2])
+  if score <= now then
+    wait = score + window - now
+  end
+end
+if foreign_until > now and (wait == nil or foreign_until - now < wait) then
+  wait = foreign_until - now
+end
+if wait == nil then
   return {0, '-1'}
 end
-return {0, tostring(oldest + window - now)}
+return {0, tostring(wait)}
 """
 
 _RELEASE_SCRIPT = """
@@ -207,6 +297,34 @@ local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tonumber(ARGV[1]) > current then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 end
+"""
+
+# KEYS: slots, foreign reservation, server max. ARGV: now, window, remaining, server max (0: absent),
+# default max, reservation end, gc ttl ms. Counts our slots in the window and reserves what the server
+# counted beyond them (another sender's requests) until the reservation end; returns that excess.
+_OBSERVE_SCRIPT = """
+local now = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+local ours = redis.call('ZCARD', KEYS[1])
+local maximum = tonumber(ARGV[4])
+if maximum > 0 then
+  redis.call('SET', KEYS[3], ARGV[4], 'PX', 86400000)
+else
+  maximum = tonumber(ARGV[5])
+end
+local foreign = maximum - tonumber(ARGV[3]) - ours
+if foreign <= 0 then
+  return 0
+end
+local reserved = redis.call('GET', KEYS[2])
+if reserved then
+  local n, u = string.match(reserved, '^(%d+) (.+)$')
+  if n and tonumber(u) > now and tonumber(n) > foreign then
+    foreign = tonumber(n)
+  end
+end
+redis.call('SET', KEYS[2], string.format('%d', foreign) .. ' ' .. ARGV[6], 'PX', ARGV[7])
+return foreign
 """
 
 
@@ -248,44 +366,64 @@ class RedisSlidingWindowLimiter:
         self._acquire_script = redis.register_script(_ACQUIRE_SCRIPT)
         self._release_script = redis.register_script(_RELEASE_SCRIPT)
         self._block_script = redis.register_script(_BLOCK_SCRIPT)
+        self._observe_script = redis.register_script(_OBSERVE_SCRIPT)
         self._local_locks: dict[str, asyncio.Lock] = {}
 
     def keys(self, key: str) -> tuple[str, str]:
-        """The Redis keys of ``key``'s slots and block marker (hash-tagged: one cluster slot for both)."""
+        """The Redis keys of ``key``'s slots and block marker (hash-tagged: one cluster slot for all)."""
         return f"{self.key_prefix}:{{{key}}}:slots", f"{self.key_prefix}:{{{key}}}:blocked"
+
+    def _all_keys(self, key: str) -> list[str]:
+        slots, blocked = self.keys(key)
+        return [slots, blocked, f"{self.key_prefix}:{{{key}}}:foreign", f"{self.key_prefix}:{{{key}}}:max"]
+
+    @property
+    def _ttl_ms(self) -> int:
+        return int((self.window + self.lease) * 1000) + 1000
 
     @asynccontextmanager
     async def slot(self, key: str) -> AsyncIterator[None]:
         member = uuid.uuid4().hex
-        slots_key, blocked_key = self.keys(key)
-        ttl_ms = int((self.window + self.lease) * 1000) + 1000
+        keys = self._all_keys(key)
         # This process's waiters queue locally (FIFO) so only one of them at a time polls Redis.
         local = self._local_locks.setdefault(key, asyncio.Lock())
         async with local:
             while True:
                 granted, wait = await self._acquire_script(
-                    keys=[slots_key, blocked_key],
-                    args=[repr(self._clock()), self.window, self.max_requests, self.lease, member, ttl_ms],
+                    keys=keys,
+                    args=[repr(self._clock()), self.window, self.max_requests, self.lease, member,
+                          self._ttl_ms],
                 )
                 if int(granted) == 1:
                     break
                 delay = float(wait)
-                # Every slot is in flight, possibly in another process: poll until one of them finishes.
+                # The freeing slot is in flight, possibly in another process: poll until it finishes.
                 await self._sleep(self.poll_interval if delay < 0 else delay)
         try:
             yield
         finally:
-            await self._release_script(keys=[slots_key], args=[repr(self._clock()), member])
+            await self._release_script(keys=keys[:1], args=[repr(self._clock()), member])
 
     async def observe(self, key: str, headers: Mapping[str, str]) -> None:
-        remaining, interval = parse_rate_limit_headers(headers)
-        if remaining is not None and remaining <= 0:
-            await self.block(key, interval if interval is not None else self.window)
+        count = ServerCount.parse(headers)
+        if count is None:
+            return
+        keys = self._all_keys(key)
+        now = self._clock()
+        interval = count.interval or self.window
+        foreign = await self._observe_script(
+            keys=[keys[0], keys[2], keys[3]],
+            args=[repr(now), self.window, count.remaining, count.maximum or 0, self.max_requests,
+                  repr(now + interval), int(interval * 1000) + 1000],
+        )
+        if int(foreign) > 0:
+            logger.info("GHL counted %s requests of %s that this service did not send; reserving them "
+                        "for %.3fs", foreign, key, interval)
 
     async def block(self, key: str, seconds: float) -> None:
         if seconds <= 0:
             return
         _, blocked_key = self.keys(key)
         until = self._clock() + seconds
-        logger.info("GHL budget for %s exhausted; pausing requests for %.3fs (shared)", key, seconds)
+        logger.info("GHL asked to wait for %s; pausing requests for %.3fs (shared)", key, seconds)
         await self._block_script(keys=[blocked_key], args=[repr(until), int(seconds * 1000) + 1000])

@@ -254,3 +254,69 @@ async def test_redis_limiter_reclaims_slots_of_a_dead_process(
     start = vtime.clock()
     async with limiter.slot("LOC"):
         assert vtime.clock() >= start + 30.0 + 10.0
+
+
+# -- own traffic vs another sender's: what X-RateLimit-Remaining: 0 means ----------------------------
+
+
+def _limiter(kind: str, vtime: VirtualTime, redis_client: aioredis.Redis, key_prefix: str) -> object:
+    if kind == "memory":
+        return SlidingWindowLimiter(clock=vtime.clock, sleep=vtime.sleep)
+    return RedisSlidingWindowLimiter(redis_client, key_prefix=key_prefix, clock=vtime.clock,
+                                     sleep=vtime.sleep, lease=1e6)
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_own_requests_filling_the_window_wait_only_for_the_oldest_slot(
+    kind: str, vtime: VirtualTime, redis_client: aioredis.Redis, key_prefix: str
+) -> None:
+    # 100 requests over 5 s: GHL answers the 100th with X-RateLimit-Remaining: 0. Request 101 is granted
+    # by GHL once the first one is 10 s old; a limiter that blocks a whole interval from the 100th answer
+    # sends it 5 s late (at 15 s), and every run of the location waits with it.
+    with FakeGHLServer(clock=vtime.clock) as ghl:
+        contact = ghl.add_contact()
+        async with virtual_client(ghl, vtime, _limiter(kind, vtime, redis_client, key_prefix)) as client:
+            start = vtime.clock()
+            for i in range(100):
+                await client.add_tags(contact["id"], [f"t{i}"])
+                await vtime.sleep(0.05)
+            await client.add_tags(contact["id"], ["t100"])  # GHL answered the 100th: Remaining 0
+        requests = ghl.requests
+    assert [r.status for r in requests] == [201] * 101
+    assert requests[0].at == start
+    assert max_in_window([r.at for r in requests], 10.0) <= 100
+    # ... and the 101st left when GHL would first grant it, not an interval after the 100th answer.
+    assert requests[100].at == pytest.approx(start + 10.0, abs=0.01)
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_another_senders_requests_shrink_the_budget(
+    kind: str, vtime: VirtualTime, redis_client: aioredis.Redis, key_prefix: str
+) -> None:
+    # Another app on the location sent 60 requests; the window cannot see them, GHL's count does.
+    with FakeGHLServer(clock=vtime.clock) as ghl:
+        contact = ghl.add_contact()
+        other = SlidingWindowLimiter(clock=vtime.clock, sleep=vtime.sleep)
+        async with virtual_client(ghl, vtime, other) as app:
+            for i in range(60):
+                await app.add_tags(contact["id"], [f"other{i}"])
+        foreign_done = vtime.clock()
+        async with virtual_client(ghl, vtime, _limiter(kind, vtime, redis_client, key_prefix)) as client:
+            for i in range(60):
+                await client.add_tags(contact["id"], [f"t{i}"])
+        requests = ghl.requests
+    assert {r.status for r in requests} == {201}  # not one 429
+    assert max_in_window([r.at for r in requests], 10.0) <= 100
+    ours = requests[60:]
+    # 40 fit beside the other app's 60; the rest waited for those to leave GHL's window.
+    assert all(r.at == foreign_done for r in ours[:40])
+    assert ours[40].at >= foreign_done + 10.0 - 0.01
