@@ -7,7 +7,8 @@
     ├── LockTimeoutError              another run holds the lead's lock for too long
     └── IntegrationError              a call to GHL or Retell failed; ``transient`` says whether to retry
         ├── TransientIntegrationError 429, 5xx, timeouts, connection errors: retry later
-        │   └── OutcomeUnknownError   the request left but no answer came: it may have been carried out
+        │   ├── OutcomeUnknownError   the request left but no answer came: it may have been carried out
+        │   └── SendWindowClosedError the lead's send window closed before the send could leave (not sent)
         └── PermanentIntegrationError other 4xx: retrying cannot help
             ├── AuthenticationError   401/403 that a token refresh did not fix
             ├── NotFoundError         the contact (or other resource) does not exist
@@ -15,7 +16,7 @@
 
 HTTP clients translate transport and status errors into this tree once, at the boundary; nodes and the
 scheduler only ever look at ``IntegrationError.transient`` and ``IntegrationError.outcome_unknown`` (a send
-whose outcome is unknown is never retried: it might text the lead twice).
+whose outcome is unknown is never retried blindly: the step nodes read the provider back first).
 """
 
 from __future__ import annotations
@@ -88,6 +89,11 @@ class OutcomeUnknownError(TransientIntegrationError):
     but no answer came back. Retrying may duplicate the effect."""
 
     outcome_unknown = True
+
+
+class SendWindowClosedError(TransientIntegrationError):
+    """A send was not started because the lead's send window closed while it waited (rate limit, retry
+    backoff). Nothing left the client; the step waits for the next window."""
 
 
 class PermanentIntegrationError(IntegrationError):

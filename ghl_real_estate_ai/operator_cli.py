@@ -137,7 +137,12 @@ def _server_class() -> Any:
 
 
 async def serve(settings: Settings, host: str, port: int) -> int:
-    """``lead-bot serve``: service first (one-line errors), then the port, then serve until a signal."""
+    """``lead-bot serve``: the port, then the service (one-line errors), then serve until a signal.
+
+    The port is bound first because it makes the instance's identity (host name and port) exclusive: only
+    one live process can hold it, so a restart under the same identity may take back at once the scheduler
+    lease, lead locks and intake entries its dead predecessor held.
+    """
     import uvicorn
 
     from ghl_real_estate_ai.api.app import create_app
@@ -145,8 +150,14 @@ async def serve(settings: Settings, host: str, port: int) -> int:
 
     if type(asyncio.get_running_loop()).__module__.split(".")[0] != "uvloop":
         log.info("serving on asyncio's default event loop; on uvloop the webhook throughput roughly doubles")
-    service = LeadBotService(settings, role="serve")
-    await service.start()
+    sock = _bind(host, port)
+    bound = sock.getsockname()
+    service = LeadBotService(settings, role="serve", instance=f"{socket.gethostname()}:{bound[1]}")
+    try:
+        await service.start()
+    except BaseException:
+        sock.close()
+        raise
     # Everything loaded so far (modules, the compiled graph) lives as long as the process: keep it out of
     # the cyclic collector's full passes, which otherwise show up as latency spikes under load.
     gc.collect()
@@ -154,12 +165,10 @@ async def serve(settings: Settings, host: str, port: int) -> int:
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     try:
-        sock = _bind(host, port)
         app = create_app(settings, service=service)
         config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", proxy_headers=False,
                                 timeout_graceful_shutdown=20, server_header=False)
         server = _server_class()(config)
-        bound = sock.getsockname()
         _out(f"lead-bot serve: listening on http://{bound[0]}:{bound[1]} "
              f"(Redis {service.redis_url.rpartition('@')[2]}, time scale {settings.time_scale:g})")
         await server.serve(sockets=[sock])
@@ -271,9 +280,10 @@ def render_status(view: dict[str, Any]) -> str:
     if not timeline:
         lines.append("  (empty)")
     for item in timeline:
+        due = f" (due {item['due_at']})" if item.get("due_at") else ""
         lines.append(
             f"  {item.get('at', ''):<27} {item.get('action', ''):<22} {item.get('channel') or '':<5} "
-            f"{item.get('outcome', ''):<8} {item.get('reason', '')}"
+            f"{item.get('outcome', ''):<8} {item.get('reason', '')}{due}"
         )
     return "\n".join(lines)
 

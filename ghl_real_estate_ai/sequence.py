@@ -73,6 +73,8 @@ STALL_BREAKER_DELAY = timedelta(days=2)
 MAX_STALL_BREAKERS = 3
 DAILY_CAP = 3
 CAP_WINDOW = timedelta(hours=24)
+# A sequence step never goes within this long of the previous one, even when it is running late.
+MIN_TOUCH_GAP = timedelta(hours=24)
 
 
 def due_at(step: Step, enrolled_at: datetime, nurture_index: int = 0) -> datetime:
@@ -338,16 +340,13 @@ def recent_sends(values: Sequence[str], now: datetime) -> list[datetime]:
 class Plan:
     """What the lead should get next, and when.
 
-    ``due_at`` is already moved out of quiet hours and under the daily cap; ``cadence_due_at`` is when the
-    cadence alone has it due. ``superseded`` lists timed steps (with their nurture occurrence) that are to
-    be skipped because a later step is already due too: a lead back from a pause or a downtime gets the
-    latest step, not a burst of catch-up messages.
+    ``due_at`` is already moved out of quiet hours, under the daily cap and at least ``MIN_TOUCH_GAP``
+    after the previous touch; ``cadence_due_at`` is when the cadence alone has it due (its anchored time).
     """
 
     step: Step | None
     due_at: datetime | None = None
     cadence_due_at: datetime | None = None
-    superseded: tuple[tuple[Step, int], ...] = ()
 
 
 def plan_next(
@@ -363,29 +362,30 @@ def plan_next(
     last_outbound_at: datetime | None = None,
     stall_attempts: int = 0,
     not_before: datetime | None = None,
+    last_touch_at: datetime | None = None,
 ) -> Plan:
-    """Decide the next step and its send time from the lead's progress. Pure."""
+    """Decide the next step and its send time from the lead's progress. Pure.
+
+    Steps are never dropped for running late (downtime, a backlog): the current step is always the next
+    one, at its anchored time or now, whichever is later. A step whose anchored time falls within
+    ``MIN_TOUCH_GAP`` of the previous sequence touch (``last_touch_at``) waits until that gap has passed,
+    so a late step and the one after it never arrive as a burst; steps further out keep their anchored
+    times. Quiet hours and the daily cap apply last.
+    """
     if status not in TIMED_STATUSES or enrolled_at is None or current_step is None:
         return Plan(None)
     if conversation_active and last_outbound_at is not None and stall_attempts < MAX_STALL_BREAKERS:
         step, cadence = Step.STALL_BREAKER, last_outbound_at + STALL_BREAKER_DELAY
-        superseded: list[tuple[Step, int]] = []
+        earliest = max(cadence, now)
     else:
-        step, occurrence = current_step, nurture_sent
-        superseded = []
-        # Skip ahead while the following step is already due (never skip the introduction, day_3).
-        while step is not Step.DAY_3:
-            following = step_after(step)
-            following_occurrence = occurrence + 1 if step is Step.NURTURE else occurrence
-            if due_at(following, enrolled_at, following_occurrence) > now:
-                break
-            superseded.append((step, occurrence))
-            step, occurrence = following, following_occurrence
-        cadence = due_at(step, enrolled_at, occurrence)
+        step = current_step
+        cadence = due_at(step, enrolled_at, nurture_sent if step is Step.NURTURE else 0)
+        earliest = max(cadence, now)
         if conversation_active and last_outbound_at is not None:
             # The stall-breakers are spent: the sequence resumes once the last one had its two days.
-            cadence = max(cadence, last_outbound_at + STALL_BREAKER_DELAY)
-    earliest = max(cadence, now)
+            earliest = max(earliest, last_outbound_at + STALL_BREAKER_DELAY)
+        if last_touch_at is not None:
+            earliest = max(earliest, last_touch_at + MIN_TOUCH_GAP)
     if not_before is not None:
         earliest = max(earliest, not_before)
-    return Plan(step, next_send_time(earliest, locale, sent), cadence, tuple(superseded))
+    return Plan(step, next_send_time(earliest, locale, sent), cadence)

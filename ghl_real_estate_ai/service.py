@@ -25,8 +25,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,7 +50,14 @@ from ghl_real_estate_ai.errors import (
     SendBlockedError,
     TransientIntegrationError,
 )
-from ghl_real_estate_ai.integrations.models import CallResult, Contact, Crm, SendResult, VoiceCaller
+from ghl_real_estate_ai.integrations.models import (
+    CallResult,
+    Contact,
+    Crm,
+    SendLookup,
+    SendResult,
+    VoiceCaller,
+)
 from ghl_real_estate_ai.sequence import iso, parse_time
 
 log = logging.getLogger(__name__)
@@ -97,6 +104,23 @@ def _send_outcome(exc: BaseException) -> str:
     if isinstance(exc, TransientIntegrationError):
         return "transient_error"
     return "failed"
+
+
+# How long after a send whose answer never came the step reads GHL or Retell back (real seconds): long
+# enough for a request that did arrive to show up in the provider's listings.
+READBACK_DELAY_SECONDS = 1.0
+
+
+def send_margin(time_scale: float) -> timedelta:
+    """How long before the lead's window closes a send is no longer started: one virtual minute, or what
+    50 real milliseconds (a request's trip under load) are in virtual time, whichever is longer."""
+    return timedelta(seconds=max(60.0, 0.05 * time_scale))
+
+
+def in_order(timeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Timeline entries in the order they happened (a stable sort on ``at``: entries are appended as they
+    happen, and the sort only guards that promise for views)."""
+    return sorted(timeline, key=lambda item: parse_time(item.get("at")) or datetime.min.replace(tzinfo=UTC))
 
 
 class RecordingCrm:
@@ -149,6 +173,11 @@ class RecordingCrm:
     ) -> None:
         await self.inner.add_task(contact_id, title, body, due_at, assigned_to)
 
+    async def find_sent_message(
+        self, contact_id: str, *, channel: str, text: str, since: datetime
+    ) -> SendLookup:
+        return await self.inner.find_sent_message(contact_id, channel=channel, text=text, since=since)
+
 
 class RecordingVoice:
     """A ``VoiceCaller`` that counts calls by outcome."""
@@ -168,6 +197,9 @@ class RecordingVoice:
         self._metrics.send("call", "sent")
         return result
 
+    async def find_call(self, to_number: str, metadata: Mapping[str, str], *, since: datetime) -> SendLookup:
+        return await self.inner.find_call(to_number, metadata, since=since)
+
 
 class UnconfiguredVoice:
     """Stands in for Retell when ``RETELL_API_KEY``/``RETELL_FROM_NUMBER`` are unset: the day-7 call is
@@ -178,6 +210,9 @@ class UnconfiguredVoice:
     ) -> CallResult:
         raise SendBlockedError("Retell", "create phone call",
                                "Retell is not configured (set RETELL_API_KEY and RETELL_FROM_NUMBER)")
+
+    async def find_call(self, to_number: str, metadata: Mapping[str, str], *, since: datetime) -> SendLookup:
+        return SendLookup("absent", detail="Retell is not configured: no call was ever placed")
 
 
 class StoredTime:
@@ -226,7 +261,10 @@ class LeadBotService:
     """The bot's resources and background work; see the module docstring for the start/stop order.
 
     ``crm``/``voice`` replace the GHL/Retell clients (tests); ``run_worker``/``run_scheduler`` switch
-    the background parts off (in-process route tests need neither).
+    the background parts off (in-process route tests need neither). ``instance`` is this process's stable
+    identity (``lead-bot serve``: host name and bound port, which no two live processes share): a
+    restart under the same identity takes back its scheduler lease, its lead locks and its unfinished
+    intake entries at once instead of waiting for its dead predecessor's to expire. None: a random one.
     """
 
     def __init__(
@@ -238,9 +276,11 @@ class LeadBotService:
         voice: VoiceCaller | None = None,
         run_worker: bool = True,
         run_scheduler: bool = True,
+        instance: str | None = None,
     ) -> None:
         self.settings = settings
         self.role = role
+        self.instance = instance
         self.metrics = Metrics()
         self._crm_override = crm
         self._voice_override = voice
@@ -304,7 +344,7 @@ class LeadBotService:
 
         context = await self._serve_context()
         # A 10 s TTL (renewed while held) bounds how long a crashed process keeps a lead locked.
-        lock = RedisLeadLock(self.redis, prefix=PREFIX, ttl_seconds=10.0)
+        lock = RedisLeadLock(self.redis, prefix=PREFIX, ttl_seconds=10.0, owner=self.instance)
         self._stack.push_async_callback(lock.aclose)
         hooks: list[Callable[[str, dict[str, Any]], Awaitable[None]]] = [
             self._observe_run, self._update_index,
@@ -314,7 +354,8 @@ class LeadBotService:
             await self._start_scheduler()
         if self.run_worker:
             worker = IntakeWorker(
-                self.intake, self.handle_entry, concurrency=settings.intake_concurrency,
+                self.intake, self.handle_entry, consumer=self.instance,
+                concurrency=settings.intake_concurrency,
                 claim_idle=settings.intake_claim_idle_seconds, is_permanent=default_is_permanent,
                 observer=self.metrics,
             )
@@ -422,9 +463,11 @@ class LeadBotService:
                 agent_name=settings.agent_name,
                 agent_contact=settings.agent_contact,
                 human_takeover_days=settings.human_takeover_days,
+                send_margin=send_margin(settings.time_scale),
             ),
             responder=self._responder(),
             comps=CsvCompsProvider(),
+            readback_delay_seconds=READBACK_DELAY_SECONDS,
         )
 
     def _responder(self) -> Any:
@@ -488,7 +531,7 @@ class LeadBotService:
 
         scheduler = LeadSequenceScheduler(
             self.runner, redis=self.redis, redis_url=self.redis_url, timebase=self.timebase,
-            index=self.index, prefix=PREFIX,
+            index=self.index, prefix=PREFIX, owner=self.instance,
         )
         self.runner.after_run.append(scheduler.after_run)
         await scheduler.start()
@@ -637,7 +680,7 @@ def lead_view(contact_id: str, values: dict[str, Any], now: datetime) -> dict[st
             "last_intent": eng.get("last_intent"),
             "conversation_active": bool(eng.get("conversation_active")),
         },
-        "timeline": list(values.get("timeline") or []),
+        "timeline": in_order(values.get("timeline") or []),
         "now": iso(now),
     }
 

@@ -405,6 +405,33 @@ class IntakeStream:
             out.extend(self._parse(items))
         return out
 
+    async def own_pending(self, consumer: str, count: int = 1000) -> list[IntakeEntry | tuple[str, str]]:
+        """Entries delivered to ``consumer`` and never acknowledged: what an earlier incarnation of the
+        same consumer (a restart under a stable name) left unfinished when it died."""
+        out: list[IntakeEntry | tuple[str, str]] = []
+        start = "0"
+        for _ in range(100):  # bounded: at most 100 pages
+            try:
+                response = await self.redis.xreadgroup(
+                    self.group, consumer, {self.stream_key: start}, count=count
+                )
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                await self.ensure_group()
+                return out
+            streams: list[Any] = list(response or [])  # [[stream, [(id, fields), ...]]] (RESP2 shape)
+            items: list[Any] = [item for _stream, batch in streams for item in batch]
+            if not items:
+                return out
+            live = [(i, f) for i, f in items if f]
+            deleted = [_text(i) for i, f in items if not f]
+            out.extend(self._parse(live))
+            if deleted:  # the entry's data is gone: nothing to process, finish acking it
+                await self.redis.xack(self.stream_key, self.group, *deleted)
+            start = _text(items[-1][0])
+        return out
+
     def _parse(self, items: Iterable[Any]) -> list[IntakeEntry | tuple[str, str]]:
         out: list[IntakeEntry | tuple[str, str]] = []
         for entry_id, fields in items:
@@ -640,9 +667,13 @@ class IntakeWorker:
         return len(self._in_flight)
 
     async def start(self) -> None:
-        """Create the group (if needed) and start reading, reclaiming and keeping claims fresh."""
+        """Create the group (if needed) and start reading, reclaiming and keeping claims fresh.
+
+        Entries this consumer name still holds (a restart under a stable ``consumer`` after a crash) are
+        taken up at once rather than after ``claim_idle``: nobody else can be working on them."""
         await self.stream.ensure_group()
         self._stopping = False
+        leftover = await self.stream.own_pending(self.consumer)
         self._tasks = [
             asyncio.create_task(self._read_loop(), name="intake-read"),
             asyncio.create_task(self._claim_loop(), name="intake-claim"),
@@ -650,6 +681,10 @@ class IntakeWorker:
         self._ack_task = asyncio.create_task(self._ack_loop(), name="intake-ack")
         self.started = True
         log.info("intake worker %s started", self.consumer)
+        if leftover:
+            log.warning("intake worker %s takes up %d entr(ies) its previous run left unfinished",
+                        self.consumer, len(leftover))
+            await self._submit_all(leftover)
 
     async def stop(self, grace_seconds: float = 30.0) -> None:
         """Stop reading; finish the entries already taken within ``grace_seconds``; leave the rest pending."""

@@ -11,6 +11,22 @@ only where that is safe (see ``integrations._http``). Errors leave this module o
 * any other 4xx                                 -> ``PermanentIntegrationError``
 * 408/429/5xx/transport errors, retries used up -> ``TransientIntegrationError``
 * a send whose outcome is unknown               -> ``OutcomeUnknownError`` (transient, ``outcome_unknown``)
+
+Reading back a send whose answer never came (``find_sent_message``) never raises for HTTP problems: it
+answers a ``SendLookup`` (found / absent / unknown). The endpoint facts it relies on, from GHL's v2
+OpenAPI spec (``apps/conversations.json``; ``Version: 2021-04-15``, scope ``conversations.readonly`` /
+``conversations/message.readonly``):
+
+* ``GET /conversations/search?locationId=&contactId=`` -> ``{"conversations": [{"id", "contactId",
+  "locationId", "lastMessageBody", "lastMessageType", ...}], "total"}``; ``locationId`` is required.
+* ``GET /conversations/{conversationId}/messages?limit=&lastMessageId=`` -> ``{"lastMessageId",
+  "nextPage", "messages": [...]}``, newest first; the next page starts after ``lastMessageId``. Some
+  third-party code reads that object nested under a top-level ``"messages"`` key: both are accepted.
+  A message has ``id`` (the ``messageId`` a send returned), ``messageType`` ("TYPE_SMS", "TYPE_EMAIL"),
+  ``type`` (a number in the spec), ``direction``, ``body``, ``dateAdded`` (ISO 8601) and, for email,
+  ``meta.email.messageIds``.
+* ``GET /conversations/messages/email/{id}`` -> the email (``subject``, ``body``, ...) by an id from
+  ``meta.email.messageIds``; the spec's message list carries no subject.
 """
 
 from __future__ import annotations
@@ -19,6 +35,8 @@ import asyncio
 import logging
 import random
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -44,7 +62,7 @@ from ghl_real_estate_ai.integrations._http import (
     send_with_retries,
 )
 from ghl_real_estate_ai.integrations.auth import StaticTokenProvider, TokenProvider
-from ghl_real_estate_ai.integrations.models import Contact, SendResult
+from ghl_real_estate_ai.integrations.models import Contact, SendLookup, SendResult
 from ghl_real_estate_ai.integrations.rate_limit import RateLimiter, SlidingWindowLimiter
 
 __all__ = ["DEFAULT_BASE_URL", "DEFAULT_VERSIONS", "GHLClient", "OutcomeUnknownError"]
@@ -68,6 +86,11 @@ _DND_KEYS_V3: Final = {"sms": "sms", "email": "email", "call": "call"}
 
 _NOT_FOUND_HINTS: Final = ("not found", "does not exist", "doesn't exist", "no contact")
 
+# Bot channel -> (messageType, the send's ``type``) of a conversation message.
+_READBACK_TYPES: Final = {"sms": ("TYPE_SMS", "sms"), "email": ("TYPE_EMAIL", "email")}
+# Emails whose subject is read one by one (``GET /conversations/messages/email/{id}``) per lookup.
+_MAX_EMAIL_READS: Final = 20
+
 
 class GHLClient:
     """Async GHL client for one location (sub-account). Implements ``integrations.models.Crm``.
@@ -84,6 +107,11 @@ class GHLClient:
 
     Use it as an async context manager, or call :meth:`aclose`.
     """
+
+    readback_page_size: int = 20
+    """Messages asked for per page when reading back a send (GHL's default page; at most 100)."""
+    readback_max_pages: int = 10
+    """Pages read per conversation before a read-back gives up as "unknown"."""
 
     def __init__(
         self,
@@ -287,6 +315,184 @@ class GHLClient:
             status=body.get("status") or None,
         )
 
+    # -- reading back a send ----------------------------------------------------------------------
+
+    async def find_sent_message(
+        self, contact_id: str, *, channel: str, text: str, since: datetime
+    ) -> SendLookup:
+        """Read back whether an outbound SMS or email went out after its send's answer was lost.
+
+        Lists the contact's conversations (``GET /conversations/search``) and pages each one's messages
+        newest first (``GET /conversations/{id}/messages``) until a message dated before ``since`` or the
+        last page. A message matches when it is ``outbound``, of ``channel`` ("sms": ``TYPE_SMS``;
+        "email": ``TYPE_EMAIL``; a ``type`` of "SMS"/"Email" is accepted too), dated at or after
+        ``since`` (compared to the millisecond, as GHL dates them), and its body (SMS) or subject (email)
+        equals ``text`` once stripped. ``since`` is compared with GHL's clock: pass a time a little
+        before the send to absorb clock skew.
+
+        Answers ``found`` (with the message id and ``dateAdded``), ``absent`` (every conversation was
+        read back to ``since`` and nothing matched) or ``unknown`` (a read failed after the usual
+        retries, an endpoint is missing, an answer is malformed, more than :attr:`readback_max_pages`
+        pages, or an email since ``since`` whose subject could not be read). Raises ``ValueError`` only
+        for bad arguments.
+        """
+        _require_id(contact_id)
+        kinds = _READBACK_TYPES.get(channel.strip().lower())
+        if kinds is None:
+            raise ValueError(f"unknown channel {channel!r}; use one of {sorted(_READBACK_TYPES)}")
+        wanted = text.strip()
+        if not wanted:
+            raise ValueError("text must be the non-empty SMS body or email subject that was sent")
+        if since.tzinfo is None:
+            raise ValueError("since must be a timezone-aware datetime")
+        since = since.astimezone(UTC)
+        floor = since.replace(microsecond=since.microsecond // 1000 * 1000)  # GHL dates to the millisecond
+        search = _Readback(channel=channel.strip().lower(), kinds=kinds, wanted=wanted, floor=floor)
+        try:
+            response = await self._request(
+                "GET", "/conversations/search", family="conversations", operation="search conversations",
+                params={"locationId": self.location_id, "contactId": contact_id},
+            )
+        except IntegrationError as exc:
+            return _lookup_failed(exc)
+        body = json_body(response)
+        conversations = body.get("conversations")
+        if not isinstance(conversations, list) or not all(
+            isinstance(c, dict) and isinstance(c.get("id"), str) and c["id"] for c in conversations
+        ):
+            return SendLookup("unknown", detail="GHL conversation search answered without a list of "
+                                                "conversations with ids")
+        ids = [c["id"] for c in conversations if c.get("contactId") in (None, contact_id)]
+        for conversation_id in ids:
+            found = await self._read_back_conversation(conversation_id, search)
+            if found is not None:
+                return found
+        total = body.get("total")
+        if isinstance(total, int) and not isinstance(total, bool) and total > len(conversations):
+            search.doubts.append(f"the search listed {len(conversations)} of {total} conversations")
+        what = "text" if search.channel == "sms" else "subject"
+        if search.doubts:
+            return SendLookup("unknown", detail=f"no outbound {search.channel} with that {what} seen, but "
+                                                f"{'; '.join(search.doubts)}")
+        return SendLookup("absent", detail=(
+            f"no outbound {search.channel} with that {what} since {_iso(search.floor)} in "
+            f"{len(ids)} conversation(s) of contact {contact_id} ({search.pages} page(s) read)"
+        ))
+
+    async def _read_back_conversation(self, conversation_id: str, search: _Readback) -> SendLookup | None:
+        """Page one conversation back to ``search.floor``: a ``found`` lookup, or None (the reason
+        when it could not be covered is added to ``search.doubts``)."""
+        path = f"/conversations/{quote(conversation_id, safe='')}/messages"
+        cursor: str | None = None
+        for _ in range(self.readback_max_pages):
+            params = {"limit": str(self.readback_page_size)}
+            if cursor:
+                params["lastMessageId"] = cursor
+            try:
+                response = await self._request("GET", path, family="conversations", operation="list messages",
+                                               params=params)
+            except IntegrationError as exc:
+                search.doubts.append(_lookup_failed(exc).detail)
+                return None
+            search.pages += 1
+            page = _messages_page(json_body(response))
+            if page is None:
+                search.doubts.append(f"the messages of conversation {conversation_id} came back malformed")
+                return None
+            messages, next_page, last_id = page
+            reached_floor = False
+            for message in messages:
+                at = _parse_ghl_date(message.get("dateAdded"))
+                if at is not None and at < search.floor:
+                    reached_floor = True
+                    continue
+                found = await self._match(message, at, search)
+                if found is not None:
+                    return found
+            if next_page is None:  # no usable nextPage: only a short page proves the end
+                next_page = len(messages) >= self.readback_page_size
+            if reached_floor or not next_page:
+                return None
+            following = last_id or (str(messages[-1].get("id") or "") if messages else "")
+            if not following or following == cursor:
+                search.doubts.append(f"conversation {conversation_id} has more messages but no usable "
+                                     "lastMessageId to page with")
+                return None
+            cursor = following
+        search.doubts.append(f"conversation {conversation_id} was not read back to {_iso(search.floor)} "
+                             f"within {self.readback_max_pages} pages")
+        return None
+
+    async def _match(
+        self, message: dict[str, Any], at: datetime | None, search: _Readback
+    ) -> SendLookup | None:
+        """``found`` when ``message`` (dated ``at``, not before the floor) is the send looked for."""
+        if message.get("direction") != "outbound":
+            return None
+        message_type, send_type = search.kinds
+        kind = message.get("type")
+        if message.get("messageType") != message_type and not (
+            isinstance(kind, str) and kind.lower() == send_type
+        ):
+            return None
+        message_id = str(message.get("id") or "")
+        if search.channel == "sms":
+            body = message.get("body")
+            matched = isinstance(body, str) and body.strip() == search.wanted
+        else:
+            subject = await self._email_subject(message, search)
+            if subject is None:
+                return None
+            matched = subject.strip() == search.wanted
+        if not matched:
+            return None
+        if at is None:
+            search.doubts.append(f"outbound {search.channel} {message_id} matches but has no readable "
+                                 "dateAdded")
+            return None
+        return SendLookup("found", id=message_id, at=at, detail=(
+            f"GHL has outbound {search.channel} {message_id} in conversation "
+            f"{message.get('conversationId') or '?'} dated {_iso(at)}"
+        ))
+
+    async def _email_subject(self, message: dict[str, Any], search: _Readback) -> str | None:
+        """The subject of an outbound email message, or None (with a doubt) when it cannot be read."""
+        meta = message.get("meta")
+        email = meta.get("email") if isinstance(meta, dict) else None
+        email = email if isinstance(email, dict) else {}
+        # [assumed] ``meta.email.subject`` and a top-level ``subject``: GHL's spec lists neither on a
+        # conversation message (only ``meta.email.messageIds``); they are read first when present.
+        for subject in (email.get("subject"), message.get("subject")):
+            if isinstance(subject, str):
+                return subject
+        ids = email.get("messageIds")
+        message_id = message.get("id")
+        if not isinstance(ids, list) or not ids:
+            search.doubts.append(f"outbound email {message_id} has no subject and no email ids to read it by")
+            return None
+        for email_id in ids[:3]:
+            if not isinstance(email_id, str) or not email_id:
+                continue
+            if search.email_reads >= _MAX_EMAIL_READS:
+                search.doubts.append(f"more than {_MAX_EMAIL_READS} emails to open for their subject")
+                return None
+            search.email_reads += 1
+            try:
+                response = await self._request(
+                    "GET", f"/conversations/messages/email/{quote(email_id, safe='')}",
+                    family="conversations", operation="get email",
+                )
+            except IntegrationError as exc:
+                search.doubts.append(_lookup_failed(exc).detail)
+                return None
+            body = json_body(response)
+            nested = body.get("emailMessage")  # [assumed] a wrapped answer; the spec's is the bare email
+            subject = (nested if isinstance(nested, dict) else body).get("subject")
+            if isinstance(subject, str):
+                return subject
+        search.doubts.append(f"the subject of outbound email {message_id} could not be read")
+        return None
+
     # -- plumbing ---------------------------------------------------------------------------------
 
     async def _request(
@@ -297,6 +503,7 @@ class GHLClient:
         family: str,
         operation: str,
         json: Any = None,
+        params: Mapping[str, str] | None = None,
         idempotent: bool = True,
     ) -> httpx.Response:
         """One logical call: rate limit, auth (one refresh on 401), retries; a 2xx answer or an error."""
@@ -306,13 +513,13 @@ class GHLClient:
         async def attempt() -> httpx.Response:
             nonlocal refreshed
             token = await self._tokens.get_token()
-            response = await self._once(method, path, version, token, json)
+            response = await self._once(method, path, version, token, json, params)
             if response.status_code == 401 and not refreshed:
                 refreshed = True
                 replacement = await self._tokens.refresh(token)
                 if replacement is not None and replacement != token:
                     logger.info("GHL rejected the token for %s; retrying with a refreshed one", operation)
-                    response = await self._once(method, path, version, replacement, json)
+                    response = await self._once(method, path, version, replacement, json, params)
             return response
 
         response = await send_with_retries(
@@ -323,12 +530,14 @@ class GHLClient:
             return response
         raise self._error(response, operation)
 
-    async def _once(self, method: str, path: str, version: str, token: str, json: Any) -> httpx.Response:
+    async def _once(
+        self, method: str, path: str, version: str, token: str, json: Any, params: Mapping[str, str] | None
+    ) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}", "Version": version}
         response: httpx.Response | None = None
         try:
             async with self._limiter.slot(self.location_id):
-                response = await self._http.request(method, path, json=json, headers=headers)
+                response = await self._http.request(method, path, json=json, params=params, headers=headers)
         except (RedisError, OSError) as exc:
             if response is None:  # the shared limiter failed before the request left: nothing was sent
                 raise TransientIntegrationError(
@@ -369,3 +578,58 @@ def _require_id(contact_id: str) -> str:
 
 def _contact_path(contact_id: str) -> str:
     return f"/contacts/{quote(_require_id(contact_id), safe='')}"
+
+
+@dataclass
+class _Readback:
+    """One ``find_sent_message`` in progress: what is looked for, and why it may not be able to tell."""
+
+    channel: str
+    kinds: tuple[str, str]
+    wanted: str
+    floor: datetime
+    pages: int = 0
+    email_reads: int = 0
+    doubts: list[str] = field(default_factory=list)
+
+
+def _lookup_failed(exc: IntegrationError) -> SendLookup:
+    """An ``unknown`` lookup whose one-line detail says which read failed and how."""
+    if exc.status in (404, 405):
+        detail = f"{exc.service} {exc.operation}: the endpoint is missing (HTTP {exc.status}): {exc.detail}"
+    else:
+        detail = str(exc)
+    return SendLookup("unknown", detail=" ".join(detail.split()))
+
+
+def _messages_page(body: dict[str, Any]) -> tuple[list[dict[str, Any]], bool | None, str] | None:
+    """``(messages, nextPage, lastMessageId)`` from either answer shape, or None when malformed."""
+    page = body.get("messages")
+    if not isinstance(page, dict):
+        page = body
+    messages = page.get("messages")
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        return None
+    next_page = page.get("nextPage")
+    last_id = page.get("lastMessageId")
+    return (messages, next_page if isinstance(next_page, bool) else None,
+            last_id if isinstance(last_id, str) else "")
+
+
+def _parse_ghl_date(value: Any) -> datetime | None:
+    """A GHL ``dateAdded``: ISO 8601 (``...Z``), or epoch milliseconds; naive times are taken as UTC."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value / 1000, UTC)
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        when = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value)
+    except ValueError:
+        return None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal, Protocol
 
 Channel = Literal["sms", "email", "call"]
@@ -100,6 +102,21 @@ class CallResult:
     call_status: str
 
 
+@dataclass(frozen=True)
+class SendLookup:
+    """What reading back a send whose answer never came found.
+
+    ``found``: a matching record exists. ``absent``: the read succeeded, covered everything since the
+    given time, and nothing matched. ``unknown``: the read could not tell (endpoint missing, errors after
+    retries, a malformed answer, too many pages); ``detail`` says which.
+    """
+
+    outcome: Literal["found", "absent", "unknown"]
+    id: str = ""  # the provider's message id / call id when found
+    at: datetime | None = None  # when the provider recorded it (found), UTC-aware
+    detail: str = ""  # what was read, or why the outcome is unknown (one line, for the timeline)
+
+
 class Crm(Protocol):
     """What the bot needs from GHL. Implemented by ``GHLClient`` and by the fakes in ``testing``."""
 
@@ -121,6 +138,14 @@ class Crm(Protocol):
         self, contact_id: str, title: str, body: str, due_at: str, assigned_to: str | None
     ) -> None: ...
 
+    async def find_sent_message(
+        self, contact_id: str, *, channel: str, text: str, since: datetime
+    ) -> SendLookup:
+        """Whether an outbound ``channel`` ("sms" or "email") message whose body (SMS) or subject (email)
+        is ``text`` was recorded at or after ``since`` (UTC-aware). Never raises for HTTP or transport
+        problems (answers "unknown"); raises ``ValueError`` for bad arguments."""
+        ...
+
 
 class VoiceCaller(Protocol):
     """What the bot needs from Retell AI."""
@@ -131,3 +156,9 @@ class VoiceCaller(Protocol):
         metadata: dict[str, Any],
         dynamic_variables: dict[str, str],
     ) -> CallResult: ...
+
+    async def find_call(self, to_number: str, metadata: Mapping[str, str], *, since: datetime) -> SendLookup:
+        """Whether a call to ``to_number`` whose metadata holds every ``metadata`` key/value exists, placed
+        at or after ``since`` (UTC-aware). Never raises for HTTP or transport problems (answers
+        "unknown"); raises ``ValueError`` for bad arguments."""
+        ...

@@ -5,6 +5,15 @@ Errors leave this module only as the ``ghl_real_estate_ai.errors`` tree. Retell 
 ``TransientIntegrationError``; 401/403 -> ``AuthenticationError``; 404 -> ``NotFoundError``; 400, 402
 (payment), 422 (agent or number not found under this key) and other 4xx -> ``PermanentIntegrationError``.
 A call whose request may have reached Retell without an answer raises ``OutcomeUnknownError``.
+
+``find_call`` reads such a call back and never raises for HTTP problems (it answers a ``SendLookup``).
+Endpoint facts it relies on (Retell's Python SDK up to 2026-05; later SDKs call ``POST /v3/list-calls``
+with another filter syntax): ``POST /v2/list-calls`` with ``{"filter_criteria": {"agent_id": [...],
+"to_number": [...], ...}, "sort_order": "ascending"|"descending", "limit": n, "pagination_key": <call
+id>}`` answers a JSON array of call objects sorted by ``start_timestamp`` (epoch ms); ``limit`` defaults
+to 50, at most 1000; ``pagination_key`` is the last call id of the previous page (exclusive).
+[assumed] that Retell honours the ``to_number`` filter (the match is also made here, on every call), and
+that a call not yet started (``registered``, no ``start_timestamp``) sorts among the newest.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -33,7 +43,7 @@ from ghl_real_estate_ai.integrations._http import (
     json_body,
     send_with_retries,
 )
-from ghl_real_estate_ai.integrations.models import CallResult
+from ghl_real_estate_ai.integrations.models import CallResult, SendLookup
 
 __all__ = ["DEFAULT_BASE_URL", "OutcomeUnknownError", "RetellClient"]
 
@@ -49,6 +59,11 @@ class RetellClient:
     Implements ``integrations.models.VoiceCaller``. ``transport`` replaces httpx's network transport
     (tests). Use it as an async context manager, or call :meth:`aclose`.
     """
+
+    readback_page_size: int = 100
+    """Calls asked for per page when reading back a call (Retell allows up to 1000)."""
+    readback_max_pages: int = 10
+    """Pages read before a read-back gives up as "unknown"."""
 
     def __init__(
         self,
@@ -137,6 +152,81 @@ class RetellClient:
         response = await self._request("GET", f"/v2/get-call/{quote(call_id, safe='')}", "get call", None,
                                        idempotent=True)
         return json_body(response)
+
+    async def find_call(self, to_number: str, metadata: Mapping[str, str], *, since: datetime) -> SendLookup:
+        """Read back whether a call went out after :meth:`create_phone_call`'s answer was lost.
+
+        Lists calls newest first (``POST /v2/list-calls``, filtered by this client's agent and by
+        ``to_number``) and matches ``to_number`` plus every key/value of ``metadata`` (the bot's unique
+        send key) on each call. Paging stops at a short page (the listing is covered), or at a call that
+        started before ``since``; calls not yet started carry no ``start_timestamp`` and are matched
+        whatever ``since`` says.
+
+        Answers ``found`` (call id; ``start_timestamp`` as ``at`` when the call has started), ``absent``
+        or ``unknown`` (a failed or malformed read, a missing endpoint, more than
+        :attr:`readback_max_pages` pages). Raises ``ValueError`` only for bad arguments.
+        """
+        if not to_number:
+            raise ValueError("to_number must be the E.164 number the call was placed to")
+        if not metadata:
+            raise ValueError("metadata must hold at least the send key that tells this call from others")
+        if since.tzinfo is None:
+            raise ValueError("since must be a timezone-aware datetime")
+        wanted = dict(metadata)
+        since_ms = int(since.timestamp() * 1000)
+        criteria: dict[str, list[str]] = {"to_number": [to_number]}  # [assumed] honoured; matched below too
+        if self.agent_id:
+            criteria["agent_id"] = [self.agent_id]
+        cursor: str | None = None
+        for page in range(1, self.readback_max_pages + 1):
+            payload: dict[str, Any] = {"filter_criteria": criteria, "sort_order": "descending",
+                                       "limit": self.readback_page_size}
+            if cursor:
+                payload["pagination_key"] = cursor
+            try:
+                response = await self._request("POST", "/v2/list-calls", "list calls", payload,
+                                               idempotent=True)
+            except IntegrationError as exc:
+                missing = exc.status in (404, 405)
+                detail = (f"Retell list calls: the endpoint is missing (HTTP {exc.status}): {exc.detail}"
+                          if missing else str(exc))
+                return SendLookup("unknown", detail=" ".join(detail.split()))
+            try:
+                calls = response.json()
+            except ValueError:
+                calls = None
+            if not isinstance(calls, list) or not all(isinstance(c, dict) for c in calls):
+                return SendLookup("unknown", detail="Retell list calls answered something other than a "
+                                                    "list of call objects")
+            reached_since = False
+            for call in calls:
+                started = call.get("start_timestamp")
+                started_ok = isinstance(started, int) and not isinstance(started, bool)
+                if started_ok and started < since_ms:
+                    reached_since = True
+                    continue
+                if call.get("to_number") != to_number:
+                    continue
+                stored = call.get("metadata")
+                if isinstance(stored, dict) and all(stored.get(k) == v for k, v in wanted.items()):
+                    call_id = str(call.get("call_id") or "")
+                    at = datetime.fromtimestamp(started / 1000, UTC) if started_ok else None
+                    when = f"started {at.isoformat(timespec='seconds')}" if at else "not started yet"
+                    return SendLookup("found", id=call_id, at=at, detail=(
+                        f"Retell has call {call_id} to {to_number} ({call.get('call_status') or '?'}, {when})"
+                    ))
+            if reached_since or len(calls) < self.readback_page_size:
+                return SendLookup("absent", detail=(
+                    f"no call to {to_number} with that metadata since {since.astimezone(UTC).isoformat()} "
+                    f"({page} page(s) of calls read)"
+                ))
+            following = calls[-1].get("call_id")
+            if not isinstance(following, str) or not following or following == cursor:
+                return SendLookup("unknown", detail="Retell list calls gave a full page without a call id "
+                                                    "to page on")
+            cursor = following
+        return SendLookup("unknown", detail=f"Retell list calls: not read back to {since.isoformat()} within "
+                                            f"{self.readback_max_pages} pages")
 
     async def _request(
         self, method: str, path: str, operation: str, payload: Any, *, idempotent: bool

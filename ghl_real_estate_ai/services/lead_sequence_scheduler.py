@@ -481,6 +481,7 @@ class LeadSequenceScheduler:
         prefix: key prefix (``{prefix}:scheduler:*``).
         lease_ttl_seconds: leader lease TTL (renewed every third of it); ``None``: always fire (one
             process only).
+        owner: the stable identity of this instance for the lease (see ``LeaderLease``); default random.
         retry_delays: virtual delays before each retry of a transient failure.
         reconcile_interval: real seconds between the leader's periodic reconciles (``None``: only when it
             becomes leader).
@@ -503,6 +504,7 @@ class LeadSequenceScheduler:
         name: str = "lead-bot",
         prefix: str = "lead-bot",
         lease_ttl_seconds: float | None = 10.0,
+        owner: str | None = None,
         retry_delays: Sequence[timedelta] = DEFAULT_RETRY_DELAYS,
         reconcile_interval: float | None = 300.0,
         poll_interval: float | None = None,
@@ -535,6 +537,7 @@ class LeadSequenceScheduler:
                 redis,
                 key=f"{prefix}:scheduler:leader",
                 ttl_seconds=lease_ttl_seconds,
+                owner=owner,
                 on_acquired=self._became_leader,
                 on_lost=self._lost_leadership,
             )

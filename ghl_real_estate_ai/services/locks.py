@@ -34,6 +34,15 @@ end
 return 0
 """
 
+# KEYS[1] = lock key, ARGV[1] = the token found, ARGV[2] = ours, ARGV[3] = ttl ms: take over a lock only
+# while it still holds the token we found.
+_TAKE_OVER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+end
+return false
+"""
+
 # KEYS[1] = lock key, ARGV[1] = token, ARGV[2] = ttl ms: extend only our own lock.
 _EXTEND = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -80,6 +89,11 @@ class RedisLeadLock:
     it, or the process stalled past the TTL) is logged as an error; the run is not interrupted, because
     stopping a run halfway through a send is worse than the small window it opens (the send ledger still
     guards the send itself).
+
+    ``owner`` is the stable identity of this service instance (``lead-bot serve`` uses host name and port,
+    which no two live processes can share). Tokens then start with ``owner/``, and a lock held under that
+    prefix by a token this object never issued belongs to an earlier run of the same instance that died
+    (a SIGKILL, a crash): it is taken over at once instead of waiting out its TTL.
     """
 
     def __init__(
@@ -90,11 +104,13 @@ class RedisLeadLock:
         ttl_seconds: float = 30.0,
         wait_seconds: float = 10.0,
         poll_seconds: float = 0.02,
+        owner: str | None = None,
     ) -> None:
         if ttl_seconds <= 0:
             raise ValueError("ttl_seconds must be positive")
         self._redis = redis
         self._prefix = prefix
+        self.owner = owner
         self.ttl_seconds = ttl_seconds
         self.wait_seconds = wait_seconds
         self._poll = poll_seconds
@@ -102,6 +118,7 @@ class RedisLeadLock:
         # EVALSHA (not EVAL): the release runs after every lead run, so do not resend the script text.
         self._release_script = redis.register_script(_RELEASE)
         self._extend_script = redis.register_script(_EXTEND)
+        self._take_over_script = redis.register_script(_TAKE_OVER)
         self._held: dict[str, str] = {}  # key -> token
         self._renewer: asyncio.Task[None] | None = None
         self._closing = False
@@ -112,11 +129,14 @@ class RedisLeadLock:
 
     async def acquire(self, contact_id: str, *, wait_seconds: float | None = None) -> str:
         """Take the lead's lock; returns the token. Raises ``LockTimeoutError`` after ``wait_seconds``."""
-        key, token = self.key(contact_id), uuid.uuid4().hex
+        key = self.key(contact_id)
+        token = f"{self.owner}/{uuid.uuid4().hex}" if self.owner else uuid.uuid4().hex
         wait = self.wait_seconds if wait_seconds is None else wait_seconds
         deadline = time.monotonic() + wait
         delay = self._poll
         while not await self._redis.set(key, token, nx=True, px=self._ttl_ms):
+            if await self._take_over_from_earlier_run(contact_id, key, token):
+                break
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise LockTimeoutError(contact_id, wait)
@@ -126,12 +146,29 @@ class RedisLeadLock:
         self._ensure_renewer()
         return token
 
+    async def _take_over_from_earlier_run(self, contact_id: str, key: str, token: str) -> bool:
+        if not self.owner:
+            return False
+        found = await self._redis.get(key)
+        if found is None:
+            return False
+        held = found.decode() if isinstance(found, bytes) else str(found)
+        if not held.startswith(f"{self.owner}/") or held in self._held.values():
+            return False
+        if not await self._take_over_script(keys=[key], args=[held, token, self._ttl_ms]):
+            return False
+        log.warning("took over the lock of lead %s left by an earlier run of %s", contact_id, self.owner)
+        return True
+
     async def release(self, contact_id: str, token: str) -> bool:
         """Give the lock back if it is still ours; False when it had expired (and maybe been retaken)."""
         key = self.key(contact_id)
+        # Forget the token only after the delete: until then a run of this process waiting for the lock
+        # must not mistake it for one left by an earlier run.
+        released = bool(await self._release_script(keys=[key], args=[token]))
         if self._held.get(key) == token:
             del self._held[key]
-        return bool(await self._release_script(keys=[key], args=[token]))
+        return released
 
     @contextlib.asynccontextmanager
     async def hold(self, contact_id: str) -> AsyncIterator[None]:
@@ -190,6 +227,10 @@ class LeaderLease:
     once ``ttl - margin`` has passed since the last successful renewal, even if the renewal task is stuck,
     so a partitioned leader stops firing before anybody else can take over. A crashed leader's lease
     expires after ``ttl``, and another process takes over within ``ttl + ttl/3``.
+
+    ``owner`` defaults to a random id per process. Give a stable one (``lead-bot serve``: host name and
+    port) and a restarted process finds its own lease and renews it at once, instead of waiting for the
+    lease of its dead predecessor to expire; the identity must never be shared by two live processes.
     """
 
     def __init__(
@@ -291,7 +332,8 @@ class LeaderLease:
                 await self._on_acquired()
 
     async def run(self) -> None:
-        """Acquire and renew forever (cancel to stop; then call :meth:`release`)."""
+        """Acquire and renew forever (cancel to stop; then call :meth:`release`). The first attempt is
+        made at once."""
         interval = self.ttl_seconds / 3
         while not self._closing:
             started = time.monotonic()

@@ -1,15 +1,21 @@
 """The send ledger: a touch key is claimed before an outbound HTTP call and confirmed after it.
 
-A claimed key is never sent under again, so a replayed event, a retried run or a restart cannot text a
-lead twice. A claim is released only when the request certainly did not reach the provider (connection
-refused, 429/5xx answered); a send whose outcome is unknown (the process died or timed out mid-call)
-keeps its claim: the bot prefers missing one touch to sending it twice.
+A claimed key is never sent under blindly again, so a replayed event, a retried run or a restart cannot
+text a lead twice. A claim is released only when the request certainly did not reach the provider
+(connection refused, 429/5xx answered). A claim left as ``claimed`` (the process died mid-call) or a send
+whose answer never came is *resolved* by the step nodes: they read the provider back (GHL's conversation
+messages, Retell's call list) and confirm the send, send it once more under the same key when it is
+certainly absent, or keep the at-most-once rule when the provider cannot tell.
+
+A claim records ``claimed_at`` (wall-clock POSIX seconds: providers date their records in real time, not
+in the service's virtual time) and whatever the caller adds (the channel and the text a read-back matches).
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
@@ -18,8 +24,8 @@ DEFAULT_LEDGER_TTL_SECONDS = 400 * 86400  # longer than any lead's sequence
 
 
 class SendLedger(Protocol):
-    async def claim(self, key: str) -> bool:
-        """Claim ``key``; False when it was claimed before (then do not send)."""
+    async def claim(self, key: str, detail: dict[str, Any] | None = None) -> bool:
+        """Claim ``key`` (recording ``detail`` and ``claimed_at``); False when it was claimed before."""
         ...
 
     async def confirm(self, key: str, detail: dict[str, Any]) -> None:
@@ -35,6 +41,10 @@ class SendLedger(Protocol):
         ...
 
 
+def _claimed(detail: dict[str, Any] | None) -> dict[str, Any]:
+    return {"state": "claimed", "claimed_at": time.time(), **(detail or {})}
+
+
 class InMemorySendLedger:
     """A ledger for tests, notebooks and the demo."""
 
@@ -42,11 +52,11 @@ class InMemorySendLedger:
         self._entries: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
 
-    async def claim(self, key: str) -> bool:
+    async def claim(self, key: str, detail: dict[str, Any] | None = None) -> bool:
         with self._lock:
             if key in self._entries:
                 return False
-            self._entries[key] = {"state": "claimed"}
+            self._entries[key] = _claimed(detail)
             return True
 
     async def confirm(self, key: str, detail: dict[str, Any]) -> None:
@@ -91,10 +101,8 @@ class RedisSendLedger:
     def _key(self, key: str) -> str:
         return f"{self._prefix}:send:{key}"
 
-    async def claim(self, key: str) -> bool:
-        claimed = await self._redis.set(
-            self._key(key), json.dumps({"state": "claimed"}), nx=True, ex=self._ttl
-        )
+    async def claim(self, key: str, detail: dict[str, Any] | None = None) -> bool:
+        claimed = await self._redis.set(self._key(key), json.dumps(_claimed(detail)), nx=True, ex=self._ttl)
         return bool(claimed)
 
     async def confirm(self, key: str, detail: dict[str, Any]) -> None:

@@ -2,21 +2,27 @@
 
 They implement the same protocols as the HTTP clients, enforce the same rules the real services do that
 matter to the bot (SMS DND refuses a send), and can be told to fail, so tests, the demo and the notebooks
-exercise the graph without a network. The wire-format fakes (real HTTP servers) are in ``ghl_server`` and
-``retell_server``.
+exercise the graph without a network. Reading back a send (``find_sent_message``, ``find_call``) answers
+from what was recorded; ``fail_next_send`` makes a send fail before it happens, ``lose_next_answer`` makes
+it happen and then fail (an answer lost on the way back), and ``lookup_unknown`` makes read-backs answer
+"unknown". Like GHL and Retell, the fakes date
+what they record by the provider's clock (``provider_clock``, wall time by default), which is what a
+read-back's ``since`` is compared with; ``Sent.at`` stays the bot's (possibly virtual) time. The
+wire-format fakes (real HTTP servers) are in ``ghl_server`` and ``retell_server``.
 """
 
 from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from ghl_real_estate_ai.clock import Clock, FakeClock
+from ghl_real_estate_ai.clock import Clock, FakeClock, SystemClock
 from ghl_real_estate_ai.errors import NotFoundError, SendBlockedError
-from ghl_real_estate_ai.integrations.models import CallResult, Contact, SendResult
+from ghl_real_estate_ai.integrations.models import CallResult, Contact, SendLookup, SendResult
 
 
 @dataclass
@@ -29,6 +35,8 @@ class Sent:
     body: str = ""
     subject: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    id: str = ""  # the message id or call id the fake answered
+    recorded_at: datetime | None = field(default=None, compare=False, repr=False)  # the provider's date
 
 
 def make_contact(
@@ -76,16 +84,22 @@ def make_contact(
 
 class FakeCrm:
     """GHL in memory. ``contacts`` holds GHL-shaped records; ``sent``, ``notes``, ``tasks``, ``calls`` record
-    what the bot did."""
+    what the bot did. ``clock`` dates ``Sent.at``; ``provider_clock`` (wall time by default) is GHL's own
+    clock, which dates messages for :meth:`find_sent_message`. Set ``lookup_unknown`` to a detail string
+    to make :meth:`find_sent_message` answer "unknown" with it."""
 
-    def __init__(self, clock: Clock | None = None) -> None:
+    def __init__(self, clock: Clock | None = None, *, provider_clock: Clock | None = None) -> None:
         self.clock = clock or FakeClock()
+        self.provider_clock = provider_clock or SystemClock()
         self.contacts: dict[str, dict[str, Any]] = {}
         self.sent: list[Sent] = []
         self.notes: list[tuple[str, str]] = []
         self.tasks: list[dict[str, Any]] = []
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        self.lookup_unknown: str | None = None
         self._failures: list[BaseException] = []
+        self._lost_answers: list[BaseException] = []
+        self._send_failures: list[BaseException] = []
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
@@ -97,6 +111,16 @@ class FakeCrm:
     def fail_next(self, *errors: BaseException) -> None:
         """Make the next calls raise these errors, in order (any method)."""
         self._failures.extend(errors)
+
+    def fail_next_send(self, *errors: BaseException) -> None:
+        """Make the next sends (SMS or email, not other methods) raise these errors in order, without
+        sending: a request that never reached GHL."""
+        self._send_failures.extend(errors)
+
+    def lose_next_answer(self, *errors: BaseException) -> None:
+        """Make the next sends (SMS or email) happen, and be recorded, and then raise these errors in
+        order: an answer lost on the way back (typically ``OutcomeUnknownError``)."""
+        self._lost_answers.extend(errors)
 
     def sent_to(self, contact_id: str, channel: str | None = None) -> list[Sent]:
         return [
@@ -122,23 +146,43 @@ class FakeCrm:
 
     async def send_sms(self, contact_id: str, message: str) -> SendResult:
         self._call("send_sms", contact_id, message)
+        self._send_failed()
         contact = Contact.from_ghl(self._record(contact_id))
         if contact.blocks("sms"):
             raise SendBlockedError(
                 "ghl", "send message", "Cannot send message as DND is active for SMS", status=400
             )
-        self.sent.append(Sent(contact_id, "sms", self.clock.now(), message))
-        return SendResult(f"msg-{next(self._ids)}", f"conv-{contact_id}", "pending")
+        message_id = f"msg-{next(self._ids)}"
+        self.sent.append(Sent(contact_id, "sms", self.clock.now(), message, id=message_id,
+                              recorded_at=self.provider_clock.now()))
+        self._answer_lost()
+        return SendResult(message_id, f"conv-{contact_id}", "pending")
 
     async def send_email(self, contact_id: str, subject: str, html: str) -> SendResult:
         self._call("send_email", contact_id, subject)
+        self._send_failed()
         contact = Contact.from_ghl(self._record(contact_id))
         if contact.blocks("email"):
             raise SendBlockedError(
                 "ghl", "send message", "Cannot send message as DND is active for Email", status=400
             )
-        self.sent.append(Sent(contact_id, "email", self.clock.now(), html, subject))
-        return SendResult(f"msg-{next(self._ids)}", f"conv-{contact_id}", "pending")
+        message_id = f"msg-{next(self._ids)}"
+        self.sent.append(Sent(contact_id, "email", self.clock.now(), html, subject, id=message_id,
+                              recorded_at=self.provider_clock.now()))
+        self._answer_lost()
+        return SendResult(message_id, f"conv-{contact_id}", "pending")
+
+    def _send_failed(self) -> None:
+        with self._lock:
+            failure = self._send_failures.pop(0) if self._send_failures else None
+        if failure is not None:
+            raise failure
+
+    def _answer_lost(self) -> None:
+        with self._lock:
+            lost = self._lost_answers.pop(0) if self._lost_answers else None
+        if lost is not None:
+            raise lost
 
     async def set_dnd(self, contact_id: str, channel: str, active: bool, message: str = "") -> None:
         self._call("set_dnd", contact_id, channel, active)
@@ -180,19 +224,58 @@ class FakeCrm:
             }
         )
 
+    async def find_sent_message(
+        self, contact_id: str, *, channel: str, text: str, since: datetime
+    ) -> SendLookup:
+        """An outbound ``channel`` message that GHL's clock (``provider_clock``) dated at or after
+        ``since`` whose body (SMS) or subject (email) is ``text`` (stripped). Recorded in ``calls``; never
+        consumes :meth:`fail_next` errors."""
+        if channel not in ("sms", "email"):
+            raise ValueError(f"unknown channel {channel!r}; use 'email' or 'sms'")
+        wanted = text.strip()
+        if not wanted:
+            raise ValueError("text must be the non-empty SMS body or email subject that was sent")
+        if since.tzinfo is None:
+            raise ValueError("since must be a timezone-aware datetime")
+        with self._lock:
+            self.calls.append(("find_sent_message", (contact_id, channel, text)))
+        if self.lookup_unknown is not None:
+            return SendLookup("unknown", detail=self.lookup_unknown)
+        for sent in reversed(self.sent):
+            dated = sent.recorded_at or sent.at
+            if sent.contact_id != contact_id or sent.channel != channel or dated < since:
+                continue
+            if (sent.body if channel == "sms" else sent.subject or "").strip() == wanted:
+                return SendLookup("found", id=sent.id, at=dated,
+                                  detail=f"the fake CRM has {channel} {sent.id} dated {dated.isoformat()}")
+        return SendLookup("absent", detail=f"no {channel} with that text to {contact_id} since "
+                                           f"{since.isoformat()}")
+
 
 class FakeVoice:
-    """Retell in memory: records every call it is asked to place."""
+    """Retell in memory: records every call it is asked to place (``placed``; each ``Sent.metadata`` holds
+    the call's ``metadata`` and ``dynamic_variables``). ``provider_clock`` (the CRM's, else wall time) is
+    Retell's clock, which dates calls for :meth:`find_call`. Set ``lookup_unknown`` to a detail string to
+    make :meth:`find_call` answer "unknown" with it."""
 
-    def __init__(self, crm: FakeCrm | None = None, clock: Clock | None = None) -> None:
+    def __init__(
+        self, crm: FakeCrm | None = None, clock: Clock | None = None, *, provider_clock: Clock | None = None
+    ) -> None:
         self.crm = crm
         self.clock = clock or (crm.clock if crm else FakeClock())
+        self.provider_clock = provider_clock or (crm.provider_clock if crm else SystemClock())
         self.placed: list[Sent] = []
+        self.lookup_unknown: str | None = None
         self._failures: list[BaseException] = []
+        self._lost_answers: list[BaseException] = []
         self._ids = itertools.count(1)
 
     def fail_next(self, *errors: BaseException) -> None:
         self._failures.extend(errors)
+
+    def lose_next_answer(self, *errors: BaseException) -> None:
+        """Make the next calls be placed, and recorded, and then raise these errors in order."""
+        self._lost_answers.extend(errors)
 
     async def create_phone_call(
         self, to_number: str, metadata: dict[str, Any], dynamic_variables: dict[str, str]
@@ -205,8 +288,34 @@ class FakeVoice:
             self.clock.now(),
             to_number,
             metadata={"metadata": dict(metadata), "dynamic_variables": dict(dynamic_variables)},
+            id=f"call-{next(self._ids)}",
+            recorded_at=self.provider_clock.now(),
         )
         self.placed.append(call)
         if self.crm is not None:  # one list of every touch makes sequence assertions simple
             self.crm.sent.append(call)
-        return CallResult(f"call-{next(self._ids)}", "registered")
+        if self._lost_answers:
+            raise self._lost_answers.pop(0)
+        return CallResult(call.id, "registered")
+
+    async def find_call(self, to_number: str, metadata: Mapping[str, str], *, since: datetime) -> SendLookup:
+        """A placed call to ``to_number``, dated by Retell's clock (``provider_clock``) at or after
+        ``since``, whose metadata holds every given key/value."""
+        if not to_number:
+            raise ValueError("to_number must be the number the call was placed to")
+        if not metadata:
+            raise ValueError("metadata must hold at least the send key that tells this call from others")
+        if since.tzinfo is None:
+            raise ValueError("since must be a timezone-aware datetime")
+        if self.lookup_unknown is not None:
+            return SendLookup("unknown", detail=self.lookup_unknown)
+        for call in reversed(self.placed):
+            placed_with = call.metadata.get("metadata") or {}
+            dated = call.recorded_at or call.at
+            if call.body == to_number and dated >= since and all(
+                placed_with.get(k) == v for k, v in metadata.items()
+            ):
+                return SendLookup("found", id=call.id, at=dated,
+                                  detail=f"the fake Retell has call {call.id} dated {dated.isoformat()}")
+        return SendLookup("absent",
+                          detail=f"no call to {to_number} with that metadata since {since.isoformat()}")

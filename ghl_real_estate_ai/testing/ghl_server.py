@@ -12,6 +12,26 @@ Assumed where GHL's docs are silent (marked [assumed]): the 429 body, the unknow
 "Contact not found" by default, configurable), the missing/invalid-Version answer (400), and the
 OAuth error bodies.
 
+The read side, for reading back a send whose answer never came (``conversations`` Version family):
+
+* ``GET /conversations/search?locationId=&contactId=[&limit=]`` -> ``{"conversations": [...], "total"}``
+  with the spec's required conversation fields (``id``, ``contactId``, ``locationId``, ``lastMessageBody``,
+  ``lastMessageType``, ``type``, ``unreadCount``, ``fullName``, ``contactName``, ``email``, ``phone``) plus
+  ``lastMessageDirection`` and ``lastMessageDate`` (epoch ms, [assumed]). ``locationId`` is required (422).
+* ``GET /conversations/{conversationId}/messages[?limit=&lastMessageId=&type=]`` -> newest first, ``limit``
+  20 by default and at most 100, the page after ``lastMessageId``. Answered nested as
+  ``{"messages": {"lastMessageId", "nextPage", "messages": [...]}}`` [assumed: the spec puts that object
+  at the top level; third-party code reads it nested]. A message: ``id`` (the send's ``messageId``),
+  ``conversationId``, ``contactId``, ``locationId``, ``type`` (the send's "SMS"/"Email" [assumed]: the spec
+  types it as a number), ``messageType`` ("TYPE_SMS"/"TYPE_EMAIL"), ``direction`` "outbound", ``status``,
+  ``body`` (the SMS text; an email's html), ``contentType``, ``attachments``, ``dateAdded`` (ISO 8601),
+  ``source`` "api" and, for email, ``meta.email`` = ``{"messageIds": [emailMessageId], "subject"}``
+  (``subject`` there is [assumed] and left out with ``email_subject_in_list=False``, as in the spec).
+* ``GET /conversations/messages/email/{emailMessageId}`` -> the email with its ``subject`` (bare object).
+
+Every message a ``POST /conversations/messages`` stored is readable, including one whose answer a
+``Fault(delay=...)`` held back (the request is handled before the delay).
+
 Typical use::
 
     with FakeGHLServer() as ghl:
@@ -72,6 +92,14 @@ _DND_STATUSES = ("active", "inactive", "permanent")
 
 _CONTACT = re.compile(r"^/contacts/(?P<id>[^/]+)/?$")
 _CONTACT_SUB = re.compile(r"^/contacts/(?P<id>[^/]+)/(?P<sub>tags|notes|tasks)/?$")
+_CONVERSATION_MESSAGES = re.compile(r"^/conversations/(?P<id>[^/]+)/messages/?$")
+_EMAIL_MESSAGE = re.compile(r"^/conversations/messages/email/(?P<id>[^/]+)/?$")
+
+# The send's ``type`` -> a conversation message's ``messageType``.
+_MESSAGE_TYPES = {
+    "SMS": "TYPE_SMS", "RCS": "TYPE_RCS", "Email": "TYPE_EMAIL", "WhatsApp": "TYPE_WHATSAPP",
+    "IG": "TYPE_INSTAGRAM", "FB": "TYPE_FACEBOOK", "Live_Chat": "TYPE_LIVE_CHAT", "TIKTOK": "TYPE_TIKTOK",
+}
 
 
 @dataclass
@@ -97,7 +125,10 @@ class FakeGHLServer(FakeHTTPServer):
     Knobs: ``rate_limit``/``rate_window`` (None disables the burst limit), ``daily_limit``,
     ``strict_versions`` (reject a Version outside the documented values of the endpoint family; a
     missing Version is always rejected), ``not_found_status`` (answer for unknown contacts), ``clock``
-    (drives the rate window and request timestamps), ``now`` (dates written into records), ``seed``.
+    (drives the rate window and request timestamps), ``now`` (dates written into records), ``seed``,
+    ``read_endpoints`` (False: the conversation reads answer 404 like an unknown route, so a read-back
+    cannot tell), ``email_subject_in_list`` (False: listed email messages carry no subject, only
+    ``meta.email.messageIds``, as GHL's spec describes).
     Fault injection (``script_faults``, ``set_random_faults``) is inherited from ``FakeHTTPServer``;
     faults apply after authentication and rate limiting, and not to ``/oauth/token`` unless scripted
     for that path.
@@ -118,6 +149,8 @@ class FakeGHLServer(FakeHTTPServer):
         strict_versions: bool = True,
         not_found_status: int = 400,
         send_retry_after: bool = False,
+        read_endpoints: bool = True,
+        email_subject_in_list: bool = True,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         seed: int = 0,
@@ -135,6 +168,8 @@ class FakeGHLServer(FakeHTTPServer):
         self.strict_versions = strict_versions
         self.not_found_status = not_found_status
         self.send_retry_after = send_retry_after
+        self.read_endpoints = read_endpoints
+        self.email_subject_in_list = email_subject_in_list
         self._now = now
         self._state_lock = threading.RLock()
         self._tokens: dict[str, _Token] = {token: _Token(location_id)}
@@ -373,6 +408,16 @@ class FakeGHLServer(FakeHTTPServer):
     def _route(self, method: str, path: str) -> Callable[[RecordedRequest, str], Response] | None:
         if path.rstrip("/") == "/conversations/messages":
             return self._send_message if method == "POST" else None
+        if path.startswith("/conversations/"):
+            if method != "GET" or not self.read_endpoints:
+                return None
+            if path.rstrip("/") == "/conversations/search":
+                return self._search_conversations
+            if _EMAIL_MESSAGE.match(path):
+                return self._get_email
+            if _CONVERSATION_MESSAGES.match(path):
+                return self._conversation_messages
+            return None
         match = _CONTACT_SUB.match(path)
         if match:
             sub = match.group("sub")
@@ -655,6 +700,142 @@ class FakeGHLServer(FakeHTTPServer):
             self._messages.append(stored)
             return JSONResponse(answer, status_code=200)
 
+    # -- conversation reads ------------------------------------------------------------------------
+
+    def _search_conversations(self, record: RecordedRequest, location: str) -> Response:
+        query = _query(record)
+        wanted_location = query.get("locationId")
+        if not wanted_location:
+            return _unprocessable("locationId should not be empty")
+        if wanted_location != location:
+            return JSONResponse({"statusCode": 403, "message": "The token does not have access to this "
+                                 "location.", "error": "Forbidden"}, status_code=403)  # [assumed]
+        limit = _page_limit(query.get("limit"))
+        if limit is None:
+            return _unprocessable("limit must be a number between 1 and 100")
+        contact_id = query.get("contactId")
+        with self._state_lock:
+            views = [
+                self._conversation_view(cid, conversation_id)
+                for cid, conversation_id in self._conversations.items()
+                if contact_id in (None, cid) and self._conversation_location(cid) == location
+            ]
+        views.sort(key=lambda v: v["lastMessageDate"] or 0, reverse=True)
+        return JSONResponse({"conversations": views[:limit], "total": len(views)})
+
+    def _conversation_messages(self, record: RecordedRequest, location: str) -> Response:
+        conversation_id = _CONVERSATION_MESSAGES.match(record.path).group("id")  # type: ignore[union-attr]
+        query = _query(record)
+        limit = _page_limit(query.get("limit"))
+        if limit is None:
+            return _unprocessable("limit must be a number between 1 and 100")
+        types = {t for t in (query.get("type") or "").split(",") if t}
+        with self._state_lock:
+            owner = next((cid for cid, conv in self._conversations.items() if conv == conversation_id), None)
+            if owner is None or self._conversation_location(owner) != location:
+                return _bad_request("Conversation not found")  # [assumed]
+            newest_first = [m for _, m in sorted(
+                ((i, m) for i, m in enumerate(self._messages) if m["conversationId"] == conversation_id),
+                key=lambda pair: (pair[1]["dateAdded"], pair[0]), reverse=True,
+            )]
+            start = 0
+            after = query.get("lastMessageId")
+            if after:
+                position = next((i for i, m in enumerate(newest_first) if m["id"] == after), None)
+                if position is None:
+                    return _bad_request("lastMessageId not found in this conversation")  # [assumed]
+                start = position + 1
+            rest = [self._message_view(m) for m in newest_first[start:]]
+        if types:
+            rest = [m for m in rest if m["messageType"] in types]
+        page = rest[:limit]
+        return JSONResponse({"messages": {  # nested [assumed]; the spec has this object at the top level
+            "lastMessageId": page[-1]["id"] if page else None,
+            "nextPage": len(rest) > limit,
+            "messages": page,
+        }})
+
+    def _get_email(self, record: RecordedRequest, location: str) -> Response:
+        email_id = _EMAIL_MESSAGE.match(record.path).group("id")  # type: ignore[union-attr]
+        with self._state_lock:
+            stored = next((m for m in self._messages
+                           if m.get("emailMessageId") == email_id and m["locationId"] == location), None)
+            if stored is None:
+                return _bad_request("Email message not found")  # [assumed]
+            contact = self._contacts.get(stored["contactId"]) or {}
+            return JSONResponse({
+                "id": email_id,
+                "threadId": email_id,
+                "locationId": stored["locationId"],
+                "contactId": stored["contactId"],
+                "conversationId": stored["conversationId"],
+                "dateAdded": stored["dateAdded"],
+                "subject": stored.get("subject"),
+                "body": stored.get("html") or stored.get("message") or "",
+                "direction": "outbound",
+                "status": stored["status"],
+                "contentType": "text/html",
+                "attachments": list(stored["request"].get("attachments") or []),
+                "from": stored.get("emailFrom") or "",
+                "to": [stored["request"].get("emailTo") or contact.get("email") or ""],
+                "source": "api",
+            })
+
+    def _conversation_location(self, contact_id: str) -> str:
+        contact = self._contacts.get(contact_id)
+        if contact is not None:
+            return str(contact.get("locationId") or self.location_id)
+        conversation_id = self._conversations.get(contact_id)
+        sent = next((m for m in self._messages if m["conversationId"] == conversation_id), None)
+        return str(sent["locationId"]) if sent is not None else self.location_id
+
+    def _conversation_view(self, contact_id: str, conversation_id: str) -> dict[str, Any]:
+        sent = [m for m in self._messages if m["conversationId"] == conversation_id]
+        last = max(sent, key=lambda m: m["dateAdded"]) if sent else None
+        contact = self._contacts.get(contact_id) or {}
+        last_view = self._message_view(last) if last is not None else None
+        return {
+            "id": conversation_id,
+            "contactId": contact_id,
+            "locationId": self._conversation_location(contact_id),
+            "lastMessageBody": last_view["body"] if last_view else "",
+            "lastMessageType": last_view["messageType"] if last_view else None,
+            "lastMessageDirection": "outbound" if last_view else None,
+            "lastMessageDate": _epoch_ms(last["dateAdded"]) if last is not None else None,  # [assumed]
+            "type": "TYPE_PHONE",
+            "unreadCount": 0,
+            "fullName": contact.get("name") or "",
+            "contactName": contact.get("name") or "",
+            "email": contact.get("email") or "",
+            "phone": contact.get("phone") or "",
+        }
+
+    def _message_view(self, stored: dict[str, Any]) -> dict[str, Any]:
+        """A stored send as ``GET /conversations/{id}/messages`` lists it."""
+        kind = stored["type"]
+        email = kind == "Email"
+        view: dict[str, Any] = {
+            "id": stored["id"],
+            "conversationId": stored["conversationId"],
+            "contactId": stored["contactId"],
+            "locationId": stored["locationId"],
+            "type": kind,
+            "messageType": _MESSAGE_TYPES.get(kind, f"TYPE_{kind.upper()}"),
+            "direction": "outbound",
+            "status": stored["status"],
+            "body": (stored.get("html") if email else None) or stored.get("message") or "",
+            "contentType": "text/html" if email else "text/plain",
+            "attachments": list(stored["request"].get("attachments") or []),
+            "dateAdded": stored["dateAdded"],
+            "source": "api",
+        }
+        if email:
+            meta: dict[str, Any] = {"messageIds": [stored["emailMessageId"]]}
+            if self.email_subject_in_list:
+                meta["subject"] = stored.get("subject")
+            view["meta"] = {"email": meta}
+        return view
+
     def _oauth_token(self, record: RecordedRequest) -> Response:
         content_type = (record.header("content-type") or "").split(";")[0].strip().lower()
         if content_type == "application/json":
@@ -689,6 +870,26 @@ class FakeGHLServer(FakeHTTPServer):
             self._recent_refreshes[refresh] = (copy.deepcopy(answer), now)
             self.refresh_count += 1
             return JSONResponse(answer)
+
+
+def _query(record: RecordedRequest) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(record.query).items()}
+
+
+def _page_limit(value: str | None, default: int = 20, maximum: int = 100) -> int | None:
+    """A ``limit`` query value, or None when it is not a whole number in 1..maximum."""
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        return None
+    return number if 1 <= number <= maximum else None
+
+
+def _epoch_ms(iso_text: str) -> int:
+    when = datetime.fromisoformat(iso_text[:-1] + "+00:00" if iso_text.endswith("Z") else iso_text)
+    return int(when.timestamp() * 1000)
 
 
 def _is_str_list(value: Any) -> bool:

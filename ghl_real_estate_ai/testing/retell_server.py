@@ -1,20 +1,30 @@
-"""``FakeRetellServer``: a local HTTP stand-in for Retell AI's ``POST /v2/create-phone-call`` and
-``GET /v2/get-call/{call_id}``, with Retell's status codes and ``{"status": "error", "message"}`` errors.
+"""``FakeRetellServer``: a local HTTP stand-in for Retell AI's ``POST /v2/create-phone-call``,
+``GET /v2/get-call/{call_id}`` and ``POST /v2/list-calls``, with Retell's status codes and
+``{"status": "error", "message"}`` errors.
 
 It checks ``Authorization: Bearer <api key>`` (401), validates the body (400 when ``from_number`` or
 ``to_number`` is missing or not E.164, or a dynamic variable is not a string), answers 422 for an
 unknown ``from_number`` or agent when those lists are configured, and answers 201 with the call object
 (``call_status`` "registered"). Calls are kept in memory; :meth:`FakeRetellServer.finish_call` turns one
 into the webhook events Retell would send, ready to sign and deliver with ``testing.webhooks``.
+
+``POST /v2/list-calls`` (as in Retell's Python SDK up to 2026-05; later SDKs use ``/v3/list-calls``)
+takes ``{"filter_criteria", "sort_order", "limit", "pagination_key"}`` and answers a JSON array of call
+objects. ``limit`` defaults to 50 and is at most 1000; ``pagination_key`` is a call id, exclusive;
+``filter_criteria`` lists ``agent_id``, ``to_number`` and ``from_number`` are honoured, other criteria are
+ignored [assumed]. Retell sorts by ``start_timestamp``; the fake sorts by creation time (kept beside the
+call, not in the call object), so a call not yet started sorts among the newest [assumed].
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -31,6 +41,7 @@ DEFAULT_FROM_NUMBER = "+15125550100"
 
 _E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
 _GET_CALL = re.compile(r"^/v2/get-call/(?P<id>[^/]+)/?$")
+_LIST_FILTERS = ("agent_id", "to_number", "from_number")
 
 _ERROR_MESSAGES = {
     400: "Invalid request format, please check API reference.",
@@ -53,7 +64,10 @@ class FakeRetellServer(FakeHTTPServer):
 
     Knobs: ``api_key``; ``numbers`` and ``agents`` (when given, other from-numbers/agents get 422);
     ``default_agent_id`` (the number's agent when no ``override_agent_id`` is sent); ``payment_required``
-    (every create answers 402); ``clock``/``seed``; and the inherited fault injection.
+    (every create answers 402); ``list_calls_enabled`` (False: ``POST /v2/list-calls`` answers 404 like
+    an unknown route, so a read-back cannot tell); ``now`` (wall time of a call's creation, in ms, for the
+    listing order and the default ``start_timestamp`` of :meth:`finish_call`); ``clock``/``seed``; and
+    the inherited fault injection.
     """
 
     service_name = "Retell"
@@ -66,6 +80,8 @@ class FakeRetellServer(FakeHTTPServer):
         agents: Iterable[str] | None = None,
         default_agent_id: str = DEFAULT_AGENT_ID,
         payment_required: bool = False,
+        list_calls_enabled: bool = True,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
         clock: Callable[[], float] = time.monotonic,
         seed: int = 0,
         host: str = "127.0.0.1",
@@ -77,8 +93,12 @@ class FakeRetellServer(FakeHTTPServer):
         self.agents = frozenset(agents) if agents is not None else None
         self.default_agent_id = default_agent_id
         self.payment_required = payment_required
+        self.list_calls_enabled = list_calls_enabled
+        self._now = now
         self._state_lock = threading.RLock()
         self._calls: dict[str, dict[str, Any]] = {}
+        self._created: dict[str, tuple[int, int]] = {}  # call id -> (created_at_ms, creation sequence)
+        self._sequence = itertools.count()
 
     # -- what the bot did --------------------------------------------------------------------------
 
@@ -103,13 +123,16 @@ class FakeRetellServer(FakeHTTPServer):
         disconnection_reason: str = "user_hangup",
         duration_ms: int = 121_000,
         transcript: str | None = None,
+        start_timestamp: int | None = None,
         **analysis: Any,
     ) -> list[dict[str, Any]]:
         """End a created call and return its webhook events (``call_started`` only if it connected,
         then ``call_ended`` and ``call_analyzed``; ``analysis`` goes to ``webhooks.call_analyzed``).
+        ``start_timestamp`` (epoch ms) defaults to the call's creation time.
         """
         with self._state_lock:
             stored = self._calls[call_id]
+            created = self._created.get(call_id)
             finished = webhooks.retell_call(
                 call_id,
                 from_number=stored["from_number"],
@@ -117,6 +140,8 @@ class FakeRetellServer(FakeHTTPServer):
                 agent_id=stored["agent_id"],
                 metadata=stored.get("metadata"),
                 dynamic_variables=stored.get("retell_llm_dynamic_variables"),
+                start_timestamp=start_timestamp if start_timestamp is not None else (
+                    created[0] if created is not None else None),
                 duration_ms=0 if disconnection_reason.startswith("dial_") else duration_ms,
                 disconnection_reason=disconnection_reason,
             )
@@ -133,8 +158,9 @@ class FakeRetellServer(FakeHTTPServer):
     async def handle(self, request: Request, record: RecordedRequest) -> Response:
         method, path = record.method, record.path
         is_create = method == "POST" and path.rstrip("/") == "/v2/create-phone-call"
+        is_list = method == "POST" and path.rstrip("/") == "/v2/list-calls" and self.list_calls_enabled
         get_match = _GET_CALL.match(path) if method == "GET" else None
-        if not is_create and get_match is None:
+        if not is_create and not is_list and get_match is None:
             return _error(404, f"Cannot {method} {path}")
         header = record.header("authorization") or ""
         scheme, _, token = header.partition(" ")
@@ -147,6 +173,8 @@ class FakeRetellServer(FakeHTTPServer):
         if get_match is not None:
             found = self.call(get_match.group("id"))
             return JSONResponse(found) if found is not None else _error(404, "Call not found.")
+        if is_list:
+            return self._list(record)
         return self._create(record)
 
     def _fault_response(self, fault: Fault) -> Response:
@@ -196,4 +224,35 @@ class FakeRetellServer(FakeHTTPServer):
             call["retell_llm_dynamic_variables"] = dict(variables)
         with self._state_lock:
             self._calls[call["call_id"]] = copy.deepcopy(call)
+            self._created[call["call_id"]] = (int(self._now().timestamp() * 1000), next(self._sequence))
         return JSONResponse(call, status_code=201)
+
+    def _list(self, record: RecordedRequest) -> Response:
+        body = record.json if record.body else {}
+        if not isinstance(body, dict):
+            return _error(400)
+        limit = body.get("limit", 50)
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1000:
+            return _error(400, "Invalid request format: limit must be an integer between 1 and 1000.")
+        order = body.get("sort_order", "descending")
+        if order not in ("ascending", "descending"):
+            return _error(400, "Invalid request format: sort_order must be ascending or descending.")
+        criteria = body.get("filter_criteria") or {}
+        if not isinstance(criteria, dict):
+            return _error(400, "Invalid request format: filter_criteria must be an object.")
+        filters = {key: criteria[key] for key in _LIST_FILTERS if key in criteria}
+        for key, values in filters.items():
+            if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+                return _error(400, f"Invalid request format: filter_criteria.{key} must be a list of "
+                                   "strings.")
+        with self._state_lock:
+            ordered = sorted(self._calls, key=lambda call_id: self._created.get(call_id, (0, -1)),
+                             reverse=order == "descending")
+            cursor = body.get("pagination_key")
+            if cursor is not None:
+                if cursor not in self._created:
+                    return _error(400, "Invalid request format: pagination_key is not a known call id.")
+                ordered = ordered[ordered.index(cursor) + 1:]
+            calls = [copy.deepcopy(self._calls[call_id]) for call_id in ordered]
+        calls = [c for c in calls if all(c.get(key) in values for key, values in filters.items())]
+        return JSONResponse(calls[:limit])

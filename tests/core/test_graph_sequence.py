@@ -78,6 +78,7 @@ async def test_silent_lead_gets_the_whole_sequence_at_the_right_times(
         "ghl_contact_id": cid,
         "ghl_location_id": "loc-1",
         "sequence_step": "day_7",
+        "lead_bot_send_key": f"{cid}|2026-03-02T16:00:00Z|day_7|0",  # matched by a read-back
     }
     state = await sim.state(cid)
     assert state["sequence"]["status"] == "nurture"
@@ -180,25 +181,26 @@ async def test_pause_resume_cancel(checkpointer: BaseCheckpointSaver[Any]) -> No
     await sim.run_until(START + 20 * DAY)
     assert [t.channel for t in sim.crm.sent_to(cid)] == ["sms"]  # nothing while paused
     await sim.dispatch(cid, {"type": "resume"})
-    # Resumed on day 20: day_7 and day_14 were missed; the latest due step (day_14) goes now, and day_30
-    # keeps its enrollment-anchored due time.
+    # Resumed on day 20: day_7 and day_14 came due meanwhile. Nothing is dropped: the call goes now, the
+    # email 24 hours later (no burst), and day_30 keeps its enrollment-anchored due time.
     state = await sim.state(cid)
-    assert state["sequence"]["next_step"] == "day_14"
+    assert state["sequence"]["next_step"] == "day_7"
     await sim.run_until(START + 28 * DAY)
-    assert [(t.channel, (t.at - START).days) for t in sim.crm.sent_to(cid)] == [
-        ("sms", 0),
-        ("email", 20),
-        ("sms", 27),
+    assert [(t.channel, t.at - START) for t in sim.crm.sent_to(cid)] == [
+        ("sms", timedelta(0)),
+        ("call", 20 * DAY),
+        ("email", 21 * DAY),
+        ("sms", 27 * DAY),
     ]
     await sim.dispatch(cid, {"type": "cancel"})
     await sim.run_until(START + 120 * DAY)
-    assert len(sim.crm.sent_to(cid)) == 3
+    assert len(sim.crm.sent_to(cid)) == 4
     state = await sim.state(cid)
     assert state["sequence"]["status"] == "cancelled" and state["sequence"]["next_step"] is None
     # A cancelled lead can be enrolled again: a fresh sequence from day_3.
     await sim.dispatch(cid, {"type": "enroll"})
     await sim.run_until(START + 121 * DAY)
-    assert [t.channel for t in sim.crm.sent_to(cid)][-1] == "sms" and len(sim.crm.sent_to(cid)) == 4
+    assert [t.channel for t in sim.crm.sent_to(cid)][-1] == "sms" and len(sim.crm.sent_to(cid)) == 5
 
 
 async def test_opt_out_stops_everything_for_good(checkpointer: BaseCheckpointSaver[Any]) -> None:

@@ -333,19 +333,37 @@ def test_plan_next_step_and_quiet_hours() -> None:
     assert plan.due_at == datetime(2026, 3, 3, 14, 0, tzinfo=UTC)  # type: ignore[attr-defined]
 
 
-def test_plan_supersedes_steps_that_a_later_step_overtook() -> None:
-    now = ENROLLED + timedelta(days=12)  # day_7 and day_14 both overdue
+def test_plan_catches_up_instead_of_dropping_a_late_step() -> None:
+    now = ENROLLED + timedelta(days=12)  # day_7 and day_14 both overdue (a downtime, a pause)
     plan = _plan(current_step=Step.DAY_7, now=now)
-    assert plan.step is Step.DAY_14  # type: ignore[attr-defined]
-    assert plan.superseded == ((Step.DAY_7, 0),)  # type: ignore[attr-defined]
-    assert plan.due_at == now  # type: ignore[attr-defined]
-    # day_3 is never skipped: the introduction goes first even when late.
-    plan = _plan(current_step=Step.DAY_3, now=now)
-    assert plan.step is Step.DAY_3 and plan.superseded == ()  # type: ignore[attr-defined]
-    # Missed nurture months collapse into one.
+    assert plan.step is Step.DAY_7 and plan.due_at == now  # type: ignore[attr-defined]
+    assert plan.cadence_due_at == ENROLLED + timedelta(days=4)  # type: ignore[attr-defined]
+    # Once the late day_7 went out, day_14 (already due) waits 24 hours after it, not a burst.
+    plan = _plan(current_step=Step.DAY_14, now=now, last_touch_at=now)
+    assert plan.step is Step.DAY_14 and plan.due_at == now + timedelta(hours=24)  # type: ignore[attr-defined]
+    # A later step keeps its anchored time when that is more than 24 hours after the last touch ...
+    plan = _plan(current_step=Step.DAY_30, now=now + timedelta(days=1), last_touch_at=now + timedelta(days=1))
+    assert plan.due_at == ENROLLED + timedelta(days=27)  # type: ignore[attr-defined]
+    # ... and moves to 24 hours after it when the anchor is closer than that.
+    touched = ENROLLED + timedelta(days=26, hours=4)  # 14:00 CDT, 20 hours before day_30 is due
+    plan = _plan(current_step=Step.DAY_30, now=touched, last_touch_at=touched)
+    assert plan.due_at == touched + timedelta(hours=24)  # type: ignore[attr-defined]
+    # Missed nurture months are each sent, a day apart, in the lead's window.
     now = ENROLLED + timedelta(days=57 + 65)
-    plan = _plan(current_step=Step.NURTURE, status=SequenceStatus.NURTURE, now=now)
-    assert plan.superseded == ((Step.NURTURE, 0), (Step.NURTURE, 1))  # type: ignore[attr-defined]
+    plan = _plan(current_step=Step.NURTURE, status=SequenceStatus.NURTURE, now=now, last_touch_at=now)
+    assert plan.step is Step.NURTURE and plan.due_at == now + timedelta(hours=24)  # type: ignore[attr-defined]
+    assert plan.cadence_due_at == ENROLLED + timedelta(days=57)  # type: ignore[attr-defined]
+
+
+def test_plan_the_24_hour_gap_lands_inside_the_window() -> None:
+    # The late step went out at 20:30 CDT; 24 hours later is still inside the window, but a touch at 20:50
+    # has its follower 24 hours later at 20:50 too: inside. One at 07:59 the next morning is not.
+    evening = datetime(2026, 3, 20, 1, 30, tzinfo=UTC)  # 20:30 CDT
+    plan = _plan(current_step=Step.DAY_14, now=evening, last_touch_at=evening)
+    assert plan.due_at == evening + timedelta(hours=24)  # type: ignore[attr-defined]
+    night = datetime(2026, 3, 20, 3, 0, tzinfo=UTC)  # 22:00 CDT (a touch sent at the end of a window)
+    plan = _plan(current_step=Step.DAY_14, now=night, last_touch_at=night)
+    assert plan.due_at == datetime(2026, 3, 21, 13, 0, tzinfo=UTC)  # type: ignore[attr-defined]  # 08:00 CDT
 
 
 def test_plan_stall_breaker_while_conversation_is_active() -> None:

@@ -92,6 +92,30 @@ async def test_a_crashed_holders_lock_expires_after_its_ttl(clients: Callable[[]
     await waiter.aclose()
 
 
+async def test_a_restart_under_the_same_identity_takes_its_locks_back_at_once(
+    clients: Callable[[], aioredis.Redis],
+) -> None:
+    crashed = RedisLeadLock(clients(), prefix="t", ttl_seconds=10, owner="host:8000")
+    await crashed.acquire("c1")
+    await crashed.aclose()  # SIGKILL: nobody releases, the lock would live 10 s
+    stranger = RedisLeadLock(clients(), prefix="t", ttl_seconds=10, wait_seconds=0.2, owner="host:8001")
+    with pytest.raises(LockTimeoutError):  # another instance must still wait out the TTL
+        await stranger.acquire("c1")
+    restarted = RedisLeadLock(clients(), prefix="t", ttl_seconds=10, wait_seconds=0.2, owner="host:8000")
+    started = time.monotonic()
+    async with restarted.hold("c1"):
+        assert time.monotonic() - started < 0.1
+        # ... and holds it like any lock: its own later run waits for it, and so do others.
+        with pytest.raises(LockTimeoutError):
+            await restarted.acquire("c1", wait_seconds=0.1)
+        with pytest.raises(LockTimeoutError):
+            await stranger.acquire("c1", wait_seconds=0.1)
+    async with stranger.hold("c1"):
+        pass
+    for lock in (stranger, restarted):
+        await lock.aclose()
+
+
 async def test_two_runners_racing_on_one_lead_never_overlap_and_never_double_send(
     make_bot: Callable[..., Any], redis_url: str
 ) -> None:
@@ -183,6 +207,24 @@ async def test_a_dead_leader_is_replaced_within_its_ttl(clients: Callable[[], ai
         assert time.monotonic() - started < 0.6 + 0.2 + 0.3  # ttl + one acquire interval + slack
     finally:
         await follower.stop()
+
+
+async def test_a_restarted_leader_takes_its_own_lease_back_at_once(
+    clients: Callable[[], aioredis.Redis],
+) -> None:
+    dead = LeaderLease(clients(), key="t:leader", ttl_seconds=10, owner="host:8000")
+    assert await dead.try_acquire()  # then SIGKILL: the lease would live 10 s more
+    other = LeaderLease(clients(), key="t:leader", ttl_seconds=10, owner="host:8001")
+    assert not await other.try_acquire()
+    restarted = LeaderLease(clients(), key="t:leader", ttl_seconds=10, owner="host:8000")
+    restarted.start()
+    try:
+        started = time.monotonic()
+        await wait_for(lambda: restarted.is_leader, within=3, message="the lease back")
+        assert time.monotonic() - started < 0.5
+        assert not await other.try_acquire()
+    finally:
+        await restarted.stop()
 
 
 async def test_a_leader_that_loses_its_lease_stops_at_once(clients: Callable[[], aioredis.Redis]) -> None:

@@ -145,6 +145,30 @@ async def test_a_crashed_consumers_entries_are_reclaimed(client: aioredis.Redis)
     assert await stream.pending() == 0
 
 
+async def test_a_restarted_consumer_takes_up_its_own_entries_at_once(client: aioredis.Redis) -> None:
+    stream = IntakeStream(client)
+    await stream.ensure_group()
+    for n in range(3):
+        await stream.append("lead-y", {"type": "inbound_message", "n": n}, source="ghl")
+    await stream.read("host:8000", 10, 10)  # delivered to the instance that is then SIGKILLed
+    handled: list[int] = []
+
+    async def handler(entry: IntakeEntry) -> Mapping[str, Any]:
+        handled.append(entry.event["n"])
+        return {}
+
+    # A claim_idle of an hour: only taking up its own entries can process them within the test.
+    worker = IntakeWorker(stream, handler, consumer="host:8000", claim_idle=3600, block_ms=50)
+    started = time.monotonic()
+    await worker.start()
+    try:
+        await eventually(lambda: _done(stream), within=5)
+    finally:
+        await worker.stop()
+    assert handled == [0, 1, 2]
+    assert time.monotonic() - started < 2
+
+
 async def test_slow_entries_are_not_stolen_by_the_reclaim_sweep(client: aioredis.Redis) -> None:
     stream = IntakeStream(client)
     calls = 0

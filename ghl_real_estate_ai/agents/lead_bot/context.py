@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from ghl_real_estate_ai.clock import Clock, SystemClock
@@ -26,11 +27,17 @@ class Rules:
     human_takeover_days: float = 7.0
     opt_out_tags: tuple[str, ...] = ("lead-bot-opted-out", "dnd", "do-not-contact")
     human_owner_tags: tuple[str, ...] = ("lead-bot-human", "human-takeover")
+    # A timed send is not started this close to the end of the lead's window: the request must reach GHL
+    # or Retell inside it. ``lead-bot serve`` sets it from the time scale (a real instant is long in
+    # virtual time); 0 checks only the instant of the decision.
+    send_margin: timedelta = timedelta(0)
 
 
 @dataclass
 class Context:
-    """Services for ``Runtime[Context]``. ``crm`` is GHL, ``voice`` is Retell."""
+    """Services for ``Runtime[Context]``. ``crm`` is GHL, ``voice`` is Retell. ``readback_delay_seconds``
+    is how long (real seconds) a step waits after a send whose answer never came before it reads the
+    provider back to learn whether it went through."""
 
     crm: Crm
     voice: VoiceCaller
@@ -39,3 +46,4 @@ class Context:
     rules: Rules = field(default_factory=Rules)
     responder: Responder | None = None
     comps: CompsProvider | None = None
+    readback_delay_seconds: float = 0.0

@@ -81,6 +81,7 @@ class SequenceInfo(TypedDict, total=False):
     next_step: str | None  # what the scheduler should fire next (a timed step or stall_breaker)
     next_due_at: str | None  # when (already moved out of quiet hours and under the cap)
     cadence_due_at: str | None  # when the cadence alone would have it due
+    last_touch_at: str | None  # when the last timed step or stall-breaker was sent (the 24 h gap rule)
     paused_at: str | None
     paused_until: str | None
     takeover_until: str | None
@@ -112,7 +113,8 @@ class StallInfo(TypedDict, total=False):
 
 
 class TimelineEntry(TypedDict, total=False):
-    at: str
+    at: str  # when it happened (a send: when GHL or Retell answered), virtual ISO time
+    due_at: str  # timed steps: when the step was due (lateness = at - due_at)
     action: str  # a step name or an operation (enroll, pause, reply, ...)
     channel: str | None
     outcome: str  # sent | skipped | deferred | failed | done

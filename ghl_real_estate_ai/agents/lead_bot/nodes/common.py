@@ -34,11 +34,16 @@ def entry(
     reason: str,
     *,
     channel: str | None = None,
+    due_at: str | None = None,
     **detail: Any,
 ) -> TimelineEntry:
+    """A timeline entry. ``at`` is when the thing happened (for a send: when the provider answered);
+    ``due_at`` is when a timed step was due, so lateness shows."""
     item: TimelineEntry = {"at": iso(at), "action": str(action), "outcome": outcome, "reason": reason}
     if channel:
         item["channel"] = channel
+    if due_at:
+        item["due_at"] = due_at
     if detail:
         item["detail"] = detail
     return item

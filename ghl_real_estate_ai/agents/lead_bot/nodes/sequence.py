@@ -2,11 +2,18 @@
 
 Every step node re-reads the contact from GHL right before sending, re-checks DND, opt-out and owner tags
 and quiet hours, and sends under the touch key ``contact|enrollment|step|occurrence`` claimed in the send
-ledger: a replayed, retried or duplicated due event can never send twice.
+ledger: a replayed, retried or duplicated due event can never send twice. A send whose answer never came
+(a timeout, a crash mid-call) is resolved by reading the provider back, not guessed (``_send_once_under``).
+The send may only leave inside the lead's window: the clients check a guard before every attempt.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from langgraph.runtime import Runtime
@@ -26,11 +33,14 @@ from ghl_real_estate_ai.errors import (
     NotFoundError,
     PermanentIntegrationError,
     SendBlockedError,
+    SendWindowClosedError,
     TransientIntegrationError,
 )
-from ghl_real_estate_ai.integrations.models import Contact
+from ghl_real_estate_ai.integrations.models import Contact, SendLookup
+from ghl_real_estate_ai.integrations.send_window import send_window
 from ghl_real_estate_ai.sequence import (
     STEP_CHANNEL,
+    LeadLocale,
     SequenceStatus,
     Step,
     choose_stall_breaker,
@@ -43,6 +53,9 @@ from ghl_real_estate_ai.sequence import (
     step_after,
     touch_key,
 )
+
+# A read-back looks at provider records from this long before the claim (clock skew between hosts).
+READBACK_SLACK_SECONDS = 120.0
 
 
 async def determine_path(state: LeadState, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -118,6 +131,7 @@ async def plan(state: LeadState, runtime: Runtime[Context]) -> dict[str, Any]:
         last_outbound_at=parse_time(eng.get("last_outbound_at")),
         stall_attempts=state.get("stall", {}).get("attempts", 0),
         not_before=not_before,
+        last_touch_at=parse_time(seq.get("last_touch_at")),
     )
     paused_until = parse_time(seq.get("paused_until"))
     if status == SequenceStatus.PAUSED.value and paused_until is not None:
@@ -132,26 +146,6 @@ async def plan(state: LeadState, runtime: Runtime[Context]) -> dict[str, Any]:
             "cadence_due_at": iso(result.cadence_due_at) if result.cadence_due_at else None,
         }
     }
-    if result.superseded:
-        completed = dict(seq.get("completed", {}))
-        nurture_sent = seq.get("nurture_sent", 0)
-        later = result.step.value if result.step else "a later step"
-        for step, occurrence in result.superseded:
-            if step is Step.NURTURE:
-                nurture_sent = occurrence + 1
-            else:
-                completed[step.value] = iso(now)
-        assert result.step is not None
-        update["sequence"].update(
-            completed=completed,
-            nurture_sent=nurture_sent,
-            current_step=result.step.value,
-            status=timed_status(result.step.value),
-        )
-        update["timeline"] = [
-            entry(now, step.value, "skipped", f"superseded: {later} is already due", occurrence=occ)
-            for step, occ in result.superseded
-        ]
     return update
 
 
@@ -191,34 +185,183 @@ def _choose_channel(step: Step, contact: Contact) -> tuple[str | None, str]:
     return "sms", "sms step"
 
 
-async def _send(
-    ctx: Context, step: Step, channel: str, contact: Contact, values: dict[str, str], variant: int
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Message:
+    """One outbound touch, composed before its send key is claimed (a read-back matches on it)."""
+
+    channel: str
+    text: str = ""  # the SMS body
+    subject: str = ""  # email
+    html: str = ""  # email
+    metadata: dict[str, str] = field(default_factory=dict)  # the call's Retell metadata
+    variables: dict[str, str] = field(default_factory=dict)  # the call's dynamic variables
+
+    @property
+    def match(self) -> str:
+        """What a read-back of GHL's messages matches on: the SMS text, or the email subject."""
+        return self.subject if self.channel == "email" else self.text
+
+
+def _compose(
+    step: Step, channel: str, contact: Contact, values: dict[str, str], variant: int, key: str
+) -> _Message:
     if channel == "sms":
-        result = await ctx.crm.send_sms(contact.id, messages.sms_for(step, values, variant))
-        return {"message_id": result.message_id}
+        return _Message("sms", text=messages.sms_for(step, values, variant))
     if channel == "email":
         mail = messages.email_for(step, values)
-        result = await ctx.crm.send_email(contact.id, mail.subject, mail.html)
-        return {"message_id": result.message_id}
-    call = await ctx.voice.create_phone_call(
-        contact.phone or "",
-        {
+        return _Message("email", subject=mail.subject, html=mail.html)
+    return _Message(
+        "call",
+        metadata={
             "ghl_contact_id": contact.id,
             "ghl_location_id": contact.location_id or "",
             "sequence_step": step.value,
+            "lead_bot_send_key": key,
         },
-        {"first_name": contact.first_name or "there", "property_address": contact.address or ""},
+        variables={"first_name": contact.first_name or "there", "property_address": contact.address or ""},
     )
+
+
+async def _deliver(ctx: Context, contact: Contact, message: _Message) -> dict[str, Any]:
+    if message.channel == "sms":
+        result = await ctx.crm.send_sms(contact.id, message.text)
+        return {"message_id": result.message_id}
+    if message.channel == "email":
+        result = await ctx.crm.send_email(contact.id, message.subject, message.html)
+        return {"message_id": result.message_id}
+    call = await ctx.voice.create_phone_call(contact.phone or "", message.metadata, message.variables)
     return {"call_id": call.call_id}
 
 
+async def _read_back(
+    ctx: Context, contact: Contact, message: _Message, claimed_at: float | None
+) -> SendLookup:
+    """Ask GHL (messages) or Retell (calls) whether a send whose answer never came went through."""
+    # Providers date records in wall time; allow for clock skew between them and us.
+    since = datetime.fromtimestamp((claimed_at or time.time()) - READBACK_SLACK_SECONDS, UTC)
+    try:
+        if message.channel == "call":
+            return await ctx.voice.find_call(contact.phone or "", message.metadata, since=since)
+        return await ctx.crm.find_sent_message(
+            contact.id, channel=message.channel, text=message.match, since=since
+        )
+    except Exception as exc:  # a read-back never turns "maybe sent" into a crash or a resend
+        return SendLookup("unknown", detail=f"the read-back failed: {exc}")
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What became of one send: ``sent`` (``at``: when the provider answered, or when a read-back found
+    it), ``already`` (an earlier run finished it), ``deferred`` (the window closed first; ``until``),
+    ``blocked`` (DND), ``failed`` (permanent error), ``unknown`` (at-most-once kept)."""
+
+    kind: str
+    reason: str = ""
+    at: datetime | None = None
+    until: datetime | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def _window_check(runtime: Runtime[Context], locale: LeadLocale) -> Callable[[], str | None]:
+    margin = runtime.context.rules.send_margin
+
+    def check() -> str | None:
+        now = now_of(runtime)
+        if is_allowed(now, locale) and is_allowed(now + margin, locale):
+            return None
+        return "quiet hours in the lead's time zone began before the send could leave"
+
+    return check
+
+
+async def _send_once_under(
+    runtime: Runtime[Context], key: str, contact: Contact, message: _Message, locale: LeadLocale
+) -> _Outcome:
+    """Send ``message`` at most once under ``key``, resolving unknown outcomes by reading back.
+
+    The key is claimed in the send ledger first. An earlier claim that never got an answer (the process
+    died mid-send, or the answer timed out) is resolved before anything is sent: a read-back that finds
+    the send confirms it; one that certainly finds nothing lets this run send it (under the same key);
+    one that cannot tell keeps the at-most-once rule. A send whose own answer never comes is resolved the
+    same way after ``readback_delay_seconds``, and is sent once more at most.
+    """
+    ctx = runtime.context
+    ledger = ctx.ledger
+    check = _window_check(runtime, locale)
+    if not await ledger.claim(key, {"channel": message.channel, "match": message.match}):
+        earlier = await ledger.get(key) or {}
+        if earlier.get("state") != "claimed":
+            return _Outcome("already", f"already handled: its send key {key} is {earlier.get('outcome')}")
+        claimed_at = earlier.get("claimed_at")
+        wait = ctx.readback_delay_seconds - (time.time() - float(claimed_at or 0))
+        if wait > 0:
+            await asyncio.sleep(wait)
+        lookup = await _read_back(ctx, contact, message, claimed_at)
+        if lookup.outcome != "absent":
+            return await _settle_lookup(runtime, key, lookup, "an earlier run's send got no answer")
+    for attempt in (1, 2):
+        why = check()
+        if why is not None:
+            await ledger.release(key)
+            return _Outcome("deferred", why)
+        try:
+            with send_window(check):
+                detail = await _deliver(ctx, contact, message)
+        except SendWindowClosedError as exc:
+            await ledger.release(key)
+            return _Outcome("deferred", exc.detail)
+        except SendBlockedError as exc:
+            await ledger.confirm(key, {"outcome": "blocked", "error": str(exc)})
+            return _Outcome("blocked", f"GHL refused the send: {exc.detail}")
+        except TransientIntegrationError as exc:
+            if not exc.outcome_unknown:
+                await ledger.release(key)
+                raise
+            if ctx.readback_delay_seconds > 0:
+                await asyncio.sleep(ctx.readback_delay_seconds)
+            lookup = await _read_back(ctx, contact, message, (await ledger.get(key) or {}).get("claimed_at"))
+            if lookup.outcome == "absent" and attempt == 1:
+                continue  # certainly not sent: once more, under the same key
+            return await _settle_lookup(runtime, key, lookup, f"no answer ({exc.detail})")
+        except PermanentIntegrationError as exc:
+            await ledger.confirm(key, {"outcome": "failed", "error": str(exc)})
+            return _Outcome("failed", str(exc))
+        at = now_of(runtime)
+        await ledger.confirm(key, {"outcome": "sent", "at": iso(at), **detail})
+        resent = " (sent again: the earlier request never reached the provider)" if attempt > 1 else ""
+        return _Outcome("sent", resent, at=at, detail=detail)
+    raise AssertionError("unreachable")  # pragma: no cover - the loop always returns
+
+
+async def _settle_lookup(runtime: Runtime[Context], key: str, lookup: SendLookup, why: str) -> _Outcome:
+    ledger = runtime.context.ledger
+    at = now_of(runtime)
+    if lookup.outcome == "found":
+        found = {"confirmed_by": "read-back", "provider_id": lookup.id}
+        if lookup.at is not None:
+            found["provider_at"] = iso(lookup.at)
+        await ledger.confirm(key, {"outcome": "sent", "at": iso(at), **found})
+        return _Outcome("sent", f" ({why}; the read-back found it delivered)", at=at, detail=found)
+    detail = lookup.detail or "the provider could not tell"
+    await ledger.confirm(key, {"outcome": "unknown", "error": why, "read_back": detail})
+    if lookup.outcome == "absent":
+        return _Outcome("unknown", f"{why}; it was sent again and that answer never came either, so it is "
+                                   "not sent a third time")
+    return _Outcome("unknown", f"{why}; the read-back could not tell ({detail}), so it is not resent "
+                               "(at most once)")
+
+
 async def run_step(state: LeadState, runtime: Runtime[Context], step: Step) -> dict[str, Any]:
-    """Send one step: re-check everything against fresh data, claim the touch key, send, record."""
-    ctx, now = runtime.context, now_of(runtime)
+    """Send one step: re-check everything against fresh data, claim the touch key, send, record.
+
+    Every timeline entry carries the step's ``due_at``; a send's entry is stamped with the clock read when
+    the provider answered, never with the time the node started.
+    """
+    ctx = runtime.context
     cid = state["contact_id"]
     seq = state.get("sequence", {})
     stall = state.get("stall", {})
+    due = seq.get("next_due_at")
     if step is Step.STALL_BREAKER:
         occurrence = stall.get("attempts", 0)
     elif step is Step.NURTURE:
@@ -230,8 +373,10 @@ async def run_step(state: LeadState, runtime: Runtime[Context], step: Step) -> d
     except NotFoundError:
         return {
             "sequence": {"status": SequenceStatus.CANCELLED.value, "status_reason": "contact deleted in GHL"},
-            "timeline": [entry(now, step, "skipped", "contact no longer exists in GHL")],
+            "timeline": [entry(now_of(runtime), step, "skipped", "contact no longer exists in GHL",
+                               due_at=due)],
         }
+    now = now_of(runtime)  # after the read: GHL may have kept us waiting
     update: dict[str, Any] = {"contact": contact.to_state()}
     opt_tag = _blocked_reason(contact, ctx.rules.opt_out_tags)
     if opt_tag:
@@ -239,7 +384,9 @@ async def run_step(state: LeadState, runtime: Runtime[Context], step: Step) -> d
             "status": SequenceStatus.OPTED_OUT.value,
             "status_reason": f"opt-out tag {opt_tag!r}",
         }
-        update["timeline"] = [entry(now, step, "skipped", f"contact has the opt-out tag {opt_tag!r}")]
+        update["timeline"] = [
+            entry(now, step, "skipped", f"contact has the opt-out tag {opt_tag!r}", due_at=due)
+        ]
         return update
     owner_tag = _blocked_reason(contact, ctx.rules.human_owner_tags)
     if owner_tag:
@@ -248,26 +395,23 @@ async def run_step(state: LeadState, runtime: Runtime[Context], step: Step) -> d
             "status_reason": f"a human owns this lead (tag {owner_tag!r})",
             "paused_at": iso(now),
         }
-        update["timeline"] = [entry(now, step, "skipped", f"a human owns this lead (tag {owner_tag!r})")]
+        update["timeline"] = [
+            entry(now, step, "skipped", f"a human owns this lead (tag {owner_tag!r})", due_at=due)
+        ]
         return update
 
     locale = locale_of(update["contact"], runtime)
-    if not is_allowed(now, locale):  # the contact's zone may have changed since the step was planned
-        until = next_send_time(
-            now, locale, recent_sends(state.get("engagement", {}).get("automated_sends", []), now)
-        )
-        update["sequence"] = {"next_due_at": iso(until)}
-        update["timeline"] = [
-            entry(now, step, "deferred", "quiet hours in the lead's time zone", until=iso(until))
-        ]
-        return update
+    eng = state.get("engagement", {})
+    if _window_check(runtime, locale)() is not None:  # the zone may have changed since it was planned
+        return _deferred(update, step, now, locale, eng, ctx.rules.send_margin, due,
+                         "quiet hours in the lead's time zone")
 
     progress = _progress_after(state, step, now)
     channel, why = _choose_channel(step, contact)
     if channel is None:
         update["sequence"] = progress["sequence"]
         update["stall"] = progress.get("stall", {})
-        update["timeline"] = [entry(now, step, "skipped", why, channel=STEP_CHANNEL[step])]
+        update["timeline"] = [entry(now, step, "skipped", why, channel=STEP_CHANNEL[step], due_at=due)]
         return update
 
     variant = 0
@@ -282,50 +426,59 @@ async def run_step(state: LeadState, runtime: Runtime[Context], step: Step) -> d
     elif step is Step.NURTURE:
         variant = occurrence
     key = touch_key(cid, f"{enrollment_id(state)}|{step}", occurrence)
-    if not await ctx.ledger.claim(key):
-        update.update(progress)
-        update["timeline"] = [entry(now, step, "skipped", "already sent: its send key was claimed", key=key)]
-        return update
     values = messages.fields(
         update["contact"], agent_name=ctx.rules.agent_name, program_name=ctx.rules.program_name
     )
-    try:
-        detail = await _send(ctx, step, channel, contact, values, variant)
-    except SendBlockedError as exc:
-        await ctx.ledger.confirm(key, {"outcome": "blocked", "error": str(exc)})
-        update.update(progress)
-        update["timeline"] = [
-            entry(now, step, "skipped", f"GHL refused the send: {exc.detail}", channel=channel)
-        ]
-        return update
-    except TransientIntegrationError as exc:
-        if exc.outcome_unknown:
-            # It may have been delivered: keep the claim and move on rather than risk a second text.
-            await ctx.ledger.confirm(key, {"outcome": "unknown", "error": str(exc)})
-            update.update(progress)
-            update["timeline"] = [
-                entry(now, step, "failed", f"outcome unknown, not resent: {exc}", channel=channel)
-            ]
-            return update
-        await ctx.ledger.release(key)
-        raise
-    except PermanentIntegrationError as exc:
-        await ctx.ledger.confirm(key, {"outcome": "failed", "error": str(exc)})
+    outcome = await _send_once_under(
+        runtime, key, contact, _compose(step, channel, contact, values, variant, key), locale
+    )
+    if outcome.kind == "deferred":
+        return _deferred(update, step, now_of(runtime), locale, eng, ctx.rules.send_margin, due,
+                         outcome.reason)
+    if outcome.kind == "failed":
         update["sequence"] = {
             "status": SequenceStatus.FAILED.value,
-            "failure": str(exc),
-            "status_reason": str(exc),
+            "failure": outcome.reason,
+            "status_reason": outcome.reason,
         }
-        update["timeline"] = [entry(now, step, "failed", str(exc), channel=channel)]
+        update["timeline"] = [entry(now_of(runtime), step, "failed", outcome.reason, channel=channel,
+                                    due_at=due)]
         return update
-    await ctx.ledger.confirm(key, {"outcome": "sent", "at": iso(now), **detail})
     update.update(progress)
-    eng = state.get("engagement", {})
+    if outcome.kind != "sent":
+        kind = {"already": "skipped", "blocked": "skipped", "unknown": "failed"}[outcome.kind]
+        detail = {"key": key} if outcome.kind != "blocked" else {}
+        update["timeline"] = [entry(now_of(runtime), step, kind, outcome.reason, channel=channel,
+                                    due_at=due, **detail)]
+        return update
+    at = outcome.at or now_of(runtime)
+    update["sequence"] = {**update.get("sequence", {}), "last_touch_at": iso(at)}
+    if "completed" in update["sequence"]:
+        update["sequence"]["completed"] = {**update["sequence"]["completed"], step.value: iso(at)}
     update["engagement"] = {
-        "last_outbound_at": iso(now),
-        "automated_sends": [*(iso(t) for t in recent_sends(eng.get("automated_sends", []), now)), iso(now)],
+        "last_outbound_at": iso(at),
+        "automated_sends": [*(iso(t) for t in recent_sends(eng.get("automated_sends", []), at)), iso(at)],
     }
-    update["timeline"] = [entry(now, step, "sent", why, channel=channel, **detail)]
+    update["timeline"] = [entry(at, step, "sent", why + outcome.reason, channel=channel, due_at=due,
+                                **outcome.detail)]
+    return update
+
+
+def _deferred(
+    update: dict[str, Any],
+    step: Step,
+    now: datetime,
+    locale: LeadLocale,
+    eng: Mapping[str, Any],
+    margin: timedelta,
+    due: str | None,
+    why: str,
+) -> dict[str, Any]:
+    """Keep ``step`` for the lead's next send window (the window's last ``margin`` does not count)."""
+    start = now + margin if is_allowed(now, locale) else now
+    until = next_send_time(start, locale, recent_sends(eng.get("automated_sends", []), now))
+    update["sequence"] = {"next_due_at": iso(until)}
+    update["timeline"] = [entry(now, step, "deferred", why, until=iso(until), due_at=due)]
     return update
 
 
