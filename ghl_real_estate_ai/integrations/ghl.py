@@ -64,6 +64,7 @@ from ghl_real_estate_ai.integrations._http import (
 from ghl_real_estate_ai.integrations.auth import StaticTokenProvider, TokenProvider
 from ghl_real_estate_ai.integrations.models import Contact, SendLookup, SendResult
 from ghl_real_estate_ai.integrations.rate_limit import RateLimiter, SlidingWindowLimiter
+from ghl_real_estate_ai.integrations.send_window import check_send_window
 
 __all__ = ["DEFAULT_BASE_URL", "DEFAULT_VERSIONS", "GHLClient", "OutcomeUnknownError"]
 
@@ -303,7 +304,8 @@ class GHLClient:
     ) -> SendResult:
         _require_id(payload["contactId"])
         response = await self._request("POST", "/conversations/messages", family="conversations",
-                                       operation=operation, json=payload, idempotent=retry_unknown_outcome)
+                                       operation=operation, json=payload, idempotent=retry_unknown_outcome,
+                                       send=True)
         body = json_body(response)
         message_id = body.get("messageId") or body.get("emailMessageId") or ""
         if not message_id:
@@ -505,21 +507,27 @@ class GHLClient:
         json: Any = None,
         params: Mapping[str, str] | None = None,
         idempotent: bool = True,
+        send: bool = False,
     ) -> httpx.Response:
-        """One logical call: rate limit, auth (one refresh on 401), retries; a 2xx answer or an error."""
+        """One logical call: rate limit, auth (one refresh on 401), retries; a 2xx answer or an error.
+
+        ``send``: a message to the lead; each attempt checks the caller's send window
+        (``integrations.send_window``) once the rate limiter let it go, right before it leaves.
+        """
+        guard = operation if send else None
         version = self.versions[family]
         refreshed = False
 
         async def attempt() -> httpx.Response:
             nonlocal refreshed
             token = await self._tokens.get_token()
-            response = await self._once(method, path, version, token, json, params)
+            response = await self._once(method, path, version, token, json, params, guard)
             if response.status_code == 401 and not refreshed:
                 refreshed = True
                 replacement = await self._tokens.refresh(token)
                 if replacement is not None and replacement != token:
                     logger.info("GHL rejected the token for %s; retrying with a refreshed one", operation)
-                    response = await self._once(method, path, version, replacement, json, params)
+                    response = await self._once(method, path, version, replacement, json, params, guard)
             return response
 
         response = await send_with_retries(
@@ -531,12 +539,21 @@ class GHLClient:
         raise self._error(response, operation)
 
     async def _once(
-        self, method: str, path: str, version: str, token: str, json: Any, params: Mapping[str, str] | None
+        self,
+        method: str,
+        path: str,
+        version: str,
+        token: str,
+        json: Any,
+        params: Mapping[str, str] | None,
+        guard: str | None = None,
     ) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}", "Version": version}
         response: httpx.Response | None = None
         try:
             async with self._limiter.slot(self.location_id):
+                if guard is not None:
+                    check_send_window(SERVICE, guard)  # the slot may have waited past the window
                 response = await self._http.request(method, path, json=json, params=params, headers=headers)
         except (RedisError, OSError) as exc:
             if response is None:  # the shared limiter failed before the request left: nothing was sent

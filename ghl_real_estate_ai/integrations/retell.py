@@ -44,6 +44,7 @@ from ghl_real_estate_ai.integrations._http import (
     send_with_retries,
 )
 from ghl_real_estate_ai.integrations.models import CallResult, SendLookup
+from ghl_real_estate_ai.integrations.send_window import check_send_window
 
 __all__ = ["DEFAULT_BASE_URL", "OutcomeUnknownError", "RetellClient"]
 
@@ -136,7 +137,7 @@ class RetellClient:
         if variables:
             payload["retell_llm_dynamic_variables"] = variables
         response = await self._request("POST", "/v2/create-phone-call", "create phone call", payload,
-                                       idempotent=retry_unknown_outcome)
+                                       idempotent=retry_unknown_outcome, send=True)
         body = json_body(response)
         call_id = body.get("call_id")
         if not call_id:
@@ -229,9 +230,13 @@ class RetellClient:
                                             f"{self.readback_max_pages} pages")
 
     async def _request(
-        self, method: str, path: str, operation: str, payload: Any, *, idempotent: bool
+        self, method: str, path: str, operation: str, payload: Any, *, idempotent: bool, send: bool = False
     ) -> httpx.Response:
+        """``send``: a call to the lead; each attempt first checks the caller's send window."""
+
         async def attempt() -> httpx.Response:
+            if send:
+                check_send_window(SERVICE, operation)
             return await self._http.request(method, path, json=payload)
 
         response = await send_with_retries(

@@ -82,6 +82,7 @@ class SequenceInfo(TypedDict, total=False):
     next_due_at: str | None  # when (already moved out of quiet hours and under the cap)
     cadence_due_at: str | None  # when the cadence alone would have it due
     last_touch_at: str | None  # when the last timed step or stall-breaker was sent (the 24 h gap rule)
+    deferred_until: str | None  # the step node kept the next step for the lead's next window
     paused_at: str | None
     paused_until: str | None
     takeover_until: str | None

@@ -118,7 +118,10 @@ async def plan(state: LeadState, runtime: Runtime[Context]) -> dict[str, Any]:
         return {}
     status = seq.get("status", "")
     current = seq.get("current_step")
-    not_before = parse_time(seq.get("takeover_until"))
+    # A human's takeover, or a send the step node deferred to the lead's next window (the plan itself does
+    # not know the send margin or that the window closed while a send waited).
+    waits = [parse_time(seq.get("takeover_until")), parse_time(seq.get("deferred_until"))]
+    not_before = max((w for w in waits if w is not None), default=None)
     result = plan_next(
         status=status,
         enrolled_at=parse_time(seq.get("enrolled_at")),
@@ -445,6 +448,7 @@ async def run_step(state: LeadState, runtime: Runtime[Context], step: Step) -> d
                                     due_at=due)]
         return update
     update.update(progress)
+    update["sequence"] = {**update.get("sequence", {}), "deferred_until": None}
     if outcome.kind != "sent":
         kind = {"already": "skipped", "blocked": "skipped", "unknown": "failed"}[outcome.kind]
         detail = {"key": key} if outcome.kind != "blocked" else {}
@@ -477,7 +481,7 @@ def _deferred(
     """Keep ``step`` for the lead's next send window (the window's last ``margin`` does not count)."""
     start = now + margin if is_allowed(now, locale) else now
     until = next_send_time(start, locale, recent_sends(eng.get("automated_sends", []), now))
-    update["sequence"] = {"next_due_at": iso(until)}
+    update["sequence"] = {"next_due_at": iso(until), "deferred_until": iso(until)}
     update["timeline"] = [entry(now, step, "deferred", why, until=iso(until), due_at=due)]
     return update
 
