@@ -104,3 +104,19 @@ async def test_a_claim_left_by_a_crash_is_resolved_on_the_next_run() -> None:
     assert confirmed["outcome"] == "sent" and confirmed["detail"]["confirmed_by"] == "read-back"
     (sent,) = entries(await sim.state(missing), "day_7")
     assert sent["outcome"] == "sent" and "confirmed_by" not in sent.get("detail", {})
+
+
+async def test_a_reply_whose_answer_was_lost_is_not_sent_twice() -> None:
+    sim = Simulation(START)
+    cid = sim.add_lead(make_contact("c-question"))
+    await sim.enroll_all()
+    await sim.run_until(START + timedelta(hours=1))
+    before = len(sim.crm.sent_to(cid, "sms"))
+    sim.crm.lose_next_answer(lost())
+    event: Any = {"type": "inbound_message", "text": "Is the garage heated?", "channel": "sms",
+                  "message_id": "m-1"}
+    await sim.dispatch(cid, event)
+    await sim.dispatch(cid, event)  # GHL redelivers the webhook: still one answer
+    assert len(sim.crm.sent_to(cid, "sms")) == before + 1
+    replies = entries(await sim.state(cid), "reply")
+    assert replies and replies[0]["outcome"] == "sent" and "read-back found it" in replies[0]["reason"]

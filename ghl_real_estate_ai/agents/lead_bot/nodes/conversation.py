@@ -18,6 +18,7 @@ from langgraph.runtime import Runtime
 
 from ghl_real_estate_ai.agents.lead_bot.context import Context
 from ghl_real_estate_ai.agents.lead_bot.nodes.common import enrollment_id, entry, now_of, timed_status
+from ghl_real_estate_ai.agents.lead_bot.nodes.delivery import Message, deliver_once
 from ghl_real_estate_ai.agents.lead_bot.nodes.operations import mark_opted_out
 from ghl_real_estate_ai.agents.lead_bot.state import LeadState, combine_updates
 from ghl_real_estate_ai.conversation import cma as cma_rules
@@ -27,7 +28,6 @@ from ghl_real_estate_ai.conversation.intents import Intent
 from ghl_real_estate_ai.conversation.responders import Reply, RuleResponder, Turn
 from ghl_real_estate_ai.errors import (
     IntegrationError,
-    PermanentIntegrationError,
     SendBlockedError,
     TransientIntegrationError,
 )
@@ -56,35 +56,30 @@ def _history(state: LeadState) -> tuple[dict[str, Any], ...]:
 
 
 async def _send_reply(
-    ctx: Context, state: LeadState, key: str, channel: str, text: str, subject: str | None
+    runtime: Runtime[Context], state: LeadState, key: str, channel: str, text: str, subject: str | None
 ) -> tuple[str, str]:
-    """Send one reply under ``key``; returns (outcome, reason) for the timeline."""
+    """Send one reply under ``key`` (an unknown outcome is read back, see ``delivery``); returns (outcome,
+    reason) for the timeline."""
+    ctx = runtime.context
     cid = state["contact_id"]
     if not text:
         return "skipped", "nothing to say"
-    if not await ctx.ledger.claim(key):
+    if channel == "email":
+        body = "".join(f"<p>{html.escape(line)}</p>" for line in text.split("\n") if line.strip())
+        message = Message("email", cid, subject=subject or f"Re: {ctx.rules.program_name}", html=body)
+    else:
+        message = Message("sms", cid, text=text)
+    outcome = await deliver_once(runtime, key, message)
+    if outcome.kind == "sent":
+        sent_as = outcome.detail.get("message_id") or outcome.detail.get("provider_id") or ""
+        return "sent", f"answered ({sent_as}){outcome.reason}"
+    if outcome.kind == "already":
         return "skipped", "already answered (send key claimed)"
-    try:
-        if channel == "email":
-            body = "".join(f"<p>{html.escape(line)}</p>" for line in text.split("\n") if line.strip())
-            result = await ctx.crm.send_email(cid, subject or f"Re: {ctx.rules.program_name}", body)
-        else:
-            result = await ctx.crm.send_sms(cid, text)
-    except SendBlockedError as exc:
-        await ctx.ledger.confirm(key, {"outcome": "blocked"})
-        return "skipped", f"GHL refused the reply: {exc.detail}"
-    except TransientIntegrationError as exc:
-        if exc.outcome_unknown:
-            await ctx.ledger.confirm(key, {"outcome": "unknown"})
-            return "failed", f"outcome unknown, not resent: {exc}"
-        await ctx.ledger.release(key)
-        raise
-    except PermanentIntegrationError as exc:
-        # Settle the claim: a retry of this event must not find it "claimed" forever, nor resend.
-        await ctx.ledger.confirm(key, {"outcome": "failed", "error": str(exc)})
-        return "failed", f"GHL refused the reply: {exc}"
-    await ctx.ledger.confirm(key, {"outcome": "sent", "message_id": result.message_id})
-    return "sent", f"answered ({result.message_id})"
+    if outcome.kind == "blocked":
+        return "skipped", outcome.reason.replace("the send", "the reply")
+    if outcome.kind == "failed":
+        return "failed", f"GHL refused the reply: {outcome.reason}"
+    return "failed", outcome.reason
 
 
 async def converse(state: LeadState, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -136,7 +131,7 @@ async def converse(state: LeadState, runtime: Runtime[Context]) -> dict[str, Any
             # delay the opt-out itself, so a failed confirmation is recorded, not retried.
             key = f"{cid}|optout-confirm|{enrollment_id(state)}"
             try:
-                outcome, why = await _send_reply(ctx, state, key, "sms", reply.text, None)
+                outcome, why = await _send_reply(runtime, state, key, "sms", reply.text, None)
             except TransientIntegrationError as exc:
                 outcome, why = "failed", f"confirmation not sent: {exc}"
             timeline.append(entry(now, "opt_out_confirmation", outcome, why, channel="sms"))
@@ -150,10 +145,10 @@ async def converse(state: LeadState, runtime: Runtime[Context]) -> dict[str, Any
                 "status": SequenceStatus.CANCELLED.value,
                 "status_reason": "opted back in (START): SMS allowed again, not re-enrolled",
             }
-        outcome, why = await _send_reply(ctx, state, reply_key, "sms", reply.text, None)
+        outcome, why = await _send_reply(runtime, state, reply_key, "sms", reply.text, None)
         timeline.append(entry(now, "opt_in", outcome, why, channel="sms"))
     elif reply.intent == Intent.HELP:
-        outcome, why = await _send_reply(ctx, state, reply_key, channel, reply.text, reply.subject)
+        outcome, why = await _send_reply(runtime, state, reply_key, channel, reply.text, reply.subject)
         timeline.append(entry(now, "help", outcome, why, channel=channel))
     elif status == SequenceStatus.OPTED_OUT.value:
         timeline.append(entry(now, "reply", "skipped", "lead opted out: only START and HELP are answered"))
@@ -184,7 +179,7 @@ def _finish(update: dict[str, Any], reply: Reply, now: datetime) -> dict[str, An
 async def _act_on_intent(
     state: LeadState, runtime: Runtime[Context], reply: Reply, channel: str, reply_key: str
 ) -> dict[str, Any]:
-    ctx, now = runtime.context, now_of(runtime)
+    now = now_of(runtime)
     intent = reply.intent
     update: dict[str, Any] = {}
     if intent == Intent.INTERESTED:
@@ -208,7 +203,7 @@ async def _act_on_intent(
         }
     else:
         update = {"engagement": {"conversation_active": True}, "stall": {"attempts": 0, "last_variant": None}}
-    outcome, why = await _send_reply(ctx, state, reply_key, channel, reply.text, reply.subject)
+    outcome, why = await _send_reply(runtime, state, reply_key, channel, reply.text, reply.subject)
     eng = dict(update.get("engagement", {}))
     if outcome == "sent":
         eng["last_outbound_at"] = iso(now)

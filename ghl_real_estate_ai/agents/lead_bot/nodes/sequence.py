@@ -3,17 +3,14 @@
 Every step node re-reads the contact from GHL right before sending, re-checks DND, opt-out and owner tags
 and quiet hours, and sends under the touch key ``contact|enrollment|step|occurrence`` claimed in the send
 ledger: a replayed, retried or duplicated due event can never send twice. A send whose answer never came
-(a timeout, a crash mid-call) is resolved by reading the provider back, not guessed (``_send_once_under``).
+(a timeout, a crash mid-call) is resolved by reading the provider back, not guessed (``delivery``).
 The send may only leave inside the lead's window: the clients check a guard before every attempt.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from langgraph.runtime import Runtime
@@ -27,17 +24,13 @@ from ghl_real_estate_ai.agents.lead_bot.nodes.common import (
     now_of,
     timed_status,
 )
+from ghl_real_estate_ai.agents.lead_bot.nodes.delivery import Message, deliver_once
 from ghl_real_estate_ai.agents.lead_bot.routing import RESUME_STEP, decide
 from ghl_real_estate_ai.agents.lead_bot.state import LeadState
 from ghl_real_estate_ai.errors import (
     NotFoundError,
-    PermanentIntegrationError,
-    SendBlockedError,
-    SendWindowClosedError,
-    TransientIntegrationError,
 )
-from ghl_real_estate_ai.integrations.models import Contact, SendLookup
-from ghl_real_estate_ai.integrations.send_window import send_window
+from ghl_real_estate_ai.integrations.models import Contact
 from ghl_real_estate_ai.sequence import (
     STEP_CHANNEL,
     LeadLocale,
@@ -53,9 +46,6 @@ from ghl_real_estate_ai.sequence import (
     step_after,
     touch_key,
 )
-
-# A read-back looks at provider records from this long before the claim (clock skew between hosts).
-READBACK_SLACK_SECONDS = 120.0
 
 
 async def determine_path(state: LeadState, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -188,33 +178,18 @@ def _choose_channel(step: Step, contact: Contact) -> tuple[str | None, str]:
     return "sms", "sms step"
 
 
-@dataclass(frozen=True)
-class _Message:
-    """One outbound touch, composed before its send key is claimed (a read-back matches on it)."""
-
-    channel: str
-    text: str = ""  # the SMS body
-    subject: str = ""  # email
-    html: str = ""  # email
-    metadata: dict[str, str] = field(default_factory=dict)  # the call's Retell metadata
-    variables: dict[str, str] = field(default_factory=dict)  # the call's dynamic variables
-
-    @property
-    def match(self) -> str:
-        """What a read-back of GHL's messages matches on: the SMS text, or the email subject."""
-        return self.subject if self.channel == "email" else self.text
-
-
 def _compose(
     step: Step, channel: str, contact: Contact, values: dict[str, str], variant: int, key: str
-) -> _Message:
+) -> Message:
     if channel == "sms":
-        return _Message("sms", text=messages.sms_for(step, values, variant))
+        return Message("sms", contact.id, text=messages.sms_for(step, values, variant))
     if channel == "email":
         mail = messages.email_for(step, values)
-        return _Message("email", subject=mail.subject, html=mail.html)
-    return _Message(
+        return Message("email", contact.id, subject=mail.subject, html=mail.html)
+    return Message(
         "call",
+        contact.id,
+        to_number=contact.phone or "",
         metadata={
             "ghl_contact_id": contact.id,
             "ghl_location_id": contact.location_id or "",
@@ -223,46 +198,6 @@ def _compose(
         },
         variables={"first_name": contact.first_name or "there", "property_address": contact.address or ""},
     )
-
-
-async def _deliver(ctx: Context, contact: Contact, message: _Message) -> dict[str, Any]:
-    if message.channel == "sms":
-        result = await ctx.crm.send_sms(contact.id, message.text)
-        return {"message_id": result.message_id}
-    if message.channel == "email":
-        result = await ctx.crm.send_email(contact.id, message.subject, message.html)
-        return {"message_id": result.message_id}
-    call = await ctx.voice.create_phone_call(contact.phone or "", message.metadata, message.variables)
-    return {"call_id": call.call_id}
-
-
-async def _read_back(
-    ctx: Context, contact: Contact, message: _Message, claimed_at: float | None
-) -> SendLookup:
-    """Ask GHL (messages) or Retell (calls) whether a send whose answer never came went through."""
-    # Providers date records in wall time; allow for clock skew between them and us.
-    since = datetime.fromtimestamp((claimed_at or time.time()) - READBACK_SLACK_SECONDS, UTC)
-    try:
-        if message.channel == "call":
-            return await ctx.voice.find_call(contact.phone or "", message.metadata, since=since)
-        return await ctx.crm.find_sent_message(
-            contact.id, channel=message.channel, text=message.match, since=since
-        )
-    except Exception as exc:  # a read-back never turns "maybe sent" into a crash or a resend
-        return SendLookup("unknown", detail=f"the read-back failed: {exc}")
-
-
-@dataclass(frozen=True)
-class _Outcome:
-    """What became of one send: ``sent`` (``at``: when the provider answered, or when a read-back found
-    it), ``already`` (an earlier run finished it), ``deferred`` (the window closed first; ``until``),
-    ``blocked`` (DND), ``failed`` (permanent error), ``unknown`` (at-most-once kept)."""
-
-    kind: str
-    reason: str = ""
-    at: datetime | None = None
-    until: datetime | None = None
-    detail: dict[str, Any] = field(default_factory=dict)
 
 
 def _window_check(runtime: Runtime[Context], locale: LeadLocale) -> Callable[[], str | None]:
@@ -275,83 +210,6 @@ def _window_check(runtime: Runtime[Context], locale: LeadLocale) -> Callable[[],
         return "quiet hours in the lead's time zone began before the send could leave"
 
     return check
-
-
-async def _send_once_under(
-    runtime: Runtime[Context], key: str, contact: Contact, message: _Message, locale: LeadLocale
-) -> _Outcome:
-    """Send ``message`` at most once under ``key``, resolving unknown outcomes by reading back.
-
-    The key is claimed in the send ledger first. An earlier claim that never got an answer (the process
-    died mid-send, or the answer timed out) is resolved before anything is sent: a read-back that finds
-    the send confirms it; one that certainly finds nothing lets this run send it (under the same key);
-    one that cannot tell keeps the at-most-once rule. A send whose own answer never comes is resolved the
-    same way after ``readback_delay_seconds``, and is sent once more at most.
-    """
-    ctx = runtime.context
-    ledger = ctx.ledger
-    check = _window_check(runtime, locale)
-    if not await ledger.claim(key, {"channel": message.channel, "match": message.match}):
-        earlier = await ledger.get(key) or {}
-        if earlier.get("state") != "claimed":
-            return _Outcome("already", f"already handled: its send key {key} is {earlier.get('outcome')}")
-        claimed_at = earlier.get("claimed_at")
-        wait = ctx.readback_delay_seconds - (time.time() - float(claimed_at or 0))
-        if wait > 0:
-            await asyncio.sleep(wait)
-        lookup = await _read_back(ctx, contact, message, claimed_at)
-        if lookup.outcome != "absent":
-            return await _settle_lookup(runtime, key, lookup, "an earlier run's send got no answer")
-    for attempt in (1, 2):
-        why = check()
-        if why is not None:
-            await ledger.release(key)
-            return _Outcome("deferred", why)
-        try:
-            with send_window(check):
-                detail = await _deliver(ctx, contact, message)
-        except SendWindowClosedError as exc:
-            await ledger.release(key)
-            return _Outcome("deferred", exc.detail)
-        except SendBlockedError as exc:
-            await ledger.confirm(key, {"outcome": "blocked", "error": str(exc)})
-            return _Outcome("blocked", f"GHL refused the send: {exc.detail}")
-        except TransientIntegrationError as exc:
-            if not exc.outcome_unknown:
-                await ledger.release(key)
-                raise
-            if ctx.readback_delay_seconds > 0:
-                await asyncio.sleep(ctx.readback_delay_seconds)
-            lookup = await _read_back(ctx, contact, message, (await ledger.get(key) or {}).get("claimed_at"))
-            if lookup.outcome == "absent" and attempt == 1:
-                continue  # certainly not sent: once more, under the same key
-            return await _settle_lookup(runtime, key, lookup, f"no answer ({exc.detail})")
-        except PermanentIntegrationError as exc:
-            await ledger.confirm(key, {"outcome": "failed", "error": str(exc)})
-            return _Outcome("failed", str(exc))
-        at = now_of(runtime)
-        await ledger.confirm(key, {"outcome": "sent", "at": iso(at), **detail})
-        resent = " (sent again: the earlier request never reached the provider)" if attempt > 1 else ""
-        return _Outcome("sent", resent, at=at, detail=detail)
-    raise AssertionError("unreachable")  # pragma: no cover - the loop always returns
-
-
-async def _settle_lookup(runtime: Runtime[Context], key: str, lookup: SendLookup, why: str) -> _Outcome:
-    ledger = runtime.context.ledger
-    at = now_of(runtime)
-    if lookup.outcome == "found":
-        found = {"confirmed_by": "read-back", "provider_id": lookup.id}
-        if lookup.at is not None:
-            found["provider_at"] = iso(lookup.at)
-        await ledger.confirm(key, {"outcome": "sent", "at": iso(at), **found})
-        return _Outcome("sent", f" ({why}; the read-back found it delivered)", at=at, detail=found)
-    detail = lookup.detail or "the provider could not tell"
-    await ledger.confirm(key, {"outcome": "unknown", "error": why, "read_back": detail})
-    if lookup.outcome == "absent":
-        return _Outcome("unknown", f"{why}; it was sent again and that answer never came either, so it is "
-                                   "not sent a third time")
-    return _Outcome("unknown", f"{why}; the read-back could not tell ({detail}), so it is not resent "
-                               "(at most once)")
 
 
 async def run_step(state: LeadState, runtime: Runtime[Context], step: Step) -> dict[str, Any]:
@@ -432,8 +290,8 @@ async def run_step(state: LeadState, runtime: Runtime[Context], step: Step) -> d
     values = messages.fields(
         update["contact"], agent_name=ctx.rules.agent_name, program_name=ctx.rules.program_name
     )
-    outcome = await _send_once_under(
-        runtime, key, contact, _compose(step, channel, contact, values, variant, key), locale
+    outcome = await deliver_once(
+        runtime, key, _compose(step, channel, contact, values, variant, key), _window_check(runtime, locale)
     )
     if outcome.kind == "deferred":
         return _deferred(update, step, now_of(runtime), locale, eng, ctx.rules.send_margin, due,
