@@ -550,8 +550,9 @@ class GHLClient:
     ) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}", "Version": version}
         response: httpx.Response | None = None
+        ticket: int | None = None
         try:
-            async with self._limiter.slot(self.location_id):
+            async with self._limiter.slot(self.location_id) as ticket:
                 if guard is not None:
                     check_send_window(SERVICE, guard)  # the slot may have waited past the window
                 response = await self._http.request(method, path, json=json, params=params, headers=headers)
@@ -563,7 +564,7 @@ class GHLClient:
             logger.warning("the rate limiter could not record a finished GHL request: %s", exc)
         assert response is not None
         try:
-            await self._limiter.observe(self.location_id, response.headers)
+            await self._limiter.observe(self.location_id, response.headers, ticket)
             if response.status_code == 429:
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
                 if retry_after:

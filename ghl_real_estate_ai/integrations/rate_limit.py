@@ -9,7 +9,9 @@ cannot see by itself:
 * the server's count (``Max - Remaining``) above our own count of slots in the window is traffic we did
   not send (another app or a Private Integration token on the same location). That excess is reserved
   for one ``X-RateLimit-Interval-Milliseconds``: our budget shrinks by it, and when it takes the whole
-  budget no request starts until the interval has passed.
+  budget no request starts until the interval has passed. "Our count" is taken as the server saw it:
+  the slots in the window, less those granted after the answered request (each slot has a ticket, the
+  key's grant sequence number), which cannot have reached the server before it.
 
 ``X-RateLimit-Remaining: 0`` caused by our *own* requests blocks nothing: the window already holds the
 next request until the oldest slot frees, which is exactly when GHL grants it. Blocking a whole interval
@@ -51,11 +53,12 @@ DEFAULT_WINDOW_SECONDS = 10.0
 class RateLimiter(Protocol):
     """A request budget per key. ``GHLClient`` wraps every HTTP request in ``slot(location_id)``."""
 
-    def slot(self, key: str) -> AbstractAsyncContextManager[None]:
-        """Wait until a request may start for ``key``; the slot is held until the block exits."""
+    def slot(self, key: str) -> AbstractAsyncContextManager[int | None]:
+        """Wait until a request may start for ``key``; the slot is held until the block exits. Yields the
+        slot's ticket (pass it to :meth:`observe` with that request's answer)."""
         ...
 
-    async def observe(self, key: str, headers: Mapping[str, str]) -> None:
+    async def observe(self, key: str, headers: Mapping[str, str], ticket: int | None = None) -> None:
         """Follow the server's ``X-RateLimit-*`` response headers (call it after the slot is given back)."""
         ...
 
@@ -124,6 +127,7 @@ class _Bucket:
     limit: int | None = None  # the server's X-RateLimit-Max, when below ours
     foreign: int = 0  # requests of another sender the server counted, reserved until foreign_until
     foreign_until: float = 0.0
+    granted: int = 0  # slots granted so far: the last one's ticket
 
 
 class SlidingWindowLimiter:
@@ -167,11 +171,11 @@ class SlidingWindowLimiter:
         return limit - (bucket.foreign if now < bucket.foreign_until else 0)
 
     @asynccontextmanager
-    async def slot(self, key: str) -> AsyncIterator[None]:
+    async def slot(self, key: str) -> AsyncIterator[int | None]:
         bucket = self._bucket(key)
         await self._acquire(key, bucket)
         try:
-            yield
+            yield bucket.granted
         finally:
             bucket.in_flight -= 1
             bucket.finished.append(self._clock())
@@ -189,6 +193,7 @@ class SlidingWindowLimiter:
                 used = bucket.in_flight + len(bucket.finished)
                 if used < budget:
                     bucket.in_flight += 1
+                    bucket.granted += 1
                     return
                 # The slot that frees the budget is the (used - budget + 1)-th oldest finished one.
                 need = used - max(budget, 0) + 1
@@ -206,7 +211,7 @@ class SlidingWindowLimiter:
                     bucket.released.clear()
                     await bucket.released.wait()
 
-    async def observe(self, key: str, headers: Mapping[str, str]) -> None:
+    async def observe(self, key: str, headers: Mapping[str, str], ticket: int | None = None) -> None:
         count = ServerCount.parse(headers)
         if count is None:
             return
@@ -215,7 +220,8 @@ class SlidingWindowLimiter:
         if count.maximum is not None:
             bucket.limit = min(count.maximum, self.max_requests)
         self._expire(bucket, now)
-        foreign = count.foreign(bucket.in_flight + len(bucket.finished), self.max_requests)
+        later = max(0, bucket.granted - ticket) if ticket is not None else 0
+        foreign = count.foreign(bucket.in_flight + len(bucket.finished) - later, self.max_requests)
         if foreign <= 0:
             return
         if now >= bucket.foreign_until:
@@ -238,8 +244,9 @@ class SlidingWindowLimiter:
 
 
 # KEYS: slots (sorted set; score: finish time, or lease end while in flight), blocked-until, foreign
-# reservation ("count until"), the server's X-RateLimit-Max. ARGV: now, window, max_requests, lease,
-# member, ttl_ms. Answers {granted, wait}: wait is the seconds until budget frees, or -1 when the slot that
+# reservation ("count until"), the server's X-RateLimit-Max, the grant sequence. ARGV: now, window,
+# max_requests, lease, member, ttl_ms. Answers {granted, wait, ticket}: wait is the seconds until budget
+# frees, or -1 when the slot that
 # would free it is still in flight (its score is a lease end, not a finish time). Numbers go back as
 # strings because Redis truncates Lua numbers to integers. Times are the callers' clock, never Redis's:
 # key expiry only collects idle keys.
@@ -269,7 +276,9 @@ local count = redis.call('ZCARD', KEYS[1])
 if count < budget then
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), ARGV[5])
   redis.call('PEXPIRE', KEYS[1], ARGV[6])
-  return {1, '0'}
+  local ticket = redis.call('INCR', KEYS[5])
+  redis.call('PEXPIRE', KEYS[5], ARGV[6])
+  return {1, '0', ticket}
 end
 local wait = nil
 local need = count - math.max(budget, 0) + 1
@@ -299,13 +308,21 @@ if tonumber(ARGV[1]) > current then
 end
 """
 
-# KEYS: slots, foreign reservation, server max. ARGV: now, window, remaining, server max (0: absent),
-# default max, reservation end, gc ttl ms. Counts our slots in the window and reserves what the server
-# counted beyond them (another sender's requests) until the reservation end; returns that excess.
+# KEYS: slots, foreign reservation, server max, grant sequence. ARGV: now, window, remaining, server max
+# (0: absent), default max, reservation end, gc ttl ms, the answered request's ticket ('' if none).
+# Counts our slots in the window as the server saw them (less those granted after the answered request)
+# and reserves what the server counted beyond them (another sender's requests) until the reservation
+# end; returns that excess.
 _OBSERVE_SCRIPT = """
 local now = tonumber(ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
 local ours = redis.call('ZCARD', KEYS[1])
+if ARGV[8] ~= '' then
+  local later = tonumber(redis.call('GET', KEYS[4]) or '0') - tonumber(ARGV[8])
+  if later > 0 then
+    ours = ours - later
+  end
+end
 local maximum = tonumber(ARGV[4])
 if maximum > 0 then
   redis.call('SET', KEYS[3], ARGV[4], 'PX', 86400000)
@@ -375,36 +392,38 @@ class RedisSlidingWindowLimiter:
 
     def _all_keys(self, key: str) -> list[str]:
         slots, blocked = self.keys(key)
-        return [slots, blocked, f"{self.key_prefix}:{{{key}}}:foreign", f"{self.key_prefix}:{{{key}}}:max"]
+        tagged = f"{self.key_prefix}:{{{key}}}"
+        return [slots, blocked, f"{tagged}:foreign", f"{tagged}:max", f"{tagged}:granted"]
 
     @property
     def _ttl_ms(self) -> int:
         return int((self.window + self.lease) * 1000) + 1000
 
     @asynccontextmanager
-    async def slot(self, key: str) -> AsyncIterator[None]:
+    async def slot(self, key: str) -> AsyncIterator[int | None]:
         member = uuid.uuid4().hex
         keys = self._all_keys(key)
         # This process's waiters queue locally (FIFO) so only one of them at a time polls Redis.
         local = self._local_locks.setdefault(key, asyncio.Lock())
         async with local:
             while True:
-                granted, wait = await self._acquire_script(
+                granted, wait, *rest = await self._acquire_script(
                     keys=keys,
                     args=[repr(self._clock()), self.window, self.max_requests, self.lease, member,
                           self._ttl_ms],
                 )
                 if int(granted) == 1:
+                    ticket = int(rest[0]) if rest else None
                     break
                 delay = float(wait)
                 # The freeing slot is in flight, possibly in another process: poll until it finishes.
                 await self._sleep(self.poll_interval if delay < 0 else delay)
         try:
-            yield
+            yield ticket
         finally:
             await self._release_script(keys=keys[:1], args=[repr(self._clock()), member])
 
-    async def observe(self, key: str, headers: Mapping[str, str]) -> None:
+    async def observe(self, key: str, headers: Mapping[str, str], ticket: int | None = None) -> None:
         count = ServerCount.parse(headers)
         if count is None:
             return
@@ -412,9 +431,9 @@ class RedisSlidingWindowLimiter:
         now = self._clock()
         interval = count.interval or self.window
         foreign = await self._observe_script(
-            keys=[keys[0], keys[2], keys[3]],
+            keys=[keys[0], keys[2], keys[3], keys[4]],
             args=[repr(now), self.window, count.remaining, count.maximum or 0, self.max_requests,
-                  repr(now + interval), int(interval * 1000) + 1000],
+                  repr(now + interval), int(interval * 1000) + 1000, "" if ticket is None else ticket],
         )
         if int(foreign) > 0:
             logger.info("GHL counted %s requests of %s that this service did not send; reserving them "

@@ -424,10 +424,10 @@ class _BrokenLimiter(SlidingWindowLimiter):
             raise RedisConnectionError("Connection refused")
         return super().slot(key)
 
-    async def observe(self, key: str, headers: Any) -> None:
+    async def observe(self, key: str, headers: Any, ticket: int | None = None) -> None:
         if self.fail_on == "observe":
             raise RedisConnectionError("Connection reset")
-        await super().observe(key, headers)
+        await super().observe(key, headers, ticket)
 
 
 async def test_limiter_failure_before_the_request_is_transient_and_sends_nothing(

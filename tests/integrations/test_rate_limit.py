@@ -4,6 +4,7 @@ X-RateLimit headers, and the Redis-backed budget shared by two clients."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import AsyncIterator, Iterable, Mapping
 
@@ -127,7 +128,7 @@ async def test_250_requests_never_exceed_100_per_10s_at_the_server(vtime: Virtua
 
 
 class IgnoresHeaders(SlidingWindowLimiter):
-    async def observe(self, key: str, headers: Mapping[str, str]) -> None:
+    async def observe(self, key: str, headers: Mapping[str, str], ticket: int | None = None) -> None:
         return None
 
 
@@ -320,3 +321,27 @@ async def test_another_senders_requests_shrink_the_budget(
     # 40 fit beside the other app's 60; the rest waited for those to leave GHL's window.
     assert all(r.at == foreign_done for r in ours[:40])
     assert ours[40].at >= foreign_done + 10.0 - 0.01
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_requests_granted_after_the_answered_one_do_not_hide_another_senders(
+    kind: str, vtime: VirtualTime, redis_client: aioredis.Redis, key_prefix: str
+) -> None:
+    limiter = _limiter(kind, vtime, redis_client, key_prefix)
+    assert isinstance(limiter, SlidingWindowLimiter | RedisSlidingWindowLimiter)
+    holding = contextlib.AsyncExitStack()
+    first = await holding.enter_async_context(limiter.slot("LOC"))
+    for _ in range(4):  # four more of ours leave while the first one's answer is on its way back
+        await holding.enter_async_context(limiter.slot("LOC"))
+    # GHL counted the first request and 10 of another app's: Remaining 89. The four later ones had not
+    # reached it, so the other app's share is 10, not 10 - 4.
+    await limiter.observe("LOC", {"X-RateLimit-Remaining": "89", "X-RateLimit-Max": "100",
+                                  "X-RateLimit-Interval-Milliseconds": "10000"}, first)
+    start = vtime.clock()
+    granted_at: list[float] = []
+    async with holding:
+        for _ in range(86):
+            await holding.enter_async_context(limiter.slot("LOC"))
+            granted_at.append(vtime.clock())
+    assert granted_at[84] == start  # 5 + 85 = 90: our budget beside the other app's 10
+    assert granted_at[85] >= start + 10.0 - 1e-6  # the 91st waits for the other app's share to expire
