@@ -120,3 +120,16 @@ async def test_a_reply_whose_answer_was_lost_is_not_sent_twice() -> None:
     assert len(sim.crm.sent_to(cid, "sms")) == before + 1
     replies = entries(await sim.state(cid), "reply")
     assert replies and replies[0]["outcome"] == "sent" and "read-back found it" in replies[0]["reason"]
+
+
+async def test_a_claim_from_before_read_backs_keeps_the_at_most_once_rule() -> None:
+    # A claim written by an earlier version ({"state": "claimed"}, no time): nothing bounds a read-back.
+    ledger = InMemorySendLedger()
+    sim = Simulation(START, ledger=ledger)
+    cid = sim.add_lead(make_contact("c-legacy"))
+    ledger._entries[touch_key(cid, f"{ENROLLED}|day_3", 0)] = {"state": "claimed"}
+    await sim.enroll_all()
+    await sim.run_until(START + timedelta(hours=1))
+    assert sim.crm.sent_to(cid, "sms") == []
+    (failed,) = entries(await sim.state(cid), "day_3")
+    assert failed["outcome"] == "failed" and "does not say when" in failed["reason"]

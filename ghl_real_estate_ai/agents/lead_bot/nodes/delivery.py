@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -79,10 +79,16 @@ async def deliver_once(
             settled = earlier.get("outcome") or "settled"
             return Outcome("already", f"already handled: its send key is {settled}")
         claimed_at = earlier.get("claimed_at")
-        wait = ctx.readback_delay_seconds - (time.time() - float(claimed_at or 0))
+        if claimed_at is None:  # claimed by a version without read-backs: no time to search from
+            lookup = SendLookup("unknown", detail="the claim does not say when the send was tried")
+            return await _settle(runtime, key, lookup, "an earlier run's send got no answer")
+        wait = ctx.readback_delay_seconds - (time.time() - float(claimed_at))
         if wait > 0:
             await asyncio.sleep(wait)
-        lookup = await _read_back(ctx, message, claimed_at)
+        # Match what that run sent (the contact's fields may have changed since), not what we would send.
+        tried = replace(message, text=earlier.get("match") or message.text,
+                        subject=earlier.get("match") or message.subject)
+        lookup = await _read_back(ctx, tried, claimed_at)
         if lookup.outcome != "absent":
             return await _settle(runtime, key, lookup, "an earlier run's send got no answer")
     for attempt in (1, 2):
