@@ -112,9 +112,14 @@ READBACK_DELAY_SECONDS = 1.0
 
 
 def send_margin(time_scale: float) -> timedelta:
-    """How long before the lead's window closes a send is no longer started: one virtual minute, or what
-    50 real milliseconds (a request's trip under load) are in virtual time, whichever is longer."""
-    return timedelta(seconds=max(60.0, 0.05 * time_scale))
+    """How long before the lead's window closes a send is no longer started: one second, or what 0.2 real
+    milliseconds are in virtual time (17 virtual seconds at 86400), whichever is longer.
+
+    Kept small on purpose: a step due in the margin waits for the next morning, which at a high time scale
+    would turn a step due a minute before the window closes into one twelve hours late. What the guard
+    must catch are the long waits (a rate-limit wait, a retry backoff); a request's own trip to GHL is a
+    millisecond or so."""
+    return timedelta(seconds=max(1.0, 0.0002 * time_scale))
 
 
 def in_order(timeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
