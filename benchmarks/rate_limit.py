@@ -83,6 +83,7 @@ from ghl_real_estate_ai.integrations.ghl import GHLClient
 from ghl_real_estate_ai.integrations.rate_limit import (
     RedisSlidingWindowLimiter,
     SlidingWindowLimiter,
+    Ticket,
     parse_rate_limit_headers,
 )
 from ghl_real_estate_ai.testing.ghl_server import FakeGHLServer
@@ -241,7 +242,7 @@ class WireCountingRedis(aioredis.Redis):
 class BlockOnRemainingZero(SlidingWindowLimiter):
     """The limiter before d1638b3: ``observe`` as in a5554e1 (the window itself is unchanged)."""
 
-    async def observe(self, key: str, headers: Mapping[str, str], ticket: int | None = None) -> None:
+    async def observe(self, key: str, headers: Mapping[str, str], ticket: Ticket | None = None) -> None:
         remaining, interval = parse_rate_limit_headers(headers)
         if remaining is not None and remaining <= 0:
             await self.block(key, interval if interval is not None else self.window)
@@ -262,7 +263,7 @@ class IdealLimiter:
         self._lock = asyncio.Lock()
 
     @contextlib.asynccontextmanager
-    async def slot(self, key: str) -> AsyncIterator[int | None]:
+    async def slot(self, key: str) -> AsyncIterator[Ticket | None]:
         async with self._lock:
             while True:
                 arrival = self._clock.clock() + self._offset
@@ -275,7 +276,7 @@ class IdealLimiter:
                 await self._clock.sleep(freeing + WINDOW - arrival)
         yield None
 
-    async def observe(self, key: str, headers: Mapping[str, str], ticket: int | None = None) -> None:
+    async def observe(self, key: str, headers: Mapping[str, str], ticket: Ticket | None = None) -> None:
         return None
 
     async def block(self, key: str, seconds: float) -> None:

@@ -63,7 +63,7 @@ from ghl_real_estate_ai.integrations._http import (
 )
 from ghl_real_estate_ai.integrations.auth import StaticTokenProvider, TokenProvider
 from ghl_real_estate_ai.integrations.models import Contact, SendLookup, SendResult
-from ghl_real_estate_ai.integrations.rate_limit import RateLimiter, SlidingWindowLimiter
+from ghl_real_estate_ai.integrations.rate_limit import RateLimiter, SlidingWindowLimiter, Ticket
 from ghl_real_estate_ai.integrations.send_window import check_send_window
 
 __all__ = ["DEFAULT_BASE_URL", "DEFAULT_VERSIONS", "GHLClient", "OutcomeUnknownError"]
@@ -550,7 +550,7 @@ class GHLClient:
     ) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}", "Version": version}
         response: httpx.Response | None = None
-        ticket: int | None = None
+        ticket: Ticket | None = None
         try:
             async with self._limiter.slot(self.location_id) as ticket:
                 if guard is not None:

@@ -9,9 +9,10 @@ cannot see by itself:
 * the server's count (``Max - Remaining``) above our own count of slots in the window is traffic we did
   not send (another app or a Private Integration token on the same location). That excess is reserved
   for one ``X-RateLimit-Interval-Milliseconds``: our budget shrinks by it, and when it takes the whole
-  budget no request starts until the interval has passed. "Our count" is taken as the server saw it:
-  the slots in the window, less those granted after the answered request (each slot has a ticket, the
-  key's grant sequence number), which cannot have reached the server before it.
+  budget no request starts until the interval has passed. "Our count" is taken as the server saw it: the
+  slots in our window when the answered request's own slot was granted (its :class:`Ticket`), since
+  later ones cannot have reached the server before it; and the reservation runs from that moment, so an
+  answer that came back late does not stretch it.
 
 ``X-RateLimit-Remaining: 0`` caused by our *own* requests blocks nothing: the window already holds the
 next request until the oldest slot frees, which is exactly when GHL grants it. Blocking a whole interval
@@ -53,12 +54,12 @@ DEFAULT_WINDOW_SECONDS = 10.0
 class RateLimiter(Protocol):
     """A request budget per key. ``GHLClient`` wraps every HTTP request in ``slot(location_id)``."""
 
-    def slot(self, key: str) -> AbstractAsyncContextManager[int | None]:
+    def slot(self, key: str) -> AbstractAsyncContextManager[Ticket | None]:
         """Wait until a request may start for ``key``; the slot is held until the block exits. Yields the
         slot's ticket (pass it to :meth:`observe` with that request's answer)."""
         ...
 
-    async def observe(self, key: str, headers: Mapping[str, str], ticket: int | None = None) -> None:
+    async def observe(self, key: str, headers: Mapping[str, str], ticket: Ticket | None = None) -> None:
         """Follow the server's ``X-RateLimit-*`` response headers (call it after the slot is given back)."""
         ...
 
@@ -117,6 +118,14 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Ticket:
+    """A granted slot: how many of our slots were in the window with it (``ours``), and when (``at``)."""
+
+    ours: int
+    at: float
+
+
 @dataclass
 class _Bucket:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -127,7 +136,6 @@ class _Bucket:
     limit: int | None = None  # the server's X-RateLimit-Max, when below ours
     foreign: int = 0  # requests of another sender the server counted, reserved until foreign_until
     foreign_until: float = 0.0
-    granted: int = 0  # slots granted so far: the last one's ticket
 
 
 class SlidingWindowLimiter:
@@ -171,17 +179,17 @@ class SlidingWindowLimiter:
         return limit - (bucket.foreign if now < bucket.foreign_until else 0)
 
     @asynccontextmanager
-    async def slot(self, key: str) -> AsyncIterator[int | None]:
+    async def slot(self, key: str) -> AsyncIterator[Ticket | None]:
         bucket = self._bucket(key)
-        await self._acquire(key, bucket)
+        ticket = await self._acquire(key, bucket)
         try:
-            yield bucket.granted
+            yield ticket
         finally:
             bucket.in_flight -= 1
             bucket.finished.append(self._clock())
             bucket.released.set()
 
-    async def _acquire(self, key: str, bucket: _Bucket) -> None:
+    async def _acquire(self, key: str, bucket: _Bucket) -> Ticket:
         async with bucket.lock:
             while True:
                 now = self._clock()
@@ -193,8 +201,7 @@ class SlidingWindowLimiter:
                 used = bucket.in_flight + len(bucket.finished)
                 if used < budget:
                     bucket.in_flight += 1
-                    bucket.granted += 1
-                    return
+                    return Ticket(used + 1, now)
                 # The slot that frees the budget is the (used - budget + 1)-th oldest finished one.
                 need = used - max(budget, 0) + 1
                 wait: float | None = None
@@ -211,7 +218,7 @@ class SlidingWindowLimiter:
                     bucket.released.clear()
                     await bucket.released.wait()
 
-    async def observe(self, key: str, headers: Mapping[str, str], ticket: int | None = None) -> None:
+    async def observe(self, key: str, headers: Mapping[str, str], ticket: Ticket | None = None) -> None:
         count = ServerCount.parse(headers)
         if count is None:
             return
@@ -220,18 +227,21 @@ class SlidingWindowLimiter:
         if count.maximum is not None:
             bucket.limit = min(count.maximum, self.max_requests)
         self._expire(bucket, now)
-        later = max(0, bucket.granted - ticket) if ticket is not None else 0
-        foreign = count.foreign(bucket.in_flight + len(bucket.finished) - later, self.max_requests)
+        ours = ticket.ours if ticket is not None else bucket.in_flight + len(bucket.finished)
+        foreign = count.foreign(ours, self.max_requests)
         if foreign <= 0:
             return
         if now >= bucket.foreign_until:
             bucket.foreign = 0
         interval = count.interval or self.window
+        start = ticket.at if ticket is not None else now
+        if start + interval <= now:
+            return  # an answer that came back after its own interval tells nothing about now
         if foreign > bucket.foreign:
             logger.info("GHL counted %d requests of %s that this process did not send; reserving them "
                         "for %.3fs", foreign, key, interval)
         bucket.foreign = max(bucket.foreign, foreign)
-        bucket.foreign_until = now + interval
+        bucket.foreign_until = max(bucket.foreign_until, start + interval)
 
     async def block(self, key: str, seconds: float) -> None:
         if seconds <= 0:
@@ -245,7 +255,7 @@ class SlidingWindowLimiter:
 
 # KEYS: slots (sorted set; score: finish time, or lease end while in flight), blocked-until, foreign
 # reservation ("count until"), the server's X-RateLimit-Max, the grant sequence. ARGV: now, window,
-# max_requests, lease, member, ttl_ms. Answers {granted, wait, ticket}: wait is the seconds until budget
+# max_requests, lease, member, ttl_ms. Answers {granted, wait, ours}: wait is the seconds until budget
 # frees, or -1 when the slot that
 # would free it is still in flight (its score is a lease end, not a finish time). Numbers go back as
 # strings because Redis truncates Lua numbers to integers. Times are the callers' clock, never Redis's:
@@ -276,9 +286,7 @@ local count = redis.call('ZCARD', KEYS[1])
 if count < budget then
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), ARGV[5])
   redis.call('PEXPIRE', KEYS[1], ARGV[6])
-  local ticket = redis.call('INCR', KEYS[5])
-  redis.call('PEXPIRE', KEYS[5], ARGV[6])
-  return {1, '0', ticket}
+  return {1, '0', count + 1}
 end
 local wait = nil
 local need = count - math.max(budget, 0) + 1
@@ -308,20 +316,16 @@ if tonumber(ARGV[1]) > current then
 end
 """
 
-# KEYS: slots, foreign reservation, server max, grant sequence. ARGV: now, window, remaining, server max
-# (0: absent), default max, reservation end, gc ttl ms, the answered request's ticket ('' if none).
-# Counts our slots in the window as the server saw them (less those granted after the answered request)
-# and reserves what the server counted beyond them (another sender's requests) until the reservation
-# end; returns that excess.
+# KEYS: slots, foreign reservation, server max. ARGV: now, window, remaining, server max (0: absent),
+# default max, reservation end, gc ttl ms, our slots when the answered request's slot was granted ('':
+# count them now). Reserves what the server counted beyond ours (another sender's requests) until the
+# reservation end; returns that excess.
 _OBSERVE_SCRIPT = """
 local now = tonumber(ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
 local ours = redis.call('ZCARD', KEYS[1])
 if ARGV[8] ~= '' then
-  local later = tonumber(redis.call('GET', KEYS[4]) or '0') - tonumber(ARGV[8])
-  if later > 0 then
-    ours = ours - later
-  end
+  ours = tonumber(ARGV[8])
 end
 local maximum = tonumber(ARGV[4])
 if maximum > 0 then
@@ -333,14 +337,20 @@ local foreign = maximum - tonumber(ARGV[3]) - ours
 if foreign <= 0 then
   return 0
 end
+local untilv = ARGV[6]
 local reserved = redis.call('GET', KEYS[2])
 if reserved then
   local n, u = string.match(reserved, '^(%d+) (.+)$')
-  if n and tonumber(u) > now and tonumber(n) > foreign then
-    foreign = tonumber(n)
+  if n and tonumber(u) > now then
+    if tonumber(n) > foreign then
+      foreign = tonumber(n)
+    end
+    if tonumber(u) > tonumber(untilv) then
+      untilv = u
+    end
   end
 end
-redis.call('SET', KEYS[2], string.format('%d', foreign) .. ' ' .. ARGV[6], 'PX', ARGV[7])
+redis.call('SET', KEYS[2], string.format('%d', foreign) .. ' ' .. untilv, 'PX', ARGV[7])
 return foreign
 """
 
@@ -393,27 +403,27 @@ class RedisSlidingWindowLimiter:
     def _all_keys(self, key: str) -> list[str]:
         slots, blocked = self.keys(key)
         tagged = f"{self.key_prefix}:{{{key}}}"
-        return [slots, blocked, f"{tagged}:foreign", f"{tagged}:max", f"{tagged}:granted"]
+        return [slots, blocked, f"{tagged}:foreign", f"{tagged}:max"]
 
     @property
     def _ttl_ms(self) -> int:
         return int((self.window + self.lease) * 1000) + 1000
 
     @asynccontextmanager
-    async def slot(self, key: str) -> AsyncIterator[int | None]:
+    async def slot(self, key: str) -> AsyncIterator[Ticket | None]:
         member = uuid.uuid4().hex
         keys = self._all_keys(key)
         # This process's waiters queue locally (FIFO) so only one of them at a time polls Redis.
         local = self._local_locks.setdefault(key, asyncio.Lock())
         async with local:
             while True:
+                now = self._clock()
                 granted, wait, *rest = await self._acquire_script(
                     keys=keys,
-                    args=[repr(self._clock()), self.window, self.max_requests, self.lease, member,
-                          self._ttl_ms],
+                    args=[repr(now), self.window, self.max_requests, self.lease, member, self._ttl_ms],
                 )
                 if int(granted) == 1:
-                    ticket = int(rest[0]) if rest else None
+                    ticket = Ticket(int(rest[0]), now) if rest else None
                     break
                 delay = float(wait)
                 # The freeing slot is in flight, possibly in another process: poll until it finishes.
@@ -423,17 +433,21 @@ class RedisSlidingWindowLimiter:
         finally:
             await self._release_script(keys=keys[:1], args=[repr(self._clock()), member])
 
-    async def observe(self, key: str, headers: Mapping[str, str], ticket: int | None = None) -> None:
+    async def observe(self, key: str, headers: Mapping[str, str], ticket: Ticket | None = None) -> None:
         count = ServerCount.parse(headers)
         if count is None:
             return
         keys = self._all_keys(key)
         now = self._clock()
         interval = count.interval or self.window
+        start = ticket.at if ticket is not None else now
+        if start + interval <= now:
+            return  # an answer that came back after its own interval tells nothing about now
         foreign = await self._observe_script(
-            keys=[keys[0], keys[2], keys[3], keys[4]],
+            keys=[keys[0], keys[2], keys[3]],
             args=[repr(now), self.window, count.remaining, count.maximum or 0, self.max_requests,
-                  repr(now + interval), int(interval * 1000) + 1000, "" if ticket is None else ticket],
+                  repr(start + interval), int(interval * 1000) + 1000,
+                  "" if ticket is None else ticket.ours],
         )
         if int(foreign) > 0:
             logger.info("GHL counted %s requests of %s that this service did not send; reserving them "

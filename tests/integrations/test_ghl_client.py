@@ -20,7 +20,7 @@ from ghl_real_estate_ai.errors import (
 )
 from ghl_real_estate_ai.integrations.ghl import GHLClient, OutcomeUnknownError
 from ghl_real_estate_ai.integrations.models import Contact, Crm, SendResult
-from ghl_real_estate_ai.integrations.rate_limit import SlidingWindowLimiter
+from ghl_real_estate_ai.integrations.rate_limit import SlidingWindowLimiter, Ticket
 from ghl_real_estate_ai.testing.fake_http import Fault, VirtualTime
 from ghl_real_estate_ai.testing.ghl_server import FakeGHLServer
 
@@ -424,7 +424,7 @@ class _BrokenLimiter(SlidingWindowLimiter):
             raise RedisConnectionError("Connection refused")
         return super().slot(key)
 
-    async def observe(self, key: str, headers: Any, ticket: int | None = None) -> None:
+    async def observe(self, key: str, headers: Any, ticket: Ticket | None = None) -> None:
         if self.fail_on == "observe":
             raise RedisConnectionError("Connection reset")
         await super().observe(key, headers, ticket)

@@ -16,6 +16,7 @@ from ghl_real_estate_ai.integrations.ghl import GHLClient
 from ghl_real_estate_ai.integrations.rate_limit import (
     RedisSlidingWindowLimiter,
     SlidingWindowLimiter,
+    Ticket,
     parse_rate_limit_headers,
 )
 from ghl_real_estate_ai.testing.fake_http import VirtualTime
@@ -128,7 +129,7 @@ async def test_250_requests_never_exceed_100_per_10s_at_the_server(vtime: Virtua
 
 
 class IgnoresHeaders(SlidingWindowLimiter):
-    async def observe(self, key: str, headers: Mapping[str, str], ticket: int | None = None) -> None:
+    async def observe(self, key: str, headers: Mapping[str, str], ticket: Ticket | None = None) -> None:
         return None
 
 
@@ -345,3 +346,31 @@ async def test_requests_granted_after_the_answered_one_do_not_hide_another_sende
             granted_at.append(vtime.clock())
     assert granted_at[84] == start  # 5 + 85 = 90: our budget beside the other app's 10
     assert granted_at[85] >= start + 10.0 - 1e-6  # the 91st waits for the other app's share to expire
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_an_answer_that_came_back_late_reserves_nothing_for_our_own_expired_requests(
+    kind: str, vtime: VirtualTime, redis_client: aioredis.Redis, key_prefix: str
+) -> None:
+    # 80 of ours, then request A (GHL counts 81: Remaining 19). A's answer is held back while the 80 leave
+    # the window and 50 more of ours go out. Read against the window as it is *now*, A's headers would
+    # show 80 requests nobody sent, and the location would stall for 10 s (seen in the outside-in runs).
+    limiter = _limiter(kind, vtime, redis_client, key_prefix)
+    assert isinstance(limiter, SlidingWindowLimiter | RedisSlidingWindowLimiter)
+    for _ in range(80):
+        async with limiter.slot("LOC"):
+            pass
+    vtime.advance(9.0)
+    async with contextlib.AsyncExitStack() as held:
+        ticket = await held.enter_async_context(limiter.slot("LOC"))
+        vtime.advance(2.0)  # the 80 are out of every window now
+        for _ in range(50):
+            async with limiter.slot("LOC"):
+                pass
+    await limiter.observe("LOC", {"X-RateLimit-Remaining": "19", "X-RateLimit-Max": "100",
+                                  "X-RateLimit-Interval-Milliseconds": "10000"}, ticket)
+    start = vtime.clock()
+    for _ in range(49):  # 100 - (A + 50): the whole rest of the budget, at once
+        async with limiter.slot("LOC"):
+            pass
+    assert vtime.clock() == start
