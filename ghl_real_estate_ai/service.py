@@ -26,6 +26,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -50,6 +51,7 @@ from ghl_real_estate_ai.errors import (
     SendBlockedError,
     TransientIntegrationError,
 )
+from ghl_real_estate_ai.integrations._http import RetryPolicy
 from ghl_real_estate_ai.integrations.models import (
     CallResult,
     Contact,
@@ -106,9 +108,38 @@ def _send_outcome(exc: BaseException) -> str:
     return "failed"
 
 
-# How long after a send whose answer never came the step reads GHL or Retell back (real seconds): long
-# enough for a request that did arrive to show up in the provider's listings.
-READBACK_DELAY_SECONDS = 1.0
+@dataclass(frozen=True)
+class RealWaits:
+    """The real-time waits the service chooses for itself (not the ones GHL imposes: its rate limit stays
+    100 requests per 10 real seconds).
+
+    At ``LEAD_BOT_TIME_SCALE`` above 1000 they shrink with the scale, down to floors a local network
+    needs: at 86400 a second of waiting is a virtual day of a lead's life, and a 5-second hang or an
+    8-second backoff would put every touch it touches days late. At 1000 and below they are the production
+    values.
+    """
+
+    read_timeout: float  # a GHL read that hangs is abandoned and retried after this long
+    send_timeout: float  # a send waits this long for its answer before its outcome is unknown
+    call_timeout: float  # the same for Retell's create-phone-call (slower than GHL)
+    retry: RetryPolicy  # backoff between attempts after 429/5xx
+    readback_delay: float  # after a send whose answer never came, wait this long before reading back
+    lock_wait: float  # a run waits this long for a lead another run holds
+    lock_retry: float  # a due step whose lead was busy is tried again after this long
+
+    @classmethod
+    def for_scale(cls, time_scale: float) -> RealWaits:
+        f = min(1.0, 1000.0 / time_scale)
+        return cls(
+            read_timeout=max(0.25, 15.0 * f),
+            send_timeout=max(1.0, 15.0 * f),
+            call_timeout=max(2.0, 60.0 * f),
+            retry=RetryPolicy(max_retries=3, backoff_base=0.5 * f, backoff_cap=max(0.05, 8.0 * f),
+                              max_retry_after=max(1.0, 30.0 * f)),
+            readback_delay=max(0.2, 1.0 * f),
+            lock_wait=max(0.5, 10.0 * f),
+            lock_retry=max(0.05, 1.0 * f),
+        )
 
 
 def send_margin(time_scale: float) -> timedelta:
@@ -286,6 +317,7 @@ class LeadBotService:
         self.settings = settings
         self.role = role
         self.instance = instance
+        self.waits = RealWaits.for_scale(settings.time_scale)
         self.metrics = Metrics()
         self._crm_override = crm
         self._voice_override = voice
@@ -349,7 +381,8 @@ class LeadBotService:
 
         context = await self._serve_context()
         # A 10 s TTL (renewed while held) bounds how long a crashed process keeps a lead locked.
-        lock = RedisLeadLock(self.redis, prefix=PREFIX, ttl_seconds=10.0, owner=self.instance)
+        lock = RedisLeadLock(self.redis, prefix=PREFIX, ttl_seconds=10.0, owner=self.instance,
+                             wait_seconds=self.waits.lock_wait)
         self._stack.push_async_callback(lock.aclose)
         hooks: list[Callable[[str, dict[str, Any]], Awaitable[None]]] = [
             self._observe_run, self._update_index,
@@ -472,7 +505,7 @@ class LeadBotService:
             ),
             responder=self._responder(),
             comps=CsvCompsProvider(),
-            readback_delay_seconds=READBACK_DELAY_SECONDS,
+            readback_delay_seconds=self.waits.readback_delay,
         )
 
     def _responder(self) -> Any:
@@ -504,6 +537,8 @@ class LeadBotService:
         client = GHLClient(
             settings.ghl_api_base_url, tokens, location,
             rate_limiter=RedisSlidingWindowLimiter(self.redis, key_prefix=f"{PREFIX}:ghl-rate"),
+            timeout=self.waits.send_timeout, read_timeout=self.waits.read_timeout,
+            retry_policy=self.waits.retry,
         )
         self._stack.push_async_callback(client.aclose)
         return client
@@ -517,7 +552,9 @@ class LeadBotService:
                         "skipped")
             return UnconfiguredVoice()
         client = RetellClient(settings.retell_api_base_url, settings.retell_api_key,
-                              settings.retell_from_number, settings.retell_agent_id)
+                              settings.retell_from_number, settings.retell_agent_id,
+                              timeout=self.waits.call_timeout,
+                              retry_policy=self.waits.retry)
         self._stack.push_async_callback(client.aclose)
         return client
 
@@ -536,7 +573,7 @@ class LeadBotService:
 
         scheduler = LeadSequenceScheduler(
             self.runner, redis=self.redis, redis_url=self.redis_url, timebase=self.timebase,
-            index=self.index, prefix=PREFIX, owner=self.instance,
+            index=self.index, prefix=PREFIX, owner=self.instance, lock_retry_seconds=self.waits.lock_retry,
         )
         self.runner.after_run.append(scheduler.after_run)
         await scheduler.start()

@@ -102,7 +102,9 @@ class GHLClient:
     ``dndSettings`` keys to lowerCamel and custom-field writes to ``fieldValue``. ``transport`` replaces
     httpx's network transport (tests). ``rate_limiter`` defaults to an in-process 100-per-10-s window;
     pass a :class:`~ghl_real_estate_ai.integrations.rate_limit.RedisSlidingWindowLimiter` to share the
-    budget between processes. ``max_retries`` counts retries after the first attempt (a ``retry_policy``
+    budget between processes. ``read_timeout`` (seconds) replaces ``timeout`` for reads (GET): a read
+    that hangs is abandoned and retried, while a send keeps the longer ``timeout`` (its outcome would
+    be unknown). ``max_retries`` counts retries after the first attempt (a ``retry_policy``
     replaces it along with the backoff settings). ``sleep`` and ``rng`` drive the backoff (tests inject
     virtual time and a seeded generator).
 
@@ -124,6 +126,7 @@ class GHLClient:
         transport: httpx.AsyncBaseTransport | None = None,
         rate_limiter: RateLimiter | None = None,
         timeout: float | httpx.Timeout = 15.0,
+        read_timeout: float | None = None,
         max_retries: int = 3,
         retry_policy: RetryPolicy | None = None,
         sleep: Sleep = asyncio.sleep,
@@ -139,6 +142,7 @@ class GHLClient:
         self._contacts_v3 = self.versions["contacts"].strip().lower() == "v3"
         self._limiter: RateLimiter = rate_limiter or SlidingWindowLimiter()
         self._policy = retry_policy or RetryPolicy(max_retries=max_retries)
+        self._read_timeout = read_timeout
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._http = httpx.AsyncClient(
@@ -555,7 +559,11 @@ class GHLClient:
             async with self._limiter.slot(self.location_id) as ticket:
                 if guard is not None:
                     check_send_window(SERVICE, guard)  # the slot may have waited past the window
-                response = await self._http.request(method, path, json=json, params=params, headers=headers)
+                read = method == "GET" and self._read_timeout
+                response = await self._http.request(
+                    method, path, json=json, params=params, headers=headers,
+                    timeout=self._read_timeout if read else httpx.USE_CLIENT_DEFAULT,
+                )
         except (RedisError, OSError) as exc:
             if response is None:  # the shared limiter failed before the request left: nothing was sent
                 raise TransientIntegrationError(

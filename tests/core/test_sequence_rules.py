@@ -380,3 +380,18 @@ def test_plan_stall_breaker_while_conversation_is_active() -> None:
         current_step=Step.DAY_7, conversation_active=True, last_outbound_at=late, now=late, stall_attempts=3
     )
     assert plan.due_at == late + timedelta(days=2)  # type: ignore[attr-defined]
+
+
+def test_the_services_own_waits_shrink_with_the_time_scale() -> None:
+    from ghl_real_estate_ai.service import RealWaits
+
+    production = RealWaits.for_scale(1.0)
+    assert (production.read_timeout, production.send_timeout, production.readback_delay) == (15.0, 15.0, 1.0)
+    assert (production.retry.backoff_base, production.retry.backoff_cap) == (0.5, 8.0)
+    assert RealWaits.for_scale(1000.0) == production
+    fast = RealWaits.for_scale(86400.0)
+    # At a virtual day per second the waits are a few virtual hours at most, but never below what a
+    # request over a network needs.
+    assert fast.read_timeout == 0.25 and fast.send_timeout == 1.0 and fast.call_timeout == 2.0
+    assert fast.retry.backoff_cap * 86400 / 3600 < 3  # hours
+    assert fast.lock_retry * 86400 / 3600 < 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import socket
+import time
 from typing import Any
 
 import httpx
@@ -18,6 +19,7 @@ from ghl_real_estate_ai.errors import (
     SendBlockedError,
     TransientIntegrationError,
 )
+from ghl_real_estate_ai.integrations._http import RetryPolicy
 from ghl_real_estate_ai.integrations.ghl import GHLClient, OutcomeUnknownError
 from ghl_real_estate_ai.integrations.models import Contact, Crm, SendResult
 from ghl_real_estate_ai.integrations.rate_limit import SlidingWindowLimiter, Ticket
@@ -451,3 +453,18 @@ async def test_limiter_failure_after_the_answer_keeps_the_answer(
         result = await client.send_sms(contact["id"], "hello")
     assert result.message_id
     assert ghl.sent_sms(contact["id"]) == ["hello"]
+
+
+async def test_a_read_that_hangs_is_abandoned_and_retried_but_a_send_is_not(ghl: FakeGHLServer) -> None:
+    contact = ghl.add_contact()
+    ghl.script_faults([Fault(delay=3.0)], method="GET", path=f"/contacts/{contact['id']}")
+    ghl.script_faults([Fault(delay=3.0)], method="POST", path="/conversations/messages")
+    async with GHLClient(ghl.base_url, ghl.token, ghl.location_id, timeout=1.0, read_timeout=0.2,
+                         retry_policy=RetryPolicy(backoff_base=0.01, backoff_cap=0.01)) as client:
+        started = time.monotonic()
+        found = await client.get_contact(contact["id"])
+        assert found.id == contact["id"] and time.monotonic() - started < 1.0  # not the 3 s hang
+        assert len(ghl.requests_to("GET", f"/contacts/{contact['id']}")) == 2
+        with pytest.raises(OutcomeUnknownError):  # the text may be out: never resent blindly
+            await client.send_sms(contact["id"], "hello")
+        assert len(ghl.requests_to("POST", "/conversations/messages")) == 1
