@@ -131,7 +131,7 @@ class RealWaits:
     def for_scale(cls, time_scale: float) -> RealWaits:
         f = min(1.0, 1000.0 / time_scale)
         return cls(
-            read_timeout=max(0.25, 15.0 * f),
+            read_timeout=max(0.1, 15.0 * f),
             send_timeout=max(1.0, 15.0 * f),
             call_timeout=max(2.0, 60.0 * f),
             retry=RetryPolicy(max_retries=3, backoff_base=0.5 * f, backoff_cap=max(0.05, 8.0 * f),

@@ -5,7 +5,8 @@ GHL allows 100 requests per 10 s per app and location (``X-RateLimit-Max`` /
 per key (the location id), and read the server's ``X-RateLimit-*`` headers to learn what the window
 cannot see by itself:
 
-* ``X-RateLimit-Max`` below our own limit lowers the limit for that key;
+* ``X-RateLimit-Max`` replaces our own limit for that key (``max_requests`` is only the limit used until
+  the first answer: GHL's documented 100), lower or higher: a limit GHL raised is budget it grants;
 * the server's count (``Max - Remaining``) above our own count of slots in the window is traffic we did
   not send (another app or a Private Integration token on the same location). That excess is reserved
   for one ``X-RateLimit-Interval-Milliseconds``: our budget shrinks by it, and when it takes the whole
@@ -133,7 +134,7 @@ class _Bucket:
     in_flight: int = 0
     finished: deque[float] = field(default_factory=deque)
     blocked_until: float = 0.0
-    limit: int | None = None  # the server's X-RateLimit-Max, when below ours
+    limit: int | None = None  # the server's X-RateLimit-Max, once an answer said it
     foreign: int = 0  # requests of another sender the server counted, reserved until foreign_until
     foreign_until: float = 0.0
 
@@ -175,7 +176,7 @@ class SlidingWindowLimiter:
             bucket.finished.popleft()
 
     def _budget(self, bucket: _Bucket, now: float) -> int:
-        limit = min(self.max_requests, bucket.limit or self.max_requests)
+        limit = bucket.limit or self.max_requests
         return limit - (bucket.foreign if now < bucket.foreign_until else 0)
 
     @asynccontextmanager
@@ -225,7 +226,7 @@ class SlidingWindowLimiter:
         bucket = self._bucket(key)
         now = self._clock()
         if count.maximum is not None:
-            bucket.limit = min(count.maximum, self.max_requests)
+            bucket.limit = count.maximum
         self._expire(bucket, now)
         ours = ticket.ours if ticket is not None else bucket.in_flight + len(bucket.finished)
         foreign = count.foreign(ours, self.max_requests)
@@ -269,7 +270,7 @@ if blocked > now then
   return {0, tostring(blocked - now)}
 end
 local learned = tonumber(redis.call('GET', KEYS[4]) or '0')
-if learned > 0 and learned < limit then
+if learned > 0 then
   limit = learned
 end
 local foreign, foreign_until = 0, 0
@@ -426,6 +427,7 @@ class RedisSlidingWindowLimiter:
                     ticket = Ticket(int(rest[0]), now) if rest else None
                     break
                 delay = float(wait)
+                logger.debug("rate limit for %s reached (shared); waiting %.3fs", key, delay)
                 # The freeing slot is in flight, possibly in another process: poll until it finishes.
                 await self._sleep(self.poll_interval if delay < 0 else delay)
         try:

@@ -374,3 +374,21 @@ async def test_an_answer_that_came_back_late_reserves_nothing_for_our_own_expire
         async with limiter.slot("LOC"):
             pass
     assert vtime.clock() == start
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_the_limit_follows_x_ratelimit_max_up_as_well_as_down(
+    kind: str, vtime: VirtualTime, redis_client: aioredis.Redis, key_prefix: str
+) -> None:
+    # A location whose app has a larger burst budget: GHL says so in every answer, and waiting at our
+    # default 100 would waste what it grants.
+    with FakeGHLServer(clock=vtime.clock, rate_limit=150, rate_window=10.0) as ghl:
+        contact = ghl.add_contact()
+        async with virtual_client(ghl, vtime, _limiter(kind, vtime, redis_client, key_prefix)) as client:
+            for i in range(200):
+                await client.add_tags(contact["id"], [f"t{i}"])
+        arrivals = [r.at for r in ghl.requests]
+        statuses = {r.status for r in ghl.requests}
+    assert statuses == {201}
+    assert max_in_window(arrivals, 10.0) == 150
+    assert arrivals[149] == arrivals[0]  # the first 150 without waiting
