@@ -143,14 +143,11 @@ class RealWaits:
 
 
 def send_margin(time_scale: float) -> timedelta:
-    """How long before the lead's window closes a send is no longer started: one second, or what 0.2 real
-    milliseconds are in virtual time (17 virtual seconds at 86400), whichever is longer.
-
-    Kept small on purpose: a step due in the margin waits for the next morning, which at a high time scale
-    would turn a step due a minute before the window closes into one twelve hours late. What the guard
-    must catch are the long waits (a rate-limit wait, a retry backoff); a request's own trip to GHL is a
-    millisecond or so."""
-    return timedelta(seconds=max(1.0, 0.0002 * time_scale))
+    """How long before the lead's window closes a send is no longer started: one second, or what 10 real
+    milliseconds (a request's trip to GHL on a loaded host) are in virtual time (14.4 virtual minutes at
+    86400), whichever is longer. A step due inside the margin goes at the next opening; what the guard
+    itself must catch are the long waits (a rate-limit wait, a retry backoff)."""
+    return timedelta(seconds=max(1.0, 0.01 * time_scale))
 
 
 def in_order(timeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
