@@ -8,12 +8,12 @@ from __future__ import annotations
 import pytest
 
 from .conftest import RunPool
-from .scenarios import LATENCY_RUNS, SEQUENCE_RUNS
+from .scenarios import COLLECTED_SEQUENCE_RUNS, LATENCY_RUNS
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("run_id", [spec.id for spec in SEQUENCE_RUNS])
+@pytest.mark.parametrize("run_id", [spec.id for spec in COLLECTED_SEQUENCE_RUNS])
 def test_every_touch_reaches_the_fakes_once_on_time_and_in_window(run_id: str, e2e_runs: RunPool) -> None:
     result = e2e_runs.result(run_id)
     print(result.report())
