@@ -551,6 +551,7 @@ class LeadSequenceScheduler:
         self._reconcile_task: asyncio.Task[None] | None = None
         self._last_reconcile = 0.0
         self._wakeup_pending = False
+        self._reconcile_wanted = False  # a due job was lost to an error: reconcile at the next tick
         self._stopping = False
         self._started = False
 
@@ -665,9 +666,11 @@ class LeadSequenceScheduler:
             )
 
     async def _reconcile_quietly(self) -> None:
+        wanted, self._reconcile_wanted = self._reconcile_wanted, False
         try:
             report = await self.reconcile()
         except Exception:
+            self._reconcile_wanted = wanted
             log.exception("reconcile failed; it runs again at the next interval")
             return
         if report.restored or report.moved or report.removed:
@@ -683,9 +686,9 @@ class LeadSequenceScheduler:
             # APScheduler only knows the run times it has seen; jobs written by other processes
             # (followers' webhook turns, the CLI) are picked up here, within one interval.
             self._aps.wakeup()
-            if self.reconcile_interval is not None and (
+            if self._reconcile_wanted or (self.reconcile_interval is not None and (
                 time.monotonic() - self._last_reconcile >= self.reconcile_interval
-            ):
+            )):
                 self._spawn_reconcile()
 
     def _request_wakeup(self) -> None:
@@ -776,6 +779,8 @@ class LeadSequenceScheduler:
         try:
             await self._fire(contact_id, step, due_at, attempt)
         except Exception:
+            # APScheduler removed the job before running it: only a reconcile can put it back.
+            self._reconcile_wanted = True
             log.exception("due step %s of lead %s failed in the scheduler; reconcile retries it",
                           step, contact_id)
         finally:
@@ -832,8 +837,16 @@ class LeadSequenceScheduler:
         """Retry a transient failure (+5/+15/+30 virtual minutes), else mark the lead failed."""
         try:
             values = await self.runner.state(contact_id)
-        except Exception:
-            values = {}
+        except Exception as read_error:
+            # Redis is away (the run failed for the same reason, most likely): nothing here can be trusted
+            # to say the lead moved on. Put the job back for a retry; if even that fails, the next
+            # reconcile (wanted as soon as Redis answers again) restores it from the lead's state.
+            log.warning("lead %s: %s failed (%s) and its state cannot be read (%s); trying again in %ss",
+                        contact_id, step, exc, read_error, self.lock_retry_seconds)
+            self._reconcile_wanted = True
+            run_at = datetime.now(UTC) + timedelta(seconds=self.lock_retry_seconds)
+            await self._hand_back(contact_id, step, due_at, 0, run_at)
+            return
         seq = values.get("sequence") or {}
         if not _schedulable(seq) or seq.get("next_step") != step:
             log.warning("lead %s: %s failed (%s) but the lead has moved on", contact_id, step, exc)

@@ -357,3 +357,33 @@ async def test_reconcile_once_for_the_cli_keeps_the_service_clock(make_bot: Make
         }
         job = await bot.scheduler.job_for("a")
         assert job is not None and job.due_at == (await seq(bot, "a"))["next_due_at"]
+
+
+async def test_a_step_lost_to_a_redis_outage_is_put_back_not_dropped(make_bot: MakeBot) -> None:
+    # Redis went away mid-run: the step failed and the lead's state could not be read either. The job
+    # (which APScheduler removed before running it) must come back, and the step must go out once.
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    async with make_bot(scale=2, lock_retry_seconds=0.05) as bot:
+        await enroll(bot, "lead-1")
+        dispatch, state = bot.runner.dispatch, bot.runner.state
+        outage = {"dispatch": 1, "state": 1}
+
+        async def failing_dispatch(contact_id: str, event: Any) -> Any:
+            if event.get("type") == "step_due" and outage["dispatch"]:
+                outage["dispatch"] -= 1
+                raise RedisConnectionError("Error 111 connecting to 127.0.0.1. Connection refused.")
+            return await dispatch(contact_id, event)
+
+        async def failing_state(contact_id: str) -> Any:
+            if outage["state"] and not outage["dispatch"]:
+                outage["state"] -= 1
+                raise RedisConnectionError("Error 111 connecting to 127.0.0.1. Connection refused.")
+            return await state(contact_id)
+
+        bot.runner.dispatch, bot.runner.state = failing_dispatch, failing_state  # type: ignore[method-assign]
+        await bot.scheduler.start()
+        await wait_for(lambda: sent(bot, "lead-1") == ["sms"], message="day_3 after the outage")
+        assert outage == {"dispatch": 0, "state": 0}
+        job = await bot.scheduler.job_for("lead-1")
+        assert job is not None and job.step == "day_7"

@@ -121,8 +121,8 @@ def test_sigterm_drains_and_releases_the_scheduler_lease() -> None:
 
 
 def test_a_killed_service_leaves_nothing_unprocessed_and_sends_nothing_twice() -> None:
-    """SIGKILL mid-send: the restarted service reclaims the entry; the reply whose outcome is unknown is
-    not sent again (its send key stays claimed)."""
+    """SIGKILL mid-send: the restarted service reclaims the entry; the reply whose outcome was unknown is
+    read back from GHL, found, and not sent again."""
     with running_stack(LEAD_BOT_INTAKE_CLAIM_IDLE_SECONDS="1") as stack:
         cid = stack.add_lead()
         stack.enroll(cid)
@@ -140,5 +140,6 @@ def test_a_killed_service_leaves_nothing_unprocessed_and_sends_nothing_twice() -
         assert len(stack.replies(cid)) == 1
         lead = stack.lead(cid)
         assert lead is not None
-        assert any("claimed" in item["reason"] for item in lead["timeline"] if item["action"] == "reply")
+        assert any("read-back found it delivered" in item["reason"]
+                   for item in lead["timeline"] if item["action"] == "reply")
         client.close()
