@@ -716,9 +716,14 @@ class LeadSequenceScheduler:
 
         The job ``lead:{contact_id}`` exists exactly when the lead is active or in nurture and has a next
         step with a due time; it runs at that due time, or at the pending retry time while a transient
-        failure of this very step occurrence is being retried. Works in any process, started or not.
+        failure of this very step occurrence is being retried. Works in any process, started or not. When
+        the job cannot be written (Redis away), a reconcile is asked for at the next tick.
         """
-        await self._apply(contact_id, values)
+        try:
+            await self._apply(contact_id, values)
+        except Exception:
+            self._reconcile_wanted = True
+            raise
 
     async def sync_job(self, contact_id: str, values: Mapping[str, Any] | None = None) -> LeadJob | None:
         """Set the lead's job from its checkpointed state (read unless given); None when it has none."""

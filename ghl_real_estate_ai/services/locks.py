@@ -163,12 +163,14 @@ class RedisLeadLock:
     async def release(self, contact_id: str, token: str) -> bool:
         """Give the lock back if it is still ours; False when it had expired (and maybe been retaken)."""
         key = self.key(contact_id)
-        # Forget the token only after the delete: until then a run of this process waiting for the lock
-        # must not mistake it for one left by an earlier run.
-        released = bool(await self._release_script(keys=[key], args=[token]))
-        if self._held.get(key) == token:
-            del self._held[key]
-        return released
+        # Forget the token only after the delete (until then a run of this process waiting for the lock
+        # must not mistake it for one left by an earlier run), but forget it even when the delete fails:
+        # a token left here would be renewed for ever, and the lead locked with it.
+        try:
+            return bool(await self._release_script(keys=[key], args=[token]))
+        finally:
+            if self._held.get(key) == token:
+                del self._held[key]
 
     @contextlib.asynccontextmanager
     async def hold(self, contact_id: str) -> AsyncIterator[None]:

@@ -255,3 +255,26 @@ async def test_leadership_is_bounded_locally_when_renewal_stalls(
     assert lease.is_leader
     await asyncio.sleep(0.3)  # no renewal ran (a stalled loop, or Redis unreachable)
     assert not lease.is_leader
+
+
+async def test_a_release_that_fails_does_not_keep_renewing_the_lock(
+    clients: Callable[[], aioredis.Redis],
+) -> None:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    lock = RedisLeadLock(clients(), prefix="t", ttl_seconds=0.3, owner="host:8000")
+    token = await lock.acquire("c1")
+
+    async def redis_away(**_: Any) -> Any:
+        raise RedisConnectionError("Connection refused")
+
+    lock._release_script = redis_away  # type: ignore[method-assign,assignment]
+    with pytest.raises(RedisConnectionError):
+        await lock.release("c1", token)
+    # Redis is back: the lock is no longer renewed, so it expires and the lead is free again.
+    other = RedisLeadLock(clients(), prefix="t", ttl_seconds=5, wait_seconds=2)
+    started = time.monotonic()
+    async with other.hold("c1"):
+        assert time.monotonic() - started < 1.5
+    await lock.aclose()
+    await other.aclose()
