@@ -143,11 +143,12 @@ class RealWaits:
 
 
 def send_margin(time_scale: float) -> timedelta:
-    """How long before the lead's window closes a send is no longer started: one second, or what 10 real
-    milliseconds (a request's trip to GHL on a loaded host) are in virtual time (14.4 virtual minutes at
-    86400), whichever is longer. A step due inside the margin goes at the next opening; what the guard
-    itself must catch are the long waits (a rate-limit wait, a retry backoff)."""
-    return timedelta(seconds=max(1.0, 0.01 * time_scale))
+    """How long before the lead's window closes a send is no longer started: one second, or what 100 real
+    milliseconds are in virtual time (2.4 virtual hours at 86400), whichever is longer. Between the check
+    and the request reaching GHL or Retell lie the rest of the event loop's work: right after a restart,
+    with a dozen overdue steps running at once, that was measured at up to 40 ms. A step due inside the
+    margin goes at the next opening; the guard catches the long waits (a rate-limit wait, a backoff)."""
+    return timedelta(seconds=max(1.0, 0.1 * time_scale))
 
 
 def in_order(timeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
