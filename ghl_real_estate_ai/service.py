@@ -143,12 +143,12 @@ class RealWaits:
 
 
 def send_margin(time_scale: float) -> timedelta:
-    """How long before the lead's window closes a send is no longer started: one second, or what 100 real
-    milliseconds are in virtual time (2.4 virtual hours at 86400), whichever is longer. Between the check
-    and the request reaching GHL or Retell lie the rest of the event loop's work: right after a restart,
-    with a dozen overdue steps running at once, that was measured at up to 40 ms. A step due inside the
-    margin goes at the next opening; the guard catches the long waits (a rate-limit wait, a backoff)."""
-    return timedelta(seconds=max(1.0, 0.1 * time_scale))
+    """How long before the lead's window closes a send is no longer started: one second, or what 50 real
+    milliseconds are in virtual time (72 virtual minutes at 86400), whichever is longer. Between the check
+    and the request reaching GHL or Retell lies the rest of the event loop's work: right after a restart,
+    with a dozen overdue steps running at once, up to 40 ms was measured. A step due inside the margin
+    goes at the next opening; the guard catches the long waits (a rate-limit wait, a backoff)."""
+    return timedelta(seconds=max(1.0, 0.05 * time_scale))
 
 
 def in_order(timeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
