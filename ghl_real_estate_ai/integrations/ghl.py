@@ -62,7 +62,7 @@ from ghl_real_estate_ai.integrations._http import (
     send_with_retries,
 )
 from ghl_real_estate_ai.integrations.auth import StaticTokenProvider, TokenProvider
-from ghl_real_estate_ai.integrations.models import Contact, SendLookup, SendResult
+from ghl_real_estate_ai.integrations.models import Contact, SendLookup, SendResult, lookup_arguments
 from ghl_real_estate_ai.integrations.rate_limit import RateLimiter, SlidingWindowLimiter, Ticket
 from ghl_real_estate_ai.integrations.send_window import check_send_window
 
@@ -343,17 +343,9 @@ class GHLClient:
         for bad arguments.
         """
         _require_id(contact_id)
-        kinds = _READBACK_TYPES.get(channel.strip().lower())
-        if kinds is None:
-            raise ValueError(f"unknown channel {channel!r}; use one of {sorted(_READBACK_TYPES)}")
-        wanted = text.strip()
-        if not wanted:
-            raise ValueError("text must be the non-empty SMS body or email subject that was sent")
-        if since.tzinfo is None:
-            raise ValueError("since must be a timezone-aware datetime")
-        since = since.astimezone(UTC)
+        channel, wanted, since = lookup_arguments(channel, text, since)
         floor = since.replace(microsecond=since.microsecond // 1000 * 1000)  # GHL dates to the millisecond
-        search = _Readback(channel=channel.strip().lower(), kinds=kinds, wanted=wanted, floor=floor)
+        search = _Readback(channel=channel, kinds=_READBACK_TYPES[channel], wanted=wanted, floor=floor)
         try:
             response = await self._request(
                 "GET", "/conversations/search", family="conversations", operation="search conversations",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 Channel = Literal["sms", "email", "call"]
@@ -100,6 +100,20 @@ class SendResult:
 class CallResult:
     call_id: str
     call_status: str
+
+
+def lookup_arguments(channel: str, text: str, since: datetime) -> tuple[str, str, datetime]:
+    """The arguments of ``Crm.find_sent_message`` checked and normalised: ``(channel, stripped text, since
+    in UTC)``. Raises ``ValueError`` for an unknown channel, empty text or a naive ``since``."""
+    normalised = channel.strip().lower()
+    if normalised not in ("sms", "email"):
+        raise ValueError(f"unknown channel {channel!r}; use 'email' or 'sms'")
+    wanted = text.strip()
+    if not wanted:
+        raise ValueError("text must be the non-empty SMS body or email subject that was sent")
+    if since.tzinfo is None:
+        raise ValueError("since must be a timezone-aware datetime")
+    return normalised, wanted, since.astimezone(UTC)
 
 
 @dataclass(frozen=True)

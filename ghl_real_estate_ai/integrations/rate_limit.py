@@ -98,6 +98,13 @@ class ServerCount:
         return (self.maximum or limit) - self.remaining - ours
 
 
+def _reservation_start(ticket: Ticket | None, interval: float, now: float) -> float | None:
+    """When a reservation read from an answer starts (its request's grant, else now); None when the
+    answer came back after its own interval and so tells nothing about now."""
+    start = ticket.at if ticket is not None else now
+    return start if start + interval > now else None
+
+
 def _int_header(headers: Mapping[str, str], name: str) -> int | None:
     raw = _header(headers, name)
     if raw is None:
@@ -235,9 +242,9 @@ class SlidingWindowLimiter:
         if now >= bucket.foreign_until:
             bucket.foreign = 0
         interval = count.interval or self.window
-        start = ticket.at if ticket is not None else now
-        if start + interval <= now:
-            return  # an answer that came back after its own interval tells nothing about now
+        start = _reservation_start(ticket, interval, now)
+        if start is None:
+            return
         if foreign > bucket.foreign:
             logger.info("GHL counted %d requests of %s that this process did not send; reserving them "
                         "for %.3fs", foreign, key, interval)
@@ -356,6 +363,10 @@ return foreign
 """
 
 
+# The stored X-RateLimit-Max lives a day in Redis; this process writes it again at least this often.
+_MAX_REWRITE_SECONDS = 3600.0
+
+
 class RedisSlidingWindowLimiter:
     """The same sliding window, kept in Redis so several processes share one location's budget.
 
@@ -396,6 +407,7 @@ class RedisSlidingWindowLimiter:
         self._block_script = redis.register_script(_BLOCK_SCRIPT)
         self._observe_script = redis.register_script(_OBSERVE_SCRIPT)
         self._local_locks: dict[str, asyncio.Lock] = {}
+        self._max_written: dict[str, tuple[int, float]] = {}  # key -> (X-RateLimit-Max, when written)
 
     def keys(self, key: str) -> tuple[str, str]:
         """The Redis keys of ``key``'s slots and block marker (hash-tagged: one cluster slot for all)."""
@@ -439,12 +451,20 @@ class RedisSlidingWindowLimiter:
         count = ServerCount.parse(headers)
         if count is None:
             return
-        keys = self._all_keys(key)
         now = self._clock()
         interval = count.interval or self.window
-        start = ticket.at if ticket is not None else now
-        if start + interval <= now:
-            return  # an answer that came back after its own interval tells nothing about now
+        start = _reservation_start(ticket, interval, now)
+        if start is None:
+            return
+        written = self._max_written.get(key)
+        max_known = count.maximum is None or (
+            written is not None and written[0] == count.maximum and now - written[1] < _MAX_REWRITE_SECONDS
+        )
+        if ticket is not None and max_known and count.foreign(ticket.ours, self.max_requests) <= 0:
+            return  # nothing to record: no round trip to Redis on the answers of every request
+        if count.maximum is not None:
+            self._max_written[key] = (count.maximum, now)
+        keys = self._all_keys(key)
         foreign = await self._observe_script(
             keys=[keys[0], keys[2], keys[3]],
             args=[repr(now), self.window, count.remaining, count.maximum or 0, self.max_requests,

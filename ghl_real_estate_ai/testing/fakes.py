@@ -22,7 +22,13 @@ from typing import Any
 
 from ghl_real_estate_ai.clock import Clock, FakeClock, SystemClock
 from ghl_real_estate_ai.errors import NotFoundError, SendBlockedError
-from ghl_real_estate_ai.integrations.models import CallResult, Contact, SendLookup, SendResult
+from ghl_real_estate_ai.integrations.models import (
+    CallResult,
+    Contact,
+    SendLookup,
+    SendResult,
+    lookup_arguments,
+)
 
 
 @dataclass
@@ -230,13 +236,7 @@ class FakeCrm:
         """An outbound ``channel`` message that GHL's clock (``provider_clock``) dated at or after
         ``since`` whose body (SMS) or subject (email) is ``text`` (stripped). Recorded in ``calls``; never
         consumes :meth:`fail_next` errors."""
-        if channel not in ("sms", "email"):
-            raise ValueError(f"unknown channel {channel!r}; use 'email' or 'sms'")
-        wanted = text.strip()
-        if not wanted:
-            raise ValueError("text must be the non-empty SMS body or email subject that was sent")
-        if since.tzinfo is None:
-            raise ValueError("since must be a timezone-aware datetime")
+        channel, wanted, since = lookup_arguments(channel, text, since)
         with self._lock:
             self.calls.append(("find_sent_message", (contact_id, channel, text)))
         if self.lookup_unknown is not None:

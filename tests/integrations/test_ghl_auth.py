@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from urllib.parse import parse_qs
 
 import httpx
@@ -25,15 +24,6 @@ from ghl_real_estate_ai.integrations.ghl import GHLClient
 from ghl_real_estate_ai.integrations.rate_limit import SlidingWindowLimiter
 from ghl_real_estate_ai.testing.fake_http import VirtualTime
 from ghl_real_estate_ai.testing.ghl_server import FakeGHLServer
-
-
-@pytest.fixture
-async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 def install(ghl: FakeGHLServer) -> TokenPair:

@@ -268,15 +268,6 @@ def _limiter(kind: str, vtime: VirtualTime, redis_client: aioredis.Redis, key_pr
                                      sleep=vtime.sleep, lease=1e6)
 
 
-@pytest.fixture
-async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
 @pytest.mark.parametrize("kind", ["memory", "redis"])
 async def test_own_requests_filling_the_window_wait_only_for_the_oldest_slot(
     kind: str, vtime: VirtualTime, redis_client: aioredis.Redis, key_prefix: str
@@ -392,3 +383,24 @@ async def test_the_limit_follows_x_ratelimit_max_up_as_well_as_down(
     assert statuses == {201}
     assert max_in_window(arrivals, 10.0) == 150
     assert arrivals[149] == arrivals[0]  # the first 150 without waiting
+
+
+async def test_an_answer_with_nothing_to_record_costs_no_redis_round_trip(
+    vtime: VirtualTime, redis_client: aioredis.Redis, key_prefix: str
+) -> None:
+    limiter = RedisSlidingWindowLimiter(redis_client, key_prefix=key_prefix, clock=vtime.clock,
+                                        sleep=vtime.sleep)
+    calls: list[object] = []
+    original = limiter._observe_script
+
+    async def counting(**kwargs: object) -> object:
+        calls.append(kwargs)
+        return await original(**kwargs)
+
+    limiter._observe_script = counting  # type: ignore[method-assign,assignment]
+    for remaining in (99, 98, 97):  # our own requests only, and the same X-RateLimit-Max each time
+        async with limiter.slot("LOC") as ticket:
+            pass
+        await limiter.observe("LOC", {"X-RateLimit-Remaining": str(remaining), "X-RateLimit-Max": "100",
+                                      "X-RateLimit-Interval-Milliseconds": "10000"}, ticket)
+    assert len(calls) == 1  # the first answer stores the limit; the others have nothing to add

@@ -25,6 +25,13 @@ EVENING = datetime(2026, 3, 11, 1, 50, tzinfo=UTC)  # 20:50 CDT in Austin: ten m
 NEXT_MORNING = datetime(2026, 3, 11, 13, 0, tzinfo=UTC)  # 08:00 CDT
 
 
+def runner_on(client: GHLClient, clock: FakeClock) -> LeadBotRunner:
+    """The graph on GHL over HTTP and a virtual clock, with a 5-minute send margin."""
+    rules = Rules(send_margin=timedelta(minutes=5))
+    context = Context(crm=client, voice=FakeVoice(), clock=clock, rules=rules)
+    return LeadBotRunner(build_graph().compile(checkpointer=InMemorySaver()), context)
+
+
 async def test_a_retry_after_the_window_closed_is_deferred_not_sent() -> None:
     clock = FakeClock(EVENING)
 
@@ -36,9 +43,7 @@ async def test_a_retry_after_the_window_closed_is_deferred_not_sent() -> None:
         cid = contact["id"]
         ghl.script_faults([500], method="POST", path="/conversations/messages")
         client = GHLClient(ghl.base_url, ghl.token, ghl.location_id, sleep=backoff, rng=random.Random(3))
-        context = Context(crm=client, voice=FakeVoice(), clock=clock,
-                          rules=Rules(send_margin=timedelta(minutes=5)))
-        runner = LeadBotRunner(build_graph().compile(checkpointer=InMemorySaver()), context)
+        runner = runner_on(client, clock)
         try:
             await runner.dispatch(cid, {"type": "enroll"})
             await runner.dispatch(cid, {"type": "step_due", "step": "day_3"})
@@ -66,9 +71,7 @@ async def test_a_step_does_not_start_a_send_inside_the_margin() -> None:
     with FakeGHLServer() as ghl:
         cid = ghl.add_contact(timezone="America/Chicago", state="TX")["id"]
         client = GHLClient(ghl.base_url, ghl.token, ghl.location_id)
-        context = Context(crm=client, voice=FakeVoice(), clock=clock,
-                          rules=Rules(send_margin=timedelta(minutes=5)))
-        runner = LeadBotRunner(build_graph().compile(checkpointer=InMemorySaver()), context)
+        runner = runner_on(client, clock)
         try:
             await runner.dispatch(cid, {"type": "enroll"})
             await runner.dispatch(cid, {"type": "step_due", "step": "day_3"})

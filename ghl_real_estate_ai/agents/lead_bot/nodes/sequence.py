@@ -263,7 +263,8 @@ async def run_step(state: LeadState, runtime: Runtime[Context], step: Step) -> d
 
     locale = locale_of(update["contact"], runtime)
     eng = state.get("engagement", {})
-    if _window_check(runtime, locale)() is not None:  # the zone may have changed since it was planned
+    check = _window_check(runtime, locale)
+    if check() is not None:  # the zone may have changed since it was planned
         return _deferred(update, step, now, locale, eng, ctx.rules.send_margin, due,
                          "quiet hours in the lead's time zone")
 
@@ -290,9 +291,7 @@ async def run_step(state: LeadState, runtime: Runtime[Context], step: Step) -> d
     values = messages.fields(
         update["contact"], agent_name=ctx.rules.agent_name, program_name=ctx.rules.program_name
     )
-    outcome = await deliver_once(
-        runtime, key, _compose(step, channel, contact, values, variant, key), _window_check(runtime, locale)
-    )
+    outcome = await deliver_once(runtime, key, _compose(step, channel, contact, values, variant, key), check)
     if outcome.kind == "deferred":
         return _deferred(update, step, now_of(runtime), locale, eng, ctx.rules.send_margin, due,
                          outcome.reason)
