@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
@@ -206,17 +207,49 @@ def _valid_zone(name: str | None) -> str | None:
 def resolve_locale(
     quiet: QuietHours, *, timezone: str | None, state: str | None, phone: str | None
 ) -> LeadLocale:
-    """Decide a lead's zones and window: contact time zone, else state, else phone area code, else every
-    US zone with the strictest window. The state (given or from the area code) picks the window even when
-    the zone comes from the contact's time zone; a Florida area code presumes a Florida resident."""
-    state_code = normalize_state(state) or area_code_state(phone)
+    """Decide a lead's zones and window by the strictest reading of the law.
+
+    Every zone the contact's time zone, state and phone area code point at counts (a state that spans
+    zones points at all of them unless the time zone is one of them), and the strictest state window among
+    the state and the area code's state applies: Florida's FTSA and Oklahoma's OTSA presume
+    that a number with the state's area code belongs to a resident, so a Washington number gets
+    Washington's 08:00-20:00 in Seattle even when the contact's time zone says New York. With none of the
+    three known, every US zone with the strictest window. (Should a configured window be so narrow that no
+    instant is inside it in all the zones, the most specific source alone decides: time zone, then state,
+    then area code.)"""
+    given_state = normalize_state(state)
+    phone_state = area_code_state(phone)
     zone = _valid_zone(timezone)
+    sources: list[tuple[str, tuple[str, ...]]] = []
     if zone:
-        return LeadLocale((zone,), quiet.window_for(state_code), "timezone")
-    if state_code and state_code in STATE_ZONES:
-        basis = "state" if normalize_state(state) else "area code"
-        return LeadLocale(STATE_ZONES[state_code], quiet.window_for(state_code), basis)
-    return LeadLocale(ALL_US_ZONES, quiet.strictest(), "unknown")
+        sources.append(("timezone", (zone,)))
+    for basis, code in (("state", given_state), ("area code", phone_state)):
+        if code and code in STATE_ZONES:
+            # A state spanning zones points at all of them, unless the contact's time zone says which.
+            state_zones = (zone,) if zone in STATE_ZONES[code] else STATE_ZONES[code]
+            known = {z for _, source_zones in sources for z in source_zones}
+            if not set(state_zones) <= known:
+                sources.append((basis, state_zones))
+    if not sources:
+        return LeadLocale(ALL_US_ZONES, quiet.strictest(), "unknown")
+    window = quiet.window_for(given_state or phone_state)
+    if given_state and phone_state and phone_state != given_state:
+        with suppress(ValueError):  # configured windows that do not overlap: the contact's own state's
+            window = window.intersect(quiet.window_for(phone_state))
+    zones = tuple(dict.fromkeys(z for _, source_zones in sources for z in source_zones))
+    if not _has_instant(zones, window):
+        sources = sources[:1]
+        zones = sources[0][1]
+    return LeadLocale(zones, window, "+".join(dict.fromkeys(basis for basis, _ in sources)))
+
+
+@lru_cache(maxsize=1024)
+def _has_instant(zones: tuple[str, ...], window: Window) -> bool:
+    try:
+        next_allowed(datetime(2026, 1, 5, tzinfo=UTC), LeadLocale(zones, window, "check"))
+    except ValueError:
+        return False
+    return True
 
 
 def _local_allowed(when: datetime, zone: str, window: Window) -> bool:

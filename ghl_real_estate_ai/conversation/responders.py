@@ -172,7 +172,7 @@ class RuleResponder:
             case Intent.OPT_OUT:
                 if _opt_out_already_confirmed(turn.history):
                     return ""
-                return templates.opt_out_confirmation(turn.program_name)
+                return templates.opt_out_confirmation(turn.program_name, turn.channel)
             case Intent.OPT_IN:
                 return templates.opt_in_confirmation(turn.program_name)
             case Intent.HELP:

@@ -32,6 +32,10 @@ HINT_LIMIT = 40
 OPT_OUT_CONFIRMATION = (
     "You're unsubscribed from {program} messages. No more texts will be sent. Reply START to resubscribe."
 )
+OPT_OUT_CONFIRMATION_EMAIL = (
+    "You're unsubscribed from {program} messages. No more emails or texts will be sent. "
+    "Reply START to resubscribe."
+)
 OPT_IN_CONFIRMATION = (
     "You're resubscribed to {program} texts. Msg & data rates may apply. "
     "Reply HELP for help, STOP to opt out."
@@ -111,9 +115,11 @@ def _name(first_name: str) -> str:
     return clean(first_name, NAME_LIMIT) or "there"
 
 
-def opt_out_confirmation(program: str) -> str:
-    """The single confirmation allowed after an opt-out: confirms and says how to undo it, nothing else."""
-    return fit_sms(OPT_OUT_CONFIRMATION.format(program=clean(program, PROGRAM_LIMIT) or "these"))
+def opt_out_confirmation(program: str, channel: str = "sms") -> str:
+    """The single confirmation allowed after an opt-out: confirms and says how to undo it, nothing else.
+    It goes back on the channel the opt-out came in on."""
+    template = OPT_OUT_CONFIRMATION_EMAIL if channel == "email" else OPT_OUT_CONFIRMATION
+    return fit_sms(template.format(program=clean(program, PROGRAM_LIMIT) or "these"))
 
 
 def is_opt_out_confirmation(text: str) -> bool:

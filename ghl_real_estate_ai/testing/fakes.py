@@ -1,7 +1,9 @@
 """In-process fakes of GHL (``FakeCrm``) and Retell (``FakeVoice``) that record every call.
 
 They implement the same protocols as the HTTP clients, enforce the same rules the real services do that
-matter to the bot (SMS DND refuses a send), and can be told to fail, so tests, the demo and the notebooks
+matter to the bot (DND refuses a send; an SMS or a call needs a phone number, an email an address; each
+refusal is kept in ``refused``), record every send with its time, step and send key (the bot's
+``send_label``), and can be told to fail, so tests, the demo and the notebooks
 exercise the graph without a network. Reading back a send (``find_sent_message``, ``find_call``) answers
 from what was recorded; ``fail_next_send`` makes a send fail before it happens, ``lose_next_answer`` makes
 it happen and then fail (an answer lost on the way back), and ``lookup_unknown`` makes read-backs answer
@@ -21,7 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from ghl_real_estate_ai.clock import Clock, FakeClock, SystemClock
-from ghl_real_estate_ai.errors import NotFoundError, SendBlockedError
+from ghl_real_estate_ai.errors import NotFoundError, PermanentIntegrationError, SendBlockedError
 from ghl_real_estate_ai.integrations.models import (
     CallResult,
     Contact,
@@ -29,6 +31,7 @@ from ghl_real_estate_ai.integrations.models import (
     SendResult,
     lookup_arguments,
 )
+from ghl_real_estate_ai.integrations.send_label import current_label
 
 
 @dataclass
@@ -43,6 +46,16 @@ class Sent:
     metadata: dict[str, Any] = field(default_factory=dict)
     id: str = ""  # the message id or call id the fake answered
     recorded_at: datetime | None = field(default=None, compare=False, repr=False)  # the provider's date
+    step: str = ""  # what the bot sent it for ("day_3", "reply", "cma", ...), from its send label
+    key: str = ""  # the send key the bot claimed for it
+    refused: str = ""  # for an attempt the fake refused: why (``FakeCrm.refused``)
+
+
+def _labelled(contact_id: str, channel: str, at: datetime, body: str = "", **fields: Any) -> Sent:
+    """A ``Sent`` carrying the bot's current send label (``integrations.send_label``), if any."""
+    label = current_label()
+    return Sent(contact_id, channel, at, body, step=label.step if label else "",
+                key=label.key if label else "", **fields)
 
 
 def make_contact(
@@ -90,15 +103,18 @@ def make_contact(
 
 class FakeCrm:
     """GHL in memory. ``contacts`` holds GHL-shaped records; ``sent``, ``notes``, ``tasks``, ``calls`` record
-    what the bot did. ``clock`` dates ``Sent.at``; ``provider_clock`` (wall time by default) is GHL's own
-    clock, which dates messages for :meth:`find_sent_message`. Set ``lookup_unknown`` to a detail string
-    to make :meth:`find_sent_message` answer "unknown" with it."""
+    what the bot did; ``refused`` holds the sends it refused, as GHL would (DND, no phone, no email), each
+    with its reason. Every ``Sent`` carries the time, the step and the send key. ``clock`` dates
+    ``Sent.at``; ``provider_clock`` (wall time by default) is GHL's own clock, which dates messages for
+    :meth:`find_sent_message`. Set ``lookup_unknown`` to a detail string to make :meth:`find_sent_message`
+    answer "unknown" with it."""
 
     def __init__(self, clock: Clock | None = None, *, provider_clock: Clock | None = None) -> None:
         self.clock = clock or FakeClock()
         self.provider_clock = provider_clock or SystemClock()
         self.contacts: dict[str, dict[str, Any]] = {}
         self.sent: list[Sent] = []
+        self.refused: list[Sent] = []
         self.notes: list[tuple[str, str]] = []
         self.tasks: list[dict[str, Any]] = []
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
@@ -154,13 +170,17 @@ class FakeCrm:
         self._call("send_sms", contact_id, message)
         self._send_failed()
         contact = Contact.from_ghl(self._record(contact_id))
+        if not contact.phone:
+            self._refuse(_labelled(contact_id, "sms", self.clock.now(), message), "no phone number")
+            raise PermanentIntegrationError("ghl", "send message", "Contact has no phone number", status=400)
         if contact.blocks("sms"):
+            self._refuse(_labelled(contact_id, "sms", self.clock.now(), message), "SMS DND is active")
             raise SendBlockedError(
                 "ghl", "send message", "Cannot send message as DND is active for SMS", status=400
             )
         message_id = f"msg-{next(self._ids)}"
-        self.sent.append(Sent(contact_id, "sms", self.clock.now(), message, id=message_id,
-                              recorded_at=self.provider_clock.now()))
+        self.sent.append(_labelled(contact_id, "sms", self.clock.now(), message, id=message_id,
+                                   recorded_at=self.provider_clock.now()))
         self._answer_lost()
         return SendResult(message_id, f"conv-{contact_id}", "pending")
 
@@ -168,15 +188,26 @@ class FakeCrm:
         self._call("send_email", contact_id, subject)
         self._send_failed()
         contact = Contact.from_ghl(self._record(contact_id))
+        if not contact.email:
+            self._refuse(_labelled(contact_id, "email", self.clock.now(), html, subject=subject),
+                         "no email address")
+            raise PermanentIntegrationError("ghl", "send message", "Contact has no email address", status=400)
         if contact.blocks("email"):
+            self._refuse(_labelled(contact_id, "email", self.clock.now(), html, subject=subject),
+                         "Email DND is active")
             raise SendBlockedError(
                 "ghl", "send message", "Cannot send message as DND is active for Email", status=400
             )
         message_id = f"msg-{next(self._ids)}"
-        self.sent.append(Sent(contact_id, "email", self.clock.now(), html, subject, id=message_id,
-                              recorded_at=self.provider_clock.now()))
+        self.sent.append(_labelled(contact_id, "email", self.clock.now(), html, subject=subject,
+                                   id=message_id, recorded_at=self.provider_clock.now()))
         self._answer_lost()
         return SendResult(message_id, f"conv-{contact_id}", "pending")
+
+    def _refuse(self, attempt: Sent, why: str) -> None:
+        attempt.refused = why
+        with self._lock:
+            self.refused.append(attempt)
 
     def _send_failed(self) -> None:
         with self._lock:
@@ -265,6 +296,7 @@ class FakeVoice:
         self.clock = clock or (crm.clock if crm else FakeClock())
         self.provider_clock = provider_clock or (crm.provider_clock if crm else SystemClock())
         self.placed: list[Sent] = []
+        self.refused: list[Sent] = []
         self.lookup_unknown: str | None = None
         self._failures: list[BaseException] = []
         self._lost_answers: list[BaseException] = []
@@ -282,21 +314,34 @@ class FakeVoice:
     ) -> CallResult:
         if self._failures:
             raise self._failures.pop(0)
-        call = Sent(
-            str(metadata.get("ghl_contact_id", "")),
-            "call",
-            self.clock.now(),
-            to_number,
-            metadata={"metadata": dict(metadata), "dynamic_variables": dict(dynamic_variables)},
-            id=f"call-{next(self._ids)}",
-            recorded_at=self.provider_clock.now(),
-        )
+        contact_id = str(metadata.get("ghl_contact_id", ""))
+        data = {"metadata": dict(metadata), "dynamic_variables": dict(dynamic_variables)}
+        why = self._refusal(contact_id, to_number)
+        if why:
+            attempt = _labelled(contact_id, "call", self.clock.now(), to_number, metadata=data, refused=why)
+            self.refused.append(attempt)
+            if self.crm is not None:
+                self.crm.refused.append(attempt)
+            if why == "call DND is active":
+                raise SendBlockedError("retell", "create phone call", "Call DND is active", status=400)
+            raise PermanentIntegrationError("retell", "create phone call", why, status=400)
+        call = _labelled(contact_id, "call", self.clock.now(), to_number, metadata=data,
+                         id=f"call-{next(self._ids)}", recorded_at=self.provider_clock.now())
         self.placed.append(call)
         if self.crm is not None:  # one list of every touch makes sequence assertions simple
             self.crm.sent.append(call)
         if self._lost_answers:
             raise self._lost_answers.pop(0)
         return CallResult(call.id, "registered")
+
+    def _refusal(self, contact_id: str, to_number: str) -> str:
+        """Why this call must not be placed ("" when it may): no number, or the contact's call DND."""
+        if not to_number:
+            return "to_number is required"
+        record = self.crm.contacts.get(contact_id) if self.crm is not None else None
+        if record is not None and Contact.from_ghl(record).blocks("call"):
+            return "call DND is active"
+        return ""
 
     async def find_call(self, to_number: str, metadata: Mapping[str, str], *, since: datetime) -> SendLookup:
         """A placed call to ``to_number``, dated by Retell's clock (``provider_clock``) at or after

@@ -28,7 +28,6 @@ from ghl_real_estate_ai.conversation.intents import Intent
 from ghl_real_estate_ai.conversation.responders import Reply, RuleResponder, Turn
 from ghl_real_estate_ai.errors import (
     IntegrationError,
-    SendBlockedError,
     TransientIntegrationError,
 )
 from ghl_real_estate_ai.sequence import TIMED_STATUSES, SequenceStatus, iso, parse_time, temperature
@@ -56,7 +55,13 @@ def _history(state: LeadState) -> tuple[dict[str, Any], ...]:
 
 
 async def _send_reply(
-    runtime: Runtime[Context], state: LeadState, key: str, channel: str, text: str, subject: str | None
+    runtime: Runtime[Context],
+    state: LeadState,
+    key: str,
+    channel: str,
+    text: str,
+    subject: str | None,
+    purpose: str = "reply",
 ) -> tuple[str, str]:
     """Send one reply under ``key`` (an unknown outcome is read back, see ``delivery``); returns (outcome,
     reason) for the timeline."""
@@ -66,9 +71,10 @@ async def _send_reply(
         return "skipped", "nothing to say"
     if channel == "email":
         body = "".join(f"<p>{html.escape(line)}</p>" for line in text.split("\n") if line.strip())
-        message = Message("email", cid, subject=subject or f"Re: {ctx.rules.program_name}", html=body)
+        message = Message("email", cid, subject=subject or f"Re: {ctx.rules.program_name}", html=body,
+                          purpose=purpose)
     else:
-        message = Message("sms", cid, text=text)
+        message = Message("sms", cid, text=text, purpose=purpose)
     outcome = await deliver_once(runtime, key, message)
     if outcome.kind == "sent":
         sent_as = outcome.detail.get("message_id") or outcome.detail.get("provider_id") or ""
@@ -129,13 +135,22 @@ async def converse(state: LeadState, runtime: Runtime[Context]) -> dict[str, Any
         if status != SequenceStatus.OPTED_OUT.value:
             # The one confirmation goes first: once DND is on, GHL refuses every SMS. A GHL outage must not
             # delay the opt-out itself, so a failed confirmation is recorded, not retried.
+            # It goes back on the channel the opt-out came in on, or not at all when that channel can't be
+            # used (an email opt-out is never confirmed by text).
             key = f"{cid}|optout-confirm|{enrollment_id(state)}"
-            try:
-                outcome, why = await _send_reply(runtime, state, key, "sms", reply.text, None)
-            except TransientIntegrationError as exc:
-                outcome, why = "failed", f"confirmation not sent: {exc}"
-            timeline.append(entry(now, "opt_out_confirmation", outcome, why, channel="sms"))
-            update = combine_updates(update, await mark_opted_out(state, runtime, f"lead replied {text!r}"))
+            address = contact.get("email") if channel == "email" else contact.get("phone")
+            if contact and not address:  # (a contact never enrolled has no snapshot: GHL decides)
+                outcome, why = "skipped", f"no {'email address' if channel == 'email' else 'phone number'} " \
+                                          "to confirm on"
+            else:
+                try:
+                    outcome, why = await _send_reply(runtime, state, key, channel, reply.text,
+                                                     reply.subject, purpose="opt_out_confirmation")
+                except TransientIntegrationError as exc:
+                    outcome, why = "failed", f"confirmation not sent: {exc}"
+            timeline.append(entry(now, "opt_out_confirmation", outcome, why, channel=channel))
+            update = combine_updates(update, await mark_opted_out(state, runtime, f"lead replied {text!r}",
+                                                                  channel=channel))
         else:
             timeline.append(entry(now, "reply", "skipped", "already opted out; one confirmation was sent"))
     elif reply.intent == Intent.OPT_IN:
@@ -145,10 +160,11 @@ async def converse(state: LeadState, runtime: Runtime[Context]) -> dict[str, Any
                 "status": SequenceStatus.CANCELLED.value,
                 "status_reason": "opted back in (START): SMS allowed again, not re-enrolled",
             }
-        outcome, why = await _send_reply(runtime, state, reply_key, "sms", reply.text, None)
+        outcome, why = await _send_reply(runtime, state, reply_key, "sms", reply.text, None, purpose="opt_in")
         timeline.append(entry(now, "opt_in", outcome, why, channel="sms"))
     elif reply.intent == Intent.HELP:
-        outcome, why = await _send_reply(runtime, state, reply_key, channel, reply.text, reply.subject)
+        outcome, why = await _send_reply(runtime, state, reply_key, channel, reply.text, reply.subject,
+                                         purpose="help")
         timeline.append(entry(now, "help", outcome, why, channel=channel))
     elif status == SequenceStatus.OPTED_OUT.value:
         timeline.append(entry(now, "reply", "skipped", "lead opted out: only START and HELP are answered"))
@@ -185,7 +201,7 @@ async def _act_on_intent(
     if intent == Intent.INTERESTED:
         update = await _hand_off(state, runtime, reply)
     elif intent == Intent.HOME_VALUE:
-        update = await _send_cma(state, runtime)
+        update = await _send_cma(state, runtime, reply_key.rsplit("|", 1)[1])
     elif intent == Intent.NOT_INTERESTED:
         update = {
             "sequence": {
@@ -262,8 +278,11 @@ async def _hand_off(state: LeadState, runtime: Runtime[Context], reply: Reply) -
     }
 
 
-async def _send_cma(state: LeadState, runtime: Runtime[Context]) -> dict[str, Any]:
-    """Produce a CMA for the lead's property and send it (HTML email when there is an address, else SMS)."""
+async def _send_cma(state: LeadState, runtime: Runtime[Context], message_id: str) -> dict[str, Any]:
+    """Produce a CMA for the lead's property and send it (HTML email when there is an address, else SMS).
+
+    The send key is the inbound message that asked for it (``contact|cma|message_id``): a redelivered
+    webhook, however late, never sends a second CMA."""
     ctx, now = runtime.context, now_of(runtime)
     cid = state["contact_id"]
     contact = state.get("contact", {})
@@ -281,39 +300,28 @@ async def _send_cma(state: LeadState, runtime: Runtime[Context]) -> dict[str, An
         }
     cma_update.update(generated_at=iso(now), valuation=valuation.to_state())
     first_name = contact.get("first_name") or "there"
-    key = f"{cid}|cma|{iso(now)}"
     use_email = bool(contact.get("email"))
-    outcome, why = "skipped", "already sent"
-    if await ctx.ledger.claim(key):
-        try:
-            if use_email:
-                mail = templates.cma_email(
-                    valuation,
-                    first_name=first_name,
-                    agent_name=ctx.rules.agent_name,
-                    program_name=ctx.rules.program_name,
-                )
-                result = await ctx.crm.send_email(cid, mail.subject, mail.html)
-            else:
-                text = templates.cma_sms(valuation, first_name=first_name, agent_name=ctx.rules.agent_name)
-                result = await ctx.crm.send_sms(cid, text)
-            outcome, why = "sent", result.message_id
-            await ctx.ledger.confirm(key, {"outcome": "sent", "message_id": result.message_id})
-        except SendBlockedError as exc:
-            await ctx.ledger.confirm(key, {"outcome": "blocked"})
-            outcome, why = "skipped", f"GHL refused: {exc.detail}"
-        except TransientIntegrationError:
-            await ctx.ledger.release(key)
-            raise
+    if use_email:
+        mail = templates.cma_email(valuation, first_name=first_name, agent_name=ctx.rules.agent_name,
+                                   program_name=ctx.rules.program_name)
+        message = Message("email", cid, subject=mail.subject, html=mail.html, purpose="cma")
+    else:
+        text = templates.cma_sms(valuation, first_name=first_name, agent_name=ctx.rules.agent_name)
+        message = Message("sms", cid, text=text, purpose="cma")
+    result = await deliver_once(runtime, f"{cid}|cma|{message_id}", message)
+    outcome, why = {
+        "sent": ("sent", (result.detail.get("message_id") or result.detail.get("provider_id") or "")
+                 + result.reason),
+        "already": ("skipped", "already sent for this message (send key claimed)"),
+        "blocked": ("skipped", result.reason),
+    }.get(result.kind, ("failed", result.reason))
     if outcome == "sent":
-        cma_update.update(sent_at=iso(now), channel="email" if use_email else "sms")
+        cma_update.update(sent_at=iso(result.at or now), channel=message.channel)
     return {
         "cma": cma_update,
         "engagement": {"conversation_active": True},
         "stall": {"attempts": 0, "last_variant": None},
-        "timeline": [
-            entry(now, "cma", outcome, why, channel="email" if use_email else "sms", value=valuation.value)
-        ],
+        "timeline": [entry(now, "cma", outcome, why, channel=message.channel, value=valuation.value)],
     }
 
 

@@ -27,6 +27,7 @@ from ghl_real_estate_ai.errors import (
     TransientIntegrationError,
 )
 from ghl_real_estate_ai.integrations.models import SendLookup
+from ghl_real_estate_ai.integrations.send_label import labelled
 from ghl_real_estate_ai.integrations.send_window import WindowCheck, send_window
 from ghl_real_estate_ai.sequence import iso
 
@@ -46,6 +47,7 @@ class Message:
     to_number: str = ""  # call
     metadata: dict[str, str] = field(default_factory=dict)  # the call's Retell metadata
     variables: dict[str, str] = field(default_factory=dict)  # the call's dynamic variables
+    purpose: str = ""  # what it is for ("day_3", "reply", "cma", ...): the label the in-process fakes record
 
     @property
     def match(self) -> str:
@@ -97,7 +99,7 @@ async def deliver_once(
             await ledger.release(key)
             return Outcome("deferred", why)
         try:
-            with send_window(check or _always):
+            with send_window(check or _always), labelled(message.purpose, key):
                 detail = await _send(ctx, message)
         except SendWindowClosedError as exc:
             await ledger.release(key)

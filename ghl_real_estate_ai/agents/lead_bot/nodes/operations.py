@@ -74,19 +74,24 @@ async def fail(state: LeadState, runtime: Runtime[Context]) -> dict[str, Any]:
     }
 
 
-async def mark_opted_out(state: LeadState, runtime: Runtime[Context], reason: str) -> dict[str, Any]:
-    """Opt the lead out: status first (nothing else is sent), then DND and a tag in GHL (best effort)."""
+async def mark_opted_out(
+    state: LeadState, runtime: Runtime[Context], reason: str, *, channel: str = "sms"
+) -> dict[str, Any]:
+    """Opt the lead out: status first (nothing else is sent), then DND and a tag in GHL (best effort).
+
+    SMS DND is always set; an opt-out written by email sets email DND too."""
     ctx, now = runtime.context, now_of(runtime)
     cid = state["contact_id"]
     done: list[str] = []
     problems: list[str] = []
     # The status below is what stops the bot; GHL's DND and tag are for GHL's own automations, so a
     # failure there is recorded, not allowed to undo the opt-out.
-    try:
-        await ctx.crm.set_dnd(cid, "sms", True, "Opted out via Lead Bot")
-        done.append("sms dnd")
-    except IntegrationError as exc:
-        problems.append(f"set DND: {exc}")
+    for dnd_channel in ("sms", "email") if channel == "email" else ("sms",):
+        try:
+            await ctx.crm.set_dnd(cid, dnd_channel, True, "Opted out via Lead Bot")
+            done.append(f"{dnd_channel} dnd")
+        except IntegrationError as exc:
+            problems.append(f"set {dnd_channel} DND: {exc}")
     try:
         await ctx.crm.add_tags(cid, [OPT_OUT_TAG])
         done.append("tag")

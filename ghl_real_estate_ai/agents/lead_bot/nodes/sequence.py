@@ -1,9 +1,10 @@
 """The timed sequence: enroll, the step nodes (day_3 ... nurture, stall_breaker), defer and plan.
 
 Every step node re-reads the contact from GHL right before sending, re-checks DND, opt-out and owner tags
-and quiet hours, and sends under the touch key ``contact|enrollment|step|occurrence`` claimed in the send
-ledger: a replayed, retried or duplicated due event can never send twice. A send whose answer never came
-(a timeout, a crash mid-call) is resolved by reading the provider back, not guessed (``delivery``).
+and quiet hours, and sends under the touch key ``contact|enrollment|step|occurrence`` (stall-breakers:
+``contact|enrollment|stall_breaker|last reply|attempt``) claimed in the send ledger: a replayed, retried or
+duplicated due event can never send twice. A send whose answer never came (a timeout, a crash mid-call)
+is resolved by reading the provider back, not guessed (``delivery``).
 The send may only leave inside the lead's window: the clients check a guard before every attempt.
 """
 
@@ -182,13 +183,14 @@ def _compose(
     step: Step, channel: str, contact: Contact, values: dict[str, str], variant: int, key: str
 ) -> Message:
     if channel == "sms":
-        return Message("sms", contact.id, text=messages.sms_for(step, values, variant))
+        return Message("sms", contact.id, text=messages.sms_for(step, values, variant), purpose=step.value)
     if channel == "email":
         mail = messages.email_for(step, values)
-        return Message("email", contact.id, subject=mail.subject, html=mail.html)
+        return Message("email", contact.id, subject=mail.subject, html=mail.html, purpose=step.value)
     return Message(
         "call",
         contact.id,
+        purpose=step.value,
         to_number=contact.phone or "",
         metadata={
             "ghl_contact_id": contact.id,
@@ -198,6 +200,16 @@ def _compose(
         },
         variables={"first_name": contact.first_name or "there", "property_address": contact.address or ""},
     )
+
+
+def _key_scope(state: LeadState, step: Step) -> str:
+    """What a touch key counts occurrences within: the enrollment, and for stall-breakers also the
+    conversation segment (the lead's last message), because their attempt count starts over each time the
+    lead writes again and the nudges after a second question are new touches, not repeats."""
+    scope = f"{enrollment_id(state)}|{step}"
+    if step is Step.STALL_BREAKER:
+        scope += f"|{state.get('engagement', {}).get('last_inbound_at') or ''}"
+    return scope
 
 
 def _window_check(runtime: Runtime[Context], locale: LeadLocale) -> Callable[[], str | None]:
@@ -287,7 +299,7 @@ async def run_step(state: LeadState, runtime: Runtime[Context], step: Step) -> d
         progress["stall"]["last_variant"] = variant
     elif step is Step.NURTURE:
         variant = occurrence
-    key = touch_key(cid, f"{enrollment_id(state)}|{step}", occurrence)
+    key = touch_key(cid, _key_scope(state, step), occurrence)
     values = messages.fields(
         update["contact"], agent_name=ctx.rules.agent_name, program_name=ctx.rules.program_name
     )
