@@ -30,6 +30,15 @@ def _parser() -> argparse.ArgumentParser:
         help="checkpoint store: an embedded Redis (default) or in-memory",
     )
 
+    simulate = commands.add_parser(
+        "simulate",
+        help="simulate a quarter of leads through the bot and audit every send (exits 1 on any violation)",
+    )
+    simulate.add_argument("--leads", type=int, default=500, help="leads to simulate (default 500)")
+    simulate.add_argument("--days", type=int, default=90, help="virtual days (default 90)")
+    simulate.add_argument("--seed", type=int, default=1, help="random seed of the world (default 1)")
+    simulate.add_argument("--json", metavar="OUT", default=None, help="also write the report as JSON to OUT")
+
     serve = commands.add_parser("serve", help="run the webhook API, intake worker and scheduler")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
@@ -97,9 +106,42 @@ async def _run(args: argparse.Namespace) -> int:
             return 2
         await run_demo(args.days, store=args.store)
         return 0
+    if args.command == "simulate":
+        return await _simulate(args)
     from ghl_real_estate_ai import operator_cli
 
     return await operator_cli.run(args)
+
+
+async def _simulate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ghl_real_estate_ai import compliance
+    from ghl_real_estate_ai.config import Settings
+
+    if not 1 <= args.leads <= 100_000:
+        print("lead-bot simulate: --leads must be between 1 and 100000", file=sys.stderr)
+        return 2
+    if not 1 <= args.days <= 730:
+        print("lead-bot simulate: --days must be between 1 and 730", file=sys.stderr)
+        return 2
+    out = Path(args.json) if args.json else None
+    if out is not None and not out.parent.is_dir():
+        print(f"lead-bot simulate: no such directory for --json: {out.parent}", file=sys.stderr)
+        return 2
+    rules = compliance.rules_from_settings(Settings.from_env())  # the operator's quiet hours and words
+    print(f"Simulating {args.leads} leads over {args.days} days (seed {args.seed}), quiet hours "
+          f"{rules.quiet_hours.default} local plus the state windows...", flush=True)
+    report = await compliance.simulate(args.leads, args.days, args.seed, rules)
+    print(report.summary())
+    for kind, count in report.counts().items():
+        print(f"  {kind:<17} {count}")
+    for violation in report.violations[:10]:
+        when = f"{violation.at:%Y-%m-%d %H:%M} UTC" if violation.at else ""
+        print(f"  ! {violation.kind}: {violation.contact_id} {when}: {violation.detail}")
+    if out is not None:
+        compliance.write_json(report, out, seed=args.seed)
+    return 0 if report.ok else 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Durability
 
 from ghl_real_estate_ai.agents.lead_bot.context import Context
 from ghl_real_estate_ai.agents.lead_bot.state import Event
@@ -78,11 +79,15 @@ class LeadBotRunner:
         *,
         lock: LeadLock | None = None,
         after_run: Sequence[AfterRun] = (),
+        durability: Durability = "sync",
     ) -> None:
         self.graph = graph
         self.context = context
         self.lock = lock or LocalLeadLock()
         self.after_run = list(after_run)
+        # "sync": a checkpoint after every step of a run, written before the next step starts (the
+        # service's setting: a crash loses nothing). "exit": one checkpoint per run (simulations).
+        self.durability: Durability = durability
 
     @staticmethod
     def config(contact_id: str) -> RunnableConfig:
@@ -98,7 +103,7 @@ class LeadBotRunner:
                 run_input,
                 self.config(contact_id),
                 context=self.context,
-                durability="sync",
+                durability=self.durability,
             )
             for hook in self.after_run:
                 await hook(contact_id, values)

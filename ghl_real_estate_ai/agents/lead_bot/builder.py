@@ -23,7 +23,6 @@ from langgraph.runtime import Runtime
 from ghl_real_estate_ai.agents.lead_bot.context import Context
 from ghl_real_estate_ai.agents.lead_bot.nodes import conversation, operations, sequence
 from ghl_real_estate_ai.agents.lead_bot.nodes.common import IO_RETRY
-from ghl_real_estate_ai.agents.lead_bot.routing import route_after_determine_path
 from ghl_real_estate_ai.agents.lead_bot.state import LeadState, combine_updates
 
 
@@ -69,14 +68,13 @@ def then_plan(node: Node) -> Node:
 def build_graph() -> StateGraph[LeadState, Context]:
     """The lead bot's ``StateGraph`` (uncompiled)."""
     builder: StateGraph[LeadState, Context] = StateGraph(LeadState, context_schema=Context)
-    builder.add_node("determine_path", sequence.determine_path)
+    targets = (*IO_NODES, *PURE_NODES)
+    builder.add_node("determine_path", sequence.determine_path, destinations=targets)
     for name, node in IO_NODES.items():
         builder.add_node(name, then_plan(node), retry_policy=IO_RETRY)
     for name, node in PURE_NODES.items():
         builder.add_node(name, then_plan(node))
     builder.add_edge(START, "determine_path")
-    targets = [*IO_NODES, *PURE_NODES]
-    builder.add_conditional_edges("determine_path", route_after_determine_path, targets)
     for name in targets:
         builder.add_edge(name, END)
     return builder

@@ -1,4 +1,4 @@
-"""``determine_path``: what to do with an event, as a pure decision over the state; and the edge router."""
+"""``determine_path``: what to do with an event, as a pure decision over the state."""
 
 from __future__ import annotations
 
@@ -147,5 +147,5 @@ def _decide_step_due(
 
 
 def route_after_determine_path(state: LeadState) -> Route:
-    """The conditional edge out of ``determine_path``: follow the decision it stored."""
+    """The node the stored decision names (``determine_path`` goes there itself, with ``Command``)."""
     return state.get("route", "skip")  # type: ignore[return-value]

@@ -69,6 +69,9 @@ async def _send_reply(
     cid = state["contact_id"]
     if not text:
         return "skipped", "nothing to say"
+    contact = state.get("contact") or {}  # (a contact never enrolled has no snapshot: GHL decides)
+    if contact and not contact.get("email" if channel == "email" else "phone"):
+        return "skipped", f"no {'email address' if channel == 'email' else 'phone number'} to answer on"
     if channel == "email":
         body = "".join(f"<p>{html.escape(line)}</p>" for line in text.split("\n") if line.strip())
         message = Message("email", cid, subject=subject or f"Re: {ctx.rules.program_name}", html=body,
@@ -138,16 +141,11 @@ async def converse(state: LeadState, runtime: Runtime[Context]) -> dict[str, Any
             # It goes back on the channel the opt-out came in on, or not at all when that channel can't be
             # used (an email opt-out is never confirmed by text).
             key = f"{cid}|optout-confirm|{enrollment_id(state)}"
-            address = contact.get("email") if channel == "email" else contact.get("phone")
-            if contact and not address:  # (a contact never enrolled has no snapshot: GHL decides)
-                outcome, why = "skipped", f"no {'email address' if channel == 'email' else 'phone number'} " \
-                                          "to confirm on"
-            else:
-                try:
-                    outcome, why = await _send_reply(runtime, state, key, channel, reply.text,
-                                                     reply.subject, purpose="opt_out_confirmation")
-                except TransientIntegrationError as exc:
-                    outcome, why = "failed", f"confirmation not sent: {exc}"
+            try:
+                outcome, why = await _send_reply(runtime, state, key, channel, reply.text, reply.subject,
+                                                 purpose="opt_out_confirmation")
+            except TransientIntegrationError as exc:
+                outcome, why = "failed", f"confirmation not sent: {exc}"
             timeline.append(entry(now, "opt_out_confirmation", outcome, why, channel=channel))
             update = combine_updates(update, await mark_opted_out(state, runtime, f"lead replied {text!r}",
                                                                   channel=channel))
