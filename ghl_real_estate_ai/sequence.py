@@ -168,6 +168,9 @@ class QuietHours:
                 default = Window.parse(part)
         return cls(default, states)
 
+    def __hash__(self) -> int:  # (hashable, so a lead's locale can be cached)
+        return hash((self.default, tuple(sorted(self.states.items()))))
+
     def window_for(self, state: str | None) -> Window:
         configured = self.states.get(state or "", self.default)
         statutory = STATE_WINDOWS.get(state or "")
@@ -204,6 +207,7 @@ def _valid_zone(name: str | None) -> str | None:
     return name
 
 
+@lru_cache(maxsize=8192)
 def resolve_locale(
     quiet: QuietHours, *, timezone: str | None, state: str | None, phone: str | None
 ) -> LeadLocale:

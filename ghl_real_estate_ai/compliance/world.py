@@ -115,12 +115,27 @@ class Played:
     peak_bytes: int  # the process's peak resident set size
 
 
-class LatestOnlySaver(InMemorySaver):
-    """An in-memory saver that keeps only each thread's latest checkpoint (no time travel), so memory
-    stays flat per lead however many events it sees."""
+class _ByReference:
+    """A serializer that keeps values as they are. Safe here because every reducer of the lead state
+    builds a new value rather than changing the stored one, and only the latest checkpoint is kept; the
+    suite runs the same graph on serializing savers (``InMemorySaver`` and both Redis savers)."""
 
-    def __init__(self) -> None:
+    def dumps_typed(self, obj: Any) -> tuple[str, Any]:
+        return "ref", obj
+
+    def loads_typed(self, data: tuple[str, Any]) -> Any:
+        return data[1]
+
+
+class LatestOnlySaver(InMemorySaver):
+    """An in-memory saver for simulations: it keeps only each thread's latest checkpoint (no time
+    travel), so memory stays flat per lead however many events it sees, and holds values by reference
+    instead of serializing them (``reference=False`` serializes as ``InMemorySaver`` does)."""
+
+    def __init__(self, *, reference: bool = True) -> None:
         super().__init__()
+        if reference:
+            self.serde = _ByReference()  # type: ignore[assignment]
         self._blob_keys: dict[tuple[str, str], set[tuple[str, str, str, Any]]] = defaultdict(set)
 
     def put(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
