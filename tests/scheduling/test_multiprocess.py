@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 
 from ghl_real_estate_ai.sequence import parse_time
-from ghl_real_estate_ai.testing.worker_main import Stack, WorkerConfig, open_stack
 from ghl_real_estate_ai.testing.fake_http import Fault
 from ghl_real_estate_ai.testing.ghl_server import FakeGHLServer
 from ghl_real_estate_ai.testing.retell_server import FakeRetellServer
+from ghl_real_estate_ai.testing.worker_main import Stack, WorkerConfig, open_stack
 from scheduling.support import START, wait_for
 
 pytestmark = pytest.mark.slow
