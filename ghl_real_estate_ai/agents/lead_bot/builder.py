@@ -14,7 +14,7 @@ its input: the router's decision, then the action with its plan.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from langgraph.graph import END, START, StateGraph
@@ -66,17 +66,41 @@ def then_plan(node: Node) -> Node:
     return run
 
 
-def build_graph() -> StateGraph[LeadState, Context]:
-    """The lead bot's ``StateGraph`` (uncompiled)."""
-    builder: StateGraph[LeadState, Context] = StateGraph(LeadState, context_schema=Context)
-    builder.add_node("determine_path", sequence.determine_path)
+# Wraps a node so that it runs under another context schema: given the node's name and the node (which
+# wants ``Runtime[Context]``), returns the node the graph runs (``sandbox.studio``: JSON settings ->
+# services).
+NodeWrapper = Callable[[str, Node], Callable[..., Awaitable[dict[str, Any]]]]
+
+
+def build_graph(
+    *,
+    context_schema: type[Any] = Context,
+    wrap_node: NodeWrapper | None = None,
+    then: tuple[str, Callable[..., Awaitable[Any]], tuple[str, ...]] | None = None,
+) -> StateGraph[LeadState, Any]:
+    """The lead bot's ``StateGraph`` (uncompiled). By default its nodes take their services from a
+    ``Context``; a graph whose context is something else (Studio's JSON settings) passes that
+    ``context_schema`` and a ``wrap_node`` that builds the ``Context`` for each node. ``then`` is
+    ``(name, node, destinations)``: a node every action node goes to instead of ``END``, which ends the run
+    or sends it on with a ``Command`` (Studio's ``due_now`` runs what has come due, as the scheduler
+    would)."""
+
+    def node_for(name: str, node: Node) -> Any:
+        return wrap_node(name, node) if wrap_node is not None else node
+
+    builder: StateGraph[LeadState, Any] = StateGraph(LeadState, context_schema=context_schema)
+    builder.add_node("determine_path", node_for("determine_path", sequence.determine_path))
     for name, node in IO_NODES.items():
-        builder.add_node(name, then_plan(node), retry_policy=IO_RETRY)
+        builder.add_node(name, node_for(name, then_plan(node)), retry_policy=IO_RETRY)
     for name, node in PURE_NODES.items():
-        builder.add_node(name, then_plan(node))
+        builder.add_node(name, node_for(name, then_plan(node)))
     builder.add_edge(START, "determine_path")
     targets = [*IO_NODES, *PURE_NODES]
     builder.add_conditional_edges("determine_path", route_after_determine_path, targets)
+    finish = END
+    if then is not None:
+        finish, finish_node, destinations = then
+        builder.add_node(finish, node_for(finish, finish_node), destinations=destinations)
     for name in targets:
-        builder.add_edge(name, END)
+        builder.add_edge(name, finish)
     return builder
