@@ -221,6 +221,17 @@ def test_history_lists_each_checkpoint_and_a_fork_leaves_the_main_line_unchanged
         assert parent not in (None, main_head)
 
 
+def test_an_edited_state_is_what_the_next_run_reads(server: httpx.Client) -> None:
+    thread_id = enrolled_thread(server)
+    response = server.post(f"/threads/{thread_id}/state",
+                           json={"values": {"sequence": {"next_due_at": "2026-03-03T15:00:00Z"}}})
+    assert response.status_code == 200, response.text
+    values = ok(run(server, thread_id, {"type": "step_due"}))
+    last = values["timeline"][-1]
+    assert (last["action"], last["at"], last["due_at"]) == ("day_7", "2026-03-03T15:00:00Z",
+                                                            "2026-03-03T15:00:00Z")
+
+
 def test_a_live_world_without_ghl_settings_fails_with_one_line_saying_what_to_set(
     server: httpx.Client,
 ) -> None:
