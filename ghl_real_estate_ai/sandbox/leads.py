@@ -1,5 +1,6 @@
-"""The demo world's leads: six contacts with a story each, and the scripted replies that tell it, used by
-``lead-bot demo``, the Studio graph and the notebooks; and the contact an unknown id gets in Studio."""
+"""The demo world's leads: six contacts with a story each and the scripted replies that tell it (``lead-bot
+demo`` plays the scripts; Studio's demo world holds the contacts), and the contact an unknown id gets in
+Studio."""
 
 from __future__ import annotations
 
