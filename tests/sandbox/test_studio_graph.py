@@ -152,6 +152,19 @@ async def test_each_thread_has_its_own_demo_world_and_unknown_ids_get_a_contact(
     assert [s.contact_id for s in studio.crm("c").sent] == ["zillow-lead-42"]
 
 
+async def test_a_fork_acts_on_its_threads_world_and_never_sends_a_step_twice() -> None:
+    studio = Studio()
+    await studio.run("t", {"type": "enroll"}, now=at(0))
+    after_day_3 = (await studio.graph.aget_state({"configurable": {"thread_id": "t"}})).config
+    await studio.run("t", {"type": "step_due"})  # day_7 on the main line
+    step_due = {"contact_id": "demo-maria", "event": {"type": "step_due"}}
+    forked = await studio.graph.ainvoke(step_due, after_day_3)
+    last = forked["timeline"][-1]
+    assert (last["action"], last["outcome"]) == ("day_7", "skipped")
+    assert "already handled" in last["reason"]
+    assert [s.step for s in studio.crm("t").sent] == ["day_3", "day_7"]
+
+
 async def test_a_run_without_a_contact_id_says_what_the_input_needs() -> None:
     studio = Studio()
     with pytest.raises(StudioSettingError, match=r"^contact_id: missing from the input"):
