@@ -172,11 +172,19 @@ async def due_now(state: LeadState, runtime: Runtime[Context]) -> Command[str] |
     )
 
 
+@functools.cache
+def server_worlds() -> Worlds:
+    """The worlds of this server process, shared by the Studio graph (``graphs/lead_bot.py``) and the
+    sandbox's HTTP view of them (``graphs/sandbox_api.py``), which the server loads as separate modules.
+    Made on first call, holding nothing until a run needs a world."""
+    return Worlds()
+
+
 def build_studio_graph(worlds: Worlds | None = None) -> Any:
     """The lead graph (uncompiled) with ``StudioContext`` as its context schema, and ``due_now`` after
-    every action."""
+    every action. ``worlds``: the process's (``server_worlds``) unless given."""
     return build_graph(
         context_schema=StudioContext,
-        wrap_node=studio_nodes(worlds or Worlds()),
+        wrap_node=studio_nodes(worlds or server_worlds()),
         then=("due_now", due_now, (ROUTER, END)),
     )

@@ -172,6 +172,11 @@ class Worlds:
             self._demo.move_to_end(key)
             return world
 
+    def demo_of(self, thread_id: str) -> World | None:
+        """The demo world of ``thread_id`` if a run made one (never makes one)."""
+        with self._lock:
+            return self._demo.get(thread_id)
+
     def _shipped_comps(self) -> CompsProvider:
         if self._comps is None:
             comps = CsvCompsProvider()

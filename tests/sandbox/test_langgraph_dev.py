@@ -45,6 +45,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     config["graphs"] = {
         name: str(ROOT / spec.removeprefix("./")) for name, spec in config["graphs"].items()
     }
+    config["http"]["app"] = str(ROOT / config["http"]["app"].removeprefix("./"))
     (workdir / "langgraph.json").write_text(json.dumps(config))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GHL_", "RETELL_", "LEAD_BOT_"))}
     env.update(LANGGRAPH_CLI_NO_ANALYTICS="1", LANGSMITH_TRACING="false", PYTHONUNBUFFERED="1")
@@ -152,6 +153,13 @@ def test_enroll_on_a_new_thread_sends_day_3_to_the_demo_ghl(server: httpx.Client
     assert day_3["channel"] == "sms" and day_3["at"] == START
     assert day_3["detail"]["message_id"].startswith("msg-")  # the id the demo world's GHL fake gave it
     assert values["contact"]["first_name"] == "Maria"  # the seeded demo lead, read from the fake
+    # What the thread's demo world received, as the fake GHL recorded it (``sandbox.api``):
+    world = server.get(f"/sandbox/threads/{thread_id}").json()
+    assert [(s["step"], s["channel"], s["id"], s["at"]) for s in world["sent"]] == [
+        ("day_3", "sms", day_3["detail"]["message_id"], START)
+    ]
+    assert world["sent"][0]["contact_id"] == MARIA and "Maria" in world["sent"][0]["body"]
+    assert world["sent"][0]["key"] == f"{MARIA}|{START}|day_3|0"
     assert values["sequence"]["status"] == "active"
     assert values["sequence"]["next_step"] == "day_7"
     assert values["sequence"]["next_due_at"] == "2026-03-06T15:00:00Z"
@@ -230,6 +238,11 @@ def test_an_edited_state_is_what_the_next_run_reads(server: httpx.Client) -> Non
     last = values["timeline"][-1]
     assert (last["action"], last["at"], last["due_at"]) == ("day_7", "2026-03-03T15:00:00Z",
                                                             "2026-03-03T15:00:00Z")
+
+
+def test_the_sandbox_view_of_a_thread_that_never_ran_is_a_404(server: httpx.Client) -> None:
+    response = server.get(f"/sandbox/threads/{uuid.uuid4()}")
+    assert response.status_code == 404 and "no demo world" in response.json()["error"]
 
 
 def test_a_live_world_without_ghl_settings_fails_with_one_line_saying_what_to_set(
