@@ -8,7 +8,8 @@
 
 Every node after the router ends by planning the lead's next step (``sequence.plan``: the step and its
 send time, which the scheduler acts on) in the same superstep, so an event costs two supersteps after
-its input: the router's decision, then the action with its plan.
+its input: the router's decision, then the action with its plan. The Studio graph (``sandbox.studio``) is
+this graph with JSON settings as its context and each action followed by ``due_now`` instead of ``END``.
 """
 
 from __future__ import annotations
