@@ -2,6 +2,7 @@
 
     LeadBotError                      base of everything the bot raises on purpose
     ├── ConfigurationError            a setting is missing or malformed; fix the environment
+    │   └── StudioSettingError        the same, for a run in LangGraph Studio (also a ValueError)
     ├── InvalidEventError             an event or request body the bot cannot accept (maps to a 4xx)
     ├── LeadNotFoundError             no sequence exists for that contact id
     ├── LockTimeoutError              another run holds the lead's lock for too long
@@ -31,6 +32,13 @@ class ConfigurationError(LeadBotError):
         self.setting = setting
         self.problem = problem
         super().__init__(f"{setting}: {problem}")
+
+
+class StudioSettingError(ConfigurationError, ValueError):
+    """A ``ConfigurationError`` met by a run under ``langgraph dev`` (a Studio setting, the input, or the
+    environment the live world needs). It is a ``ValueError`` too because the LangGraph server shows the
+    message of ``ValueError``s to the user and replaces any other exception's with "An internal error
+    occurred"."""
 
 
 class InvalidEventError(LeadBotError):

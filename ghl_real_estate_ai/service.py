@@ -48,6 +48,7 @@ from ghl_real_estate_ai.errors import (
     ConfigurationError,
     IntegrationError,
     LeadNotFoundError,
+    PermanentIntegrationError,
     SendBlockedError,
     TransientIntegrationError,
 )
@@ -233,6 +234,49 @@ class RecordingVoice:
 
     async def find_call(self, to_number: str, metadata: Mapping[str, str], *, since: datetime) -> SendLookup:
         return await self.inner.find_call(to_number, metadata, since=since)
+
+
+class OperatorCrm:
+    """GHL for the operator commands' runner, which only reads lead state and queues events for the service
+    (nodes run there, with the real client): any call reaching GHL from here is refused with an error
+    that says so, instead of acting on a stand-in."""
+
+    @staticmethod
+    def _refuse(what: str) -> IntegrationError:
+        return PermanentIntegrationError(
+            "ghl", what, "operator commands do not call GHL; `lead-bot serve` runs the lead's nodes"
+        )
+
+    async def get_contact(self, contact_id: str) -> Contact:
+        raise self._refuse("get contact")
+
+    async def send_sms(self, contact_id: str, message: str) -> SendResult:
+        raise self._refuse("send message")
+
+    async def send_email(self, contact_id: str, subject: str, html: str) -> SendResult:
+        raise self._refuse("send message")
+
+    async def set_dnd(self, contact_id: str, channel: str, active: bool, message: str = "") -> None:
+        raise self._refuse("update contact")
+
+    async def add_tags(self, contact_id: str, tags: list[str]) -> None:
+        raise self._refuse("add tags")
+
+    async def remove_tags(self, contact_id: str, tags: list[str]) -> None:
+        raise self._refuse("remove tags")
+
+    async def add_note(self, contact_id: str, body: str) -> None:
+        raise self._refuse("add note")
+
+    async def add_task(
+        self, contact_id: str, title: str, body: str, due_at: str, assigned_to: str | None
+    ) -> None:
+        raise self._refuse("add task")
+
+    async def find_sent_message(
+        self, contact_id: str, *, channel: str, text: str, since: datetime
+    ) -> SendLookup:
+        return SendLookup("unknown", detail="operator commands do not read GHL")
 
 
 class UnconfiguredVoice:
@@ -476,10 +520,8 @@ class LeadBotService:
         return open_async_checkpointer(self.redis, mode=self.settings.checkpointer)
 
     def _operator_context(self) -> Context:
-        from ghl_real_estate_ai.testing.fakes import FakeCrm
-
         # Operator commands never run graph nodes in-process (they queue events), so no GHL client.
-        return Context(crm=FakeCrm(), voice=UnconfiguredVoice(), clock=self.timebase.clock)
+        return Context(crm=OperatorCrm(), voice=UnconfiguredVoice(), clock=self.timebase.clock)
 
     async def _serve_context(self) -> Context:
         from ghl_real_estate_ai.conversation.cma import CsvCompsProvider

@@ -23,8 +23,8 @@ from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMet
 from langgraph.checkpoint.memory import InMemorySaver
 
 from ghl_real_estate_ai.agents.lead_bot import Event, Rules
-from ghl_real_estate_ai.testing.fakes import Sent, make_contact
-from ghl_real_estate_ai.testing.harness import Simulation
+from ghl_real_estate_ai.sandbox.fakes import Sent, make_contact
+from ghl_real_estate_ai.sandbox.simulation import Simulation
 from ghl_real_estate_ai.us_geo import AREA_CODE_STATE, STATE_ZONES
 
 # Monday 2026-03-02 00:00 UTC; a 90-day run crosses the DST change on 2026-03-08.
@@ -135,7 +135,7 @@ class LatestOnlySaver(InMemorySaver):
     def __init__(self, *, reference: bool = True) -> None:
         super().__init__()
         if reference:
-            self.serde = _ByReference()  # type: ignore[assignment]
+            self.serde = _ByReference()
         self._blob_keys: dict[tuple[str, str], set[tuple[str, str, str, Any]]] = defaultdict(set)
 
     def put(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,

@@ -132,7 +132,7 @@ class SendLookup:
 
 
 class Crm(Protocol):
-    """What the bot needs from GHL. Implemented by ``GHLClient`` and by the fakes in ``testing``."""
+    """What the bot needs from GHL. Implemented by ``GHLClient`` and by the fakes in ``sandbox``."""
 
     async def get_contact(self, contact_id: str) -> Contact: ...
 

@@ -9,8 +9,8 @@ import pytest
 
 from ghl_real_estate_ai.compliance.audit import audit, own_zones, strict_window, strict_zones
 from ghl_real_estate_ai.compliance.world import Delivery, Inbound, Lead, Played
+from ghl_real_estate_ai.sandbox.fakes import Sent, make_contact
 from ghl_real_estate_ai.sequence import QuietHours
-from ghl_real_estate_ai.testing.fakes import Sent, make_contact
 
 START = datetime(2026, 3, 2, tzinfo=UTC)
 END = START + timedelta(days=90)

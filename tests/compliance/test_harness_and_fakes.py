@@ -13,8 +13,8 @@ from langgraph.checkpoint.memory import InMemorySaver
 from ghl_real_estate_ai.compliance.world import LatestOnlySaver
 from ghl_real_estate_ai.errors import PermanentIntegrationError, SendBlockedError
 from ghl_real_estate_ai.integrations.send_label import labelled
+from ghl_real_estate_ai.sandbox.simulation import Simulation
 from ghl_real_estate_ai.testing.fakes import FakeCrm, FakeVoice, make_contact
-from ghl_real_estate_ai.testing.harness import Simulation
 
 START = datetime(2026, 3, 2, 16, 0, tzinfo=UTC)
 DAY = timedelta(days=1)

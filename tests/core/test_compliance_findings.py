@@ -8,9 +8,9 @@ from typing import Any
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
+from ghl_real_estate_ai.sandbox.simulation import Simulation
 from ghl_real_estate_ai.sequence import QuietHours, is_allowed, next_allowed, resolve_locale
 from ghl_real_estate_ai.testing.fakes import make_contact
-from ghl_real_estate_ai.testing.harness import Simulation
 
 START = datetime(2026, 3, 2, 16, 0, tzinfo=UTC)  # 10:00 in Austin
 DAY = timedelta(days=1)

@@ -12,8 +12,8 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from ghl_real_estate_ai.conversation.responders import LLMResponder
 from ghl_real_estate_ai.errors import PermanentIntegrationError, TransientIntegrationError
+from ghl_real_estate_ai.sandbox.simulation import Simulation
 from ghl_real_estate_ai.testing.fakes import make_contact
-from ghl_real_estate_ai.testing.harness import Simulation
 
 START = datetime(2026, 3, 2, 16, 0, tzinfo=UTC)  # 10:00 in Austin
 DAY = timedelta(days=1)

@@ -11,9 +11,9 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from ghl_real_estate_ai.agents.lead_bot import build_graph
 from ghl_real_estate_ai.errors import TransientIntegrationError
+from ghl_real_estate_ai.sandbox.simulation import Simulation
 from ghl_real_estate_ai.sequence import QuietHours, is_allowed, resolve_locale
 from ghl_real_estate_ai.testing.fakes import make_contact
-from ghl_real_estate_ai.testing.harness import Simulation
 
 # Monday 2026-03-02 10:00 in Austin (CST): the run crosses the DST change of 2026-03-08.
 START = datetime(2026, 3, 2, 16, 0, tzinfo=UTC)

@@ -11,9 +11,9 @@ import redis.asyncio as aioredis
 
 from ghl_real_estate_ai.demo import demo_leads
 from ghl_real_estate_ai.persistence import AsyncPlainRedisSaver
+from ghl_real_estate_ai.sandbox.simulation import Simulation
 from ghl_real_estate_ai.services.lead_sequence_state_service import LeadSequenceStateService
 from ghl_real_estate_ai.services.runner import summary_from_state
-from ghl_real_estate_ai.testing.harness import Simulation
 
 START = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)
 

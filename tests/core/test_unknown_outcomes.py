@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ghl_real_estate_ai.errors import OutcomeUnknownError
+from ghl_real_estate_ai.sandbox.simulation import Simulation
 from ghl_real_estate_ai.sequence import touch_key
 from ghl_real_estate_ai.services.send_ledger import InMemorySendLedger
 from ghl_real_estate_ai.testing.fakes import make_contact
-from ghl_real_estate_ai.testing.harness import Simulation
 
 START = datetime(2026, 3, 2, 16, 0, tzinfo=UTC)  # Monday 10:00 in Austin
 ENROLLED = "2026-03-02T16:00:00Z"

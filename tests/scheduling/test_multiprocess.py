@@ -1,4 +1,4 @@
-"""Scheduler worker processes (``services.worker_main``) on one Redis, talking HTTP to the fake GHL and
+"""Scheduler worker processes (``testing.worker_main``) on one Redis, talking HTTP to the fake GHL and
 Retell servers that live in this test process: SIGKILL mid-burst, leader handover, downtime.
 
 Every step is counted where it lands: the fakes' recorded SMS/email and call requests, across processes.
@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 
 from ghl_real_estate_ai.sequence import parse_time
-from ghl_real_estate_ai.services.worker_main import Stack, WorkerConfig, open_stack
 from ghl_real_estate_ai.testing.fake_http import Fault
 from ghl_real_estate_ai.testing.ghl_server import FakeGHLServer
 from ghl_real_estate_ai.testing.retell_server import FakeRetellServer
+from ghl_real_estate_ai.testing.worker_main import Stack, WorkerConfig, open_stack
 from scheduling.support import START, wait_for
 
 pytestmark = pytest.mark.slow
@@ -42,7 +42,7 @@ class Worker:
         args = [
             sys.executable,
             "-m",
-            "ghl_real_estate_ai.services.worker_main",
+            "ghl_real_estate_ai.testing.worker_main",
             "--redis-url",
             config.redis_url,
             "--ghl-url",

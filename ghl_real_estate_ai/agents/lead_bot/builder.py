@@ -8,13 +8,14 @@
 
 Every node after the router ends by planning the lead's next step (``sequence.plan``: the step and its
 send time, which the scheduler acts on) in the same superstep, so an event costs two supersteps after
-its input: the router's decision, then the action with its plan.
+its input: the router's decision, then the action with its plan. The Studio graph (``sandbox.studio``) is
+this graph with JSON settings as its context and each action followed by ``due_now`` instead of ``END``.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from langgraph.graph import END, START, StateGraph
@@ -65,16 +66,42 @@ def then_plan(node: Node) -> Node:
     return run
 
 
-def build_graph() -> StateGraph[LeadState, Context]:
-    """The lead bot's ``StateGraph`` (uncompiled)."""
-    builder: StateGraph[LeadState, Context] = StateGraph(LeadState, context_schema=Context)
+# Wraps a node so that it runs under another context schema: given the node's name and the node (which
+# wants ``Runtime[Context]``), returns the node the graph runs (``sandbox.studio``: JSON settings ->
+# services).
+AnyNode = Callable[..., Awaitable[Any]]
+NodeWrapper = Callable[[str, AnyNode], AnyNode]
+
+
+def build_graph(
+    *,
+    context_schema: type[Any] = Context,
+    wrap_node: NodeWrapper | None = None,
+    then: tuple[str, Callable[..., Awaitable[Any]], tuple[str, ...]] | None = None,
+) -> StateGraph[LeadState, Any]:
+    """The lead bot's ``StateGraph`` (uncompiled). By default its nodes take their services from a
+    ``Context``; a graph whose context is something else (Studio's JSON settings) passes that
+    ``context_schema`` and a ``wrap_node`` that builds the ``Context`` for each node. ``then`` is
+    ``(name, node, destinations)``: a node every action node goes to instead of ``END``, which ends the run
+    or sends it on with a ``Command`` (Studio's ``due_now`` runs what has come due, as the scheduler
+    would)."""
+
+    def node_for(name: str, node: AnyNode) -> Any:
+        return wrap_node(name, node) if wrap_node is not None else node
+
+    builder: StateGraph[LeadState, Any] = StateGraph(LeadState, context_schema=context_schema)
     targets = (*IO_NODES, *PURE_NODES)
-    builder.add_node("determine_path", sequence.determine_path, destinations=targets)
+    builder.add_node("determine_path", node_for("determine_path", sequence.determine_path),
+                     destinations=targets)
     for name, node in IO_NODES.items():
-        builder.add_node(name, then_plan(node), retry_policy=IO_RETRY)
+        builder.add_node(name, node_for(name, then_plan(node)), retry_policy=IO_RETRY)
     for name, node in PURE_NODES.items():
-        builder.add_node(name, then_plan(node))
+        builder.add_node(name, node_for(name, then_plan(node)))
     builder.add_edge(START, "determine_path")
+    finish = END
+    if then is not None:
+        finish, finish_node, destinations = then
+        builder.add_node(finish, node_for(finish, finish_node), destinations=destinations)
     for name in targets:
-        builder.add_edge(name, END)
+        builder.add_edge(name, finish)
     return builder

@@ -20,10 +20,10 @@ from langgraph.types import Durability
 
 from ghl_real_estate_ai.agents.lead_bot import Context, Event, Rules, build_graph
 from ghl_real_estate_ai.clock import FakeClock
+from ghl_real_estate_ai.sandbox.fakes import FakeCrm, FakeVoice
 from ghl_real_estate_ai.sequence import parse_time
 from ghl_real_estate_ai.services.runner import LeadBotRunner
 from ghl_real_estate_ai.services.send_ledger import InMemorySendLedger, SendLedger
-from ghl_real_estate_ai.testing.fakes import FakeCrm, FakeVoice
 
 
 @dataclass(order=True)

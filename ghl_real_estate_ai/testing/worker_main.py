@@ -1,5 +1,5 @@
 """A scheduler worker process for the multi-process tests: ``python -m
-ghl_real_estate_ai.services.worker_main --redis-url ... --ghl-url ... --retell-url ...``.
+ghl_real_estate_ai.testing.worker_main --redis-url ... --ghl-url ... --retell-url ...``.
 
 It assembles what ``lead-bot serve`` runs minus the web layer: the Redis checkpointer, the GHL and Retell
 HTTP clients (pointed at the fakes' URLs), the Redis send ledger, lead lock and lead index, the runner and
