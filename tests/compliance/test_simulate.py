@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +89,17 @@ async def test_same_seed_same_sends() -> None:
     def sends(report: Any) -> list[tuple[str, str, str]]:
         return [(d.sent.contact_id, d.sent.step, d.sent.at.isoformat()) for d in report.played.deliveries]
     assert sends(first) == sends(second) and first.ok
+
+
+async def test_the_daily_cap_holds_the_fourth_re_enrollment_touch() -> None:
+    world = [lead for lead in build_world(400, 10, seed=2) if lead.behaviour == "cap_pusher"]
+    assert len(world) >= 5
+    played = await play(world, 10, seed=2)
+    for lead in world:
+        first_day = sorted(d.sent.at for d in played.deliveries
+                           if d.sent.contact_id == lead.id and d.sent.step == "day_3" and not d.refused)
+        assert len(first_day) == 4, lead.id  # one per enrollment
+        # Three within the 24 hours the cap counts; the fourth waits until the first is 24 hours old.
+        assert first_day[2] - first_day[0] < timedelta(hours=24)
+        assert first_day[3] - first_day[0] >= timedelta(hours=24)
+        assert first_day[3] - lead.enrolls[3] >= timedelta(hours=19)  # not sent at once: held
