@@ -67,10 +67,29 @@ class NoComparablesError(ValueError):
     """No comparable sale was found, so no estimate can be made. The message says what was searched."""
 
 
+# Both forms of a RESO lookup ("Single Family Residence" / "SingleFamilyResidence") and the words MLS
+# exports use, compared with everything but letters and digits removed.
+_SUBTYPE_WORDS: dict[str, PropertyType] = {
+    "singlefamilyresidence": "single_family", "singlefamily": "single_family", "sfr": "single_family",
+    "sfh": "single_family", "house": "single_family", "detached": "single_family",
+    "singlefamilydetached": "single_family", "residential": "single_family",
+    "condominium": "condo", "condo": "condo", "apartment": "condo", "flat": "condo",
+    "townhouse": "townhouse", "townhome": "townhouse", "rowhouse": "townhouse",
+    "singlefamilyattached": "townhouse",
+}
+
+
 def normalize_property_type(value: str | None) -> PropertyType:
     """``"Townhome"`` -> ``"townhouse"``; unknown or empty values mean a single-family house."""
     key = re.sub(r"[\s_\-]+", " ", (value or "").strip().lower())
-    return _TYPE_ALIASES.get(key, _TYPE_ALIASES.get(key.replace(" ", "_"), "single_family"))
+    known = _TYPE_ALIASES.get(key, _TYPE_ALIASES.get(key.replace(" ", "_")))
+    return known or property_type_of(value) or "single_family"
+
+
+def property_type_of(value: str | None) -> PropertyType | None:
+    """The property type a RESO ``PropertySubType`` (either lookup form) or an export's word names, or
+    ``None`` for one the CMA does not value (duplex, land, manufactured home...)."""
+    return _SUBTYPE_WORDS.get(re.sub(r"[^a-z0-9]+", "", (value or "").lower()))
 
 
 @dataclass(frozen=True)
@@ -89,6 +108,8 @@ class Sale:
     price: int
     sold_on: date
     property_type: PropertyType
+    year_built: int | None = None
+    key: str = ""  # the listing's key (RESO ListingKey, MLS number) when the source has one
 
     @property
     def price_per_sqft(self) -> float:
@@ -97,6 +118,8 @@ class Sale:
     def to_state(self) -> dict[str, Any]:
         """Plain data for graph state (the date as ISO)."""
         return {
+            "key": self.key,
+            "year_built": self.year_built,
             "address": self.address,
             "city": self.city,
             "state": self.state,
@@ -126,6 +149,8 @@ class Sale:
             price=int(data["price"]),
             sold_on=date.fromisoformat(str(data["sold_on"])),
             property_type=normalize_property_type(str(data["property_type"])),
+            year_built=_number(data.get("year_built"), int),
+            key=str(data.get("key") or ""),
         )
 
 
@@ -143,6 +168,7 @@ class Subject:
     baths: float | None = None
     sqft: int | None = None
     property_type: PropertyType = "single_family"
+    year_built: int | None = None
 
     @property
     def has_coordinates(self) -> bool:
@@ -160,6 +186,7 @@ class Subject:
             "baths": self.baths,
             "sqft": self.sqft,
             "property_type": self.property_type,
+            "year_built": self.year_built,
         }
 
     @classmethod
@@ -175,6 +202,7 @@ class Subject:
             baths=_number(data.get("baths"), float),
             sqft=_number(data.get("sqft"), int),
             property_type=normalize_property_type(data.get("property_type")),
+            year_built=_number(data.get("year_built"), int),
         )
 
 
@@ -455,10 +483,14 @@ class Valuation:
     subject: Subject = field(default_factory=lambda: Subject(address=""))
     as_of: date = date(1970, 1, 1)
     method: Literal["price_per_sqft", "median_price"] = "price_per_sqft"
+    confidence: str = ""  # "high", "medium" or "low" (see ``appraisal``); "" from ``estimate``
+    trend_per_month: float = 0.0  # the area's monthly price trend the comps were adjusted by
 
     def to_state(self) -> dict[str, Any]:
         """Plain data for LangGraph state: str, int, float, lists and dicts only; dates as ISO strings."""
         return {
+            "confidence": self.confidence,
+            "trend_per_month": self.trend_per_month,
             "value": self.value,
             "low": self.low,
             "high": self.high,
@@ -484,6 +516,8 @@ class Valuation:
             subject=Subject.from_state(data.get("subject", {})),
             as_of=date.fromisoformat(str(data["as_of"])),
             method=method,
+            confidence=str(data.get("confidence") or ""),
+            trend_per_month=float(data.get("trend_per_month") or 0.0),
         )
 
 
