@@ -115,7 +115,7 @@ class Score:
         w10 = sum(e <= 0.10 for e in self.errors) / n
         w20 = sum(e <= 0.20 for e in self.errors) / n
         inside = f"{self.inside / n:.1%}" if self.inside >= 0 else "-"
-        return (f"| {name:<28} | {mdape:>6.1%} | {w10:>10.1%} | {w20:>10.1%} | {n / self.tried:>8.1%} "
+        return (f"| {name:<28} | {mdape:>6.2%} | {w10:>10.1%} | {w20:>10.1%} | {n / self.tried:>8.1%} "
                 f"| {inside:>8} |")
 
 

@@ -71,7 +71,7 @@ class NoComparablesError(ValueError):
 # exports use, compared with everything but letters and digits removed.
 _SUBTYPE_WORDS: dict[str, PropertyType] = {
     "singlefamilyresidence": "single_family", "singlefamily": "single_family", "sfr": "single_family",
-    "sfh": "single_family", "house": "single_family", "detached": "single_family",
+    "sfh": "single_family", "sf": "single_family", "house": "single_family", "detached": "single_family",
     "singlefamilydetached": "single_family", "residential": "single_family",
     "condominium": "condo", "condo": "condo", "apartment": "condo", "flat": "condo",
     "townhouse": "townhouse", "townhome": "townhouse", "rowhouse": "townhouse",
@@ -244,6 +244,38 @@ def subject_from_contact(contact: Mapping[str, Any]) -> Subject:
         sqft=_number(contact.get("sqft"), int),
         property_type=normalize_property_type(contact.get("property_type")),
     )
+
+
+_STREET_SUFFIX = (
+    r"(?:St|Street|Ave|Avenue|Rd|Road|Blvd|Boulevard|Dr|Drive|Ln|Lane|Ct|Court|Way|Pl|Place|Ter|Terrace|Cir|"
+    r"Circle|Pkwy|Parkway|Hwy|Highway|Trl|Trail|Loop|Sq|Square|Row|Run|Pass|Path|Xing|Crossing)"
+)
+_ADDRESS = re.compile(
+    r"\b(?P<street>\d{1,6}[A-Za-z]?\s+(?:[NSEW]\.?\s+|(?:North|South|East|West)\s+)?"
+    r"(?:[A-Za-z0-9'.-]+\s+){0,4}?" + _STREET_SUFFIX + r"\b\.?(?:\s+[NSEW]{1,2}\b)?"
+    r"(?:\s*,?\s*(?:Apt|Unit|Ste|Suite|#)\s*[\w-]+)?)"
+    r"(?:\s*,\s*(?P<city>[A-Za-z][A-Za-z .'-]{1,40}?))?"
+    r"(?:\s*,?\s+(?P<state>[A-Z]{2}))?"
+    r"(?:\s*,?\s*(?P<zip>\d{5})(?:-\d{4})?)?"
+    r"(?=\s*[.!?]?\s*$|\s*[.!?,;]\s|\s+(?:and|please|thanks)\b)",
+    re.IGNORECASE,
+)
+
+
+def find_address(text: str) -> dict[str, str] | None:
+    """A street address a lead wrote ("It's 55 Elm St, Denver, CO 80205"): ``address`` and, when given,
+    ``city``, ``state``, ``postal_code``; None when the text holds none."""
+    match = _ADDRESS.search(text or "")
+    if match is None:
+        return None
+    found = {"address": re.sub(r"\s+", " ", match["street"]).strip().rstrip(".")}
+    if match["city"]:
+        found["city"] = match["city"].strip()
+    if match["state"]:
+        found["state"] = match["state"].upper()
+    if match["zip"]:
+        found["postal_code"] = match["zip"]
+    return found
 
 
 # --------------------------------------------------------------------------------------------------

@@ -53,6 +53,14 @@ HOME_VALUE_ACK = (
     "Great question, {first_name}! Pulling recent sales near {place} now. "
     "I'll send your estimate in a moment."
 )
+CMA_BY_AGENT = (
+    "Thanks, {first_name}! I don't have enough recent sales near {place} for a reliable automatic "
+    "estimate, so {agent} will prepare your home value report personally and send it to you."
+)
+CMA_ASK_ADDRESS = (
+    "Happy to, {first_name}! What's the property's address (street, city and zip)? "
+    "I'll pull recent sales near it."
+)
 NOT_INTERESTED_CLOSE = (
     "No problem, {first_name}, thanks for letting me know. If your plans change, just reply here. "
     "Reply STOP anytime to opt out."
@@ -165,6 +173,18 @@ def home_value_ack(first_name: str, address: str | None = None) -> str:
     """The quick answer to "what's my house worth?" while the CMA is prepared and sent separately."""
     place = clean(address, ADDRESS_LIMIT) or "you"
     return fit_sms(HOME_VALUE_ACK.format(first_name=_name(first_name), place=place))
+
+
+def cma_by_agent(first_name: str, agent: str, address: str | None = None) -> str:
+    """The answer when no automatic estimate can be made: a human will send one (a task was created)."""
+    place = clean(address, ADDRESS_LIMIT) or "you"
+    return fit_sms(CMA_BY_AGENT.format(first_name=_name(first_name), place=place,
+                                       agent=clean(agent, AGENT_LIMIT) or "your agent"))
+
+
+def cma_ask_address(first_name: str) -> str:
+    """The answer to "what's my house worth?" when the bot does not know which house."""
+    return fit_sms(CMA_ASK_ADDRESS.format(first_name=_name(first_name)))
 
 
 def not_interested_close(first_name: str) -> str:

@@ -43,6 +43,7 @@ class Simulation:
         rules: Rules | None = None,
         ledger: SendLedger | None = None,
         responder: Any = None,
+        comps: Any = None,
     ) -> None:
         self.clock = FakeClock(start)
         self.crm = FakeCrm(self.clock)
@@ -54,6 +55,7 @@ class Simulation:
             ledger=ledger or InMemorySendLedger(),
             rules=rules or Rules(),
             responder=responder,
+            comps=comps,
         )
         self.checkpointer = checkpointer or InMemorySaver()
         self.graph = build_graph().compile(checkpointer=self.checkpointer)
