@@ -254,7 +254,18 @@ def cma_email(
     address = clean(valuation.subject.address, 120)
     value, low, high = money(valuation.value), money(valuation.low), money(valuation.high)
     subject = clean(CMA_EMAIL_SUBJECT.format(value=value) + (f" for {address}" if address else ""), 150)
-    if valuation.method == "price_per_sqft":
+    if valuation.confidence and valuation.method == "price_per_sqft":  # the appraisal's estimate
+        how = (
+            f"{len(valuation.comps)} comparable sales nearby (median {money(valuation.price_per_sqft_median)}"
+            f"/sq ft), each adjusted for size, age and the local market's trend since it sold, the closest "
+            f"and most similar counting most, for {valuation.subject.sqft:,} sq ft"
+        )
+    elif valuation.confidence:
+        how = (
+            f"the prices of {len(valuation.comps)} comparable sales nearby, adjusted for the local market's "
+            "trend since each sold; tell us your home's square footage for a sharper estimate"
+        )
+    elif valuation.method == "price_per_sqft":
         how = (
             f"the median price per square foot of {len(valuation.comps)} comparable sales "
             f"({money(valuation.price_per_sqft_median)}/sq ft) times {valuation.subject.sqft:,} sq ft"

@@ -67,6 +67,8 @@ async def test_an_estimate_is_promised_and_then_follows(checkpointer: BaseCheckp
     reply, report = _after(sim, cid, asked)
     assert reply.channel == "sms" and "I'll send your estimate in a moment" in reply.body
     assert report.channel == "email" and report.step == "cma" and "<table" in report.body
+    # The contact has no living area: the email says how the prices were used and asks for it.
+    assert "adjusted for the local market&#x27;s trend" in report.body
     assert not sim.crm.tasks
     cma = (await sim.state(cid))["cma"]
     assert cma["valuation"]["confidence"] in ("high", "medium", "low") and cma["channel"] == "email"
