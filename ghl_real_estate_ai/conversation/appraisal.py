@@ -19,16 +19,18 @@ step by step) and adds what appraisers and CMA tools do (``reference/comps_and_c
    5     5 mi    any        any       24 months
    ====  ======  =========  ========  =========
 
-3. **Recency and the area's trend**: each sale's price is brought to ``as_of`` with the area's monthly
-   price trend (``area_trend``: least squares of log price per sq ft on the month of sale over every sale
-   of the type in the area, with each neighbourhood's own level taken out; ``TREND_LIMIT`` caps it).
-4. **Size**: a sale implies ``price × (subject sqft / sale sqft) ** SIZE_ELASTICITY`` for the subject (price
-   per square foot falls as homes grow, so a straight $/sq ft over- or under-shoots across sizes).
-5. **Similarity weights**: distance, size, age, bedrooms and recency each shrink a sale's weight; the
+3. **Market-derived adjustments** (``area_adjustments``): least squares of log price on the month of sale,
+   log living area, year built, baths, beds and position (miles north and east) over the
+   ``ADJUSTMENT_SALES`` nearest sales of the type, each zip's own level taken out. Each comparable's price
+   is then brought to ``as_of`` by the area's monthly trend (capped at ±``TREND_LIMIT``) and adjusted for
+   every difference from the subject the known facts show (``adjusted_value``): a bigger home is worth
+   more but less per square foot, an older one less, a comparable on the pricier side of the street grid
+   less. With too few sales only the default size elasticity applies.
+4. **Similarity weights**: distance, size, age, bedrooms and recency each shrink a sale's weight; the
    ``MAX_COMPS`` best-weighted sales are kept.
-6. **Outliers**: with five or more, sales whose implied value lies outside 1.5 × IQR of the others (on the
+5. **Outliers**: with five or more, sales whose implied value lies outside 1.5 × IQR of the others (on the
    log scale) are dropped.
-7. **Estimate** = the weighted median of the implied values, rounded half-up to $1,000. **Range**: the
+6. **Estimate** = the weighted median of the implied values, rounded half-up to $1,000. **Range**: the
    weighted quartiles of the implied values, never narrower than ``RANGE_FLOOR`` plus ``RANGE_PER_COMP`` /
    √n of the estimate on each side (few comparables, wide range), so it is honest about both spread and
    count. **Confidence**: ``high`` with five or more comparables and a range within ±22%, ``medium``
@@ -72,8 +74,11 @@ TREND_MIN_SALES = 30
 RANGE_FLOOR = 0.14
 RANGE_PER_COMP = 0.20
 RANGE_IQR_SCALE = 1.5
-ADJUSTMENT_SALES = 1000
+ADJUSTMENT_SALES = 400
 AREA_RADIUS_MILES = 5.0
+MILES_PER_DEGREE = 69.05
+GRADIENT_LIMIT = 0.3
+"""The price gradient across the area is clipped to ±30% a mile."""
 AREA_MONTHS = 24
 DAYS_PER_MONTH = 30.4375
 
@@ -124,7 +129,7 @@ def is_subject(sale: Sale, subject: Subject) -> bool:
     return bool(own) and _key(sale.address) == own and (sale.zip == subject.zip or _same_city(sale, subject))
 
 
-FEATURES = ("months", "log_sqft", "year_built", "baths", "beds")
+FEATURES = ("months", "log_sqft", "year_built", "baths", "beds", "north", "east")
 
 
 @dataclass(frozen=True)
@@ -138,14 +143,22 @@ class Adjustments:
     year_built: float = 0.0
     baths: float = 0.0
     beds: float = 0.0
+    north: float = 0.0  # per mile north
+    east: float = 0.0  # per mile east
     sales: int = 0
 
 
-def _features(sale: Sale, as_of: date) -> list[float]:
+def _features(sale: Sale, as_of: date, east_scale: float) -> list[float]:
+    # Position in miles: north from the equator, east at the area's own miles per degree of longitude
+    # (one scale for the whole area, so "east" does not drift with latitude).
     return [
         -months_between(sale.sold_on, as_of), math.log(sale.sqft), float(sale.year_built or 0),
-        sale.baths, float(sale.beds),
+        sale.baths, float(sale.beds), sale.lat * MILES_PER_DEGREE, sale.lon * east_scale,
     ]
+
+
+def _east_scale(lat: float) -> float:
+    return MILES_PER_DEGREE * math.cos(math.radians(lat))
 
 
 def _solve(matrix: list[list[float]], vector: list[float]) -> list[float] | None:
@@ -165,17 +178,26 @@ def _solve(matrix: list[list[float]], vector: list[float]) -> list[float] | None
 
 
 def area_adjustments(sales: Sequence[Sale], as_of: date) -> Adjustments:
-    """Least squares of log price on the month of sale, log living area, year built, baths and beds over
-    the area's sales, each zip's own mean taken out (so a pricier zip selling later does not pass for
-    inflation, nor a zip of bigger homes for a size premium). A feature some sales lack is left out.
-    Fewer than ``TREND_MIN_SALES`` sales, or a singular fit: no adjustment but the default size
-    elasticity. The trend is clipped to ±``TREND_LIMIT`` and the elasticity to [0.3, 1]."""
+    """Least squares of log price on the month of sale, log living area, year built, baths, beds and
+    position (miles north and east) over ``sales``, each zip's own mean taken out (so a pricier zip selling
+    later does not pass for inflation, nor a zip of bigger homes for a size premium). A feature some sales
+    lack, or that does not vary, keeps its default. Fewer than ``TREND_MIN_SALES`` sales, or a singular
+    fit: no adjustment but the default size elasticity. Each coefficient is clipped to a plausible range
+    (the trend to ±``TREND_LIMIT``, the elasticity to [0.3, 1])."""
     if len(sales) < TREND_MIN_SALES:
         return Adjustments()
-    use = [True, True, all(s.year_built for s in sales), True, True]
+    located = all((s.lat, s.lon) != (0.0, 0.0) for s in sales)
+    east_scale = _east_scale(sum(s.lat for s in sales) / len(sales))
+    features = [_features(s, as_of, east_scale) for s in sales]
+    # A feature is fitted only when every sale has it and it varies (else its default stands).
+    varies = [max(f[k] for f in features) - min(f[k] for f in features) > 1e-9 for k in range(len(FEATURES))]
+    have = [True, True, all(s.year_built for s in sales), True, True, located, located]
+    use = [h and v for h, v in zip(have, varies, strict=True)]
+    if not any(use):
+        return Adjustments()
     groups: dict[str, list[tuple[list[float], float]]] = defaultdict(list)
-    for sale in sales:
-        row = [x for x, keep in zip(_features(sale, as_of), use, strict=True) if keep]
+    for sale, feature in zip(sales, features, strict=True):
+        row = [x for x, keep in zip(feature, use, strict=True) if keep]
         groups[sale.zip].append((row, math.log(sale.price)))
     width = sum(use)
     xtx = [[0.0] * width for _ in range(width)]
@@ -198,13 +220,17 @@ def area_adjustments(sales: Sequence[Sale], as_of: date) -> Adjustments:
     if solved is None:
         return Adjustments()
     coefs = iter(solved)
-    values = {name: (next(coefs) if keep else 0.0) for name, keep in zip(FEATURES, use, strict=True)}
+    defaults = Adjustments()
+    values = {name: (next(coefs) if keep else getattr(defaults, name))
+              for name, keep in zip(FEATURES, use, strict=True)}
     return Adjustments(
         months=max(-TREND_LIMIT, min(TREND_LIMIT, values["months"])),
         log_sqft=max(0.3, min(1.0, values["log_sqft"])),
         year_built=max(-0.02, min(0.02, values["year_built"])),
         baths=max(-0.15, min(0.15, values["baths"])),
         beds=max(-0.15, min(0.15, values["beds"])),
+        north=max(-GRADIENT_LIMIT, min(GRADIENT_LIMIT, values["north"])),
+        east=max(-GRADIENT_LIMIT, min(GRADIENT_LIMIT, values["east"])),
         sales=len(sales),
     )
 
@@ -221,6 +247,9 @@ def adjusted_value(sale: Sale, subject: Subject, adjustments: Adjustments, as_of
         log_change += adjustments.baths * (subject.baths - sale.baths)
     if subject.beds is not None and sale.beds:
         log_change += adjustments.beds * (subject.beds - sale.beds)
+    if subject.lat is not None and subject.lon is not None and (sale.lat, sale.lon) != (0.0, 0.0):
+        log_change += adjustments.north * (subject.lat - sale.lat) * MILES_PER_DEGREE
+        log_change += adjustments.east * (subject.lon - sale.lon) * _east_scale(subject.lat)
     return sale.price * math.exp(log_change)
 
 

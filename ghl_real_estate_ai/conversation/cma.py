@@ -1,5 +1,10 @@
-"""Comparable-sales analysis (CMA): the lead's property, nearby recent sales, and a value estimate. Pure
-apart from reading the bundled CSV once.
+"""Comparable-sales analysis (CMA): the lead's property (``Subject``), closed sales (``Sale``), the value
+(``Valuation``), the bundled synthetic sales, and the bot's first estimate method. Pure apart from reading
+the bundled CSV once.
+
+The bot, ``lead-bot cma`` and the accuracy benchmark now value with ``appraisal.appraise``, which builds on
+the method below (similarity limits, the area's trend and adjustments, weights, outliers, an honest range);
+``select_comparables``/``estimate`` stay as the simple reference method.
 
 Choosing comparables (``select_comparables``): always the same property type and never the subject itself;
 sold within a look-back window ending at ``as_of`` (never after it); then, step by step, until a step finds

@@ -191,3 +191,16 @@ def test_the_index_finds_what_a_full_scan_finds() -> None:
         s.address for s in sales
         if s.property_type == "condo" and s.zip == "98102" and date(2024, 11, 1) <= s.sold_on < AS_OF
     }
+
+
+def test_comparables_on_the_pricier_side_are_adjusted_to_the_subjects_spot() -> None:
+    # Prices rise 5% a mile going north; the subject sits at the south edge of its comparables.
+    rng = random.Random(11)
+    sales = []
+    for i in range(80):
+        north = rng.uniform(0.0, 2.0)
+        sales.append(sale(f"s{i}", north=north, price=round(800_000 * math.exp(0.05 * north)),
+                          days_ago=rng.randint(10, 300)))
+    adjustments = area_adjustments(sales, AS_OF)
+    assert adjustments.north == pytest.approx(0.05, abs=0.005)
+    assert appraise(SUBJECT, sales, as_of=AS_OF).value == pytest.approx(800_000, rel=0.01)
