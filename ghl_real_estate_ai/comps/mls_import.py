@@ -59,7 +59,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "street_number": ("streetnumber", "housenumber"),
     "street_name": ("streetname",),
     "status": ("standardstatus", "status", "listingstatus", "mlsstatus", "saletype"),
-    "subtype": ("propertysubtype", "propertysubtype", "dwellingtype", "typeofproperty", "typedwel",
+    "subtype": ("propertysubtype", "dwellingtype", "typeofproperty", "typedwel",
                 "proptype", "propertytype"),
     "key": ("listingkey", "listingid", "mlsnumber", "mlnumber", "mlsnumberlink", "listnumber"),
 }

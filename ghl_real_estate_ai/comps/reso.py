@@ -265,31 +265,30 @@ class ResoCompsProvider:
     async def aclose(self) -> None:
         await self.client.aclose()
 
-    def _cache_key(self, subject: Subject, since: date, as_of: date, radius_miles: float) -> str:
+    @staticmethod
+    def _query_area(subject: Subject, radius_miles: float) -> tuple[Subject, float, str]:
+        """The area actually queried and cached: around the subject's point rounded to 0.01° (so the
+        leads of one neighbourhood share an entry) with the radius grown by the 0.75 mile the rounding
+        may move it; or its zip or city."""
         if subject.lat is not None and subject.lon is not None:
-            area = f"pt:{subject.lat:.2f}:{subject.lon:.2f}"
-            radius_miles += 0.75  # the rounded point may be that far off: ask for a little more
-        else:
-            area = f"zip:{subject.zip}" if subject.zip else f"city:{subject.city.lower()}"
-        return f"{self.prefix}:area:{area}:{radius_miles:g}:{since}:{as_of}"
+            lat, lon = round(subject.lat, 2), round(subject.lon, 2)
+            return Subject(subject.address, lat=lat, lon=lon), radius_miles + 0.75, f"pt:{lat:.2f}:{lon:.2f}"
+        area = f"zip:{subject.zip}" if subject.zip else f"city:{subject.city.lower()}"
+        return subject, radius_miles, area
 
     async def area_sales(
         self, subject: Subject, *, as_of: date, radius_miles: float = AREA_RADIUS_MILES,
         months: int = AREA_MONTHS,
     ) -> list[Sale]:
         since = months_before(as_of, months)
-        key = self._cache_key(subject, since, as_of, radius_miles)
+        where, radius, area = self._query_area(subject, radius_miles)
+        key = f"{self.prefix}:area:{area}:{radius:g}:{since}:{as_of}"
         cached = await self.redis.get(key) if self.redis is not None else None
         if cached is not None:
             states = json.loads(cached)
         else:
-            query_subject = subject
-            if subject.lat is not None and subject.lon is not None:
-                query_subject = Subject(subject.address, lat=round(subject.lat, 2), lon=round(subject.lon, 2))
             params = {
-                "$filter": area_filter(query_subject, since=since, as_of=as_of,
-                                       radius_miles=radius_miles + 0.75 if query_subject is not subject
-                                       else radius_miles),
+                "$filter": area_filter(where, since=since, as_of=as_of, radius_miles=radius),
                 "$select": ",".join(SELECT),
             }
             records = await self.client.query("Property", params)
