@@ -4,7 +4,7 @@
 Run it from the repository root (about 1.5 minutes for the default 2,000 sales)::
 
     .venv/bin/python benchmarks/cma_accuracy.py                     # 2,000 sales of 2014-2016
-    .venv/bin/python benchmarks/cma_accuracy.py --sample 0          # every 2014-2016 sale (22,738; ~15 minutes)
+    .venv/bin/python benchmarks/cma_accuracy.py --sample 0          # all 22,738 of 2014-2016 (~15 min)
     .venv/bin/python benchmarks/cma_accuracy.py --data seattle_sales.csv
 
 The data set is not shipped and is never a dependency: without ``--data`` the script looks for the
