@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
                 help="queue the action and return without waiting for the service",
             )
     commands.add_parser("reconcile", help="repair scheduler jobs from the leads' states")
+    from ghl_real_estate_ai import comps_cli
+
+    comps_cli.add_parsers(commands)
     dead = commands.add_parser("dead-letters", help="list (or retry) webhook events that failed 5 times")
     dead.add_argument("--retry", nargs="*", metavar="ID", help="requeue these entries (all when none given)")
     return parser
@@ -108,6 +111,10 @@ async def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "simulate":
         return await _simulate(args)
+    if args.command in ("comps", "cma"):
+        from ghl_real_estate_ai import comps_cli
+
+        return await comps_cli.run(args)
     from ghl_real_estate_ai import operator_cli
 
     return await operator_cli.run(args)

@@ -63,6 +63,15 @@ class Settings:
     intake_concurrency: int = 32
     intake_claim_idle_seconds: float = 60.0
     operator_wait_seconds: float = 30.0
+    comps: str = "demo"
+    reso_url: str | None = None
+    reso_token: str | None = None
+    reso_client_id: str | None = None
+    reso_client_secret: str | None = None
+    reso_token_url: str | None = None
+    reso_scope: str = "api"
+    reso_page_size: int = 200
+    reso_requests_per_second: float = 2.0
 
     @classmethod
     def from_env(
@@ -86,7 +95,32 @@ class Settings:
             raise ConfigurationError(
                 "LEAD_BOT_CHECKPOINTER", f"expected auto, plain or official, got {mode!r}"
             )
+        comps = (env.get("LEAD_BOT_COMPS") or "demo").strip().lower()
+        if comps not in ("demo", "store", "reso"):
+            raise ConfigurationError("LEAD_BOT_COMPS", f"expected demo, store or reso, got {comps!r}")
+        reso_url = _optional(env, "LEAD_BOT_RESO_URL")
+        reso_token = _optional(env, "LEAD_BOT_RESO_TOKEN")
+        reso_client_id = _optional(env, "LEAD_BOT_RESO_CLIENT_ID")
+        reso_client_secret = _optional(env, "LEAD_BOT_RESO_CLIENT_SECRET")
+        reso_token_url = _optional(env, "LEAD_BOT_RESO_TOKEN_URL")
+        if comps == "reso":
+            if not reso_url:
+                raise ConfigurationError("LEAD_BOT_RESO_URL", "is not set; LEAD_BOT_COMPS=reso needs the "
+                                         "RESO Web API service root (…/odata)")
+            if not reso_token and not (reso_client_id and reso_client_secret and reso_token_url):
+                raise ConfigurationError("LEAD_BOT_RESO_TOKEN", "is not set; LEAD_BOT_COMPS=reso needs a "
+                                         "bearer token, or LEAD_BOT_RESO_CLIENT_ID, _CLIENT_SECRET and "
+                                         "_TOKEN_URL")
         return cls(
+            comps=comps,
+            reso_url=reso_url.rstrip("/") if reso_url else None,
+            reso_token=reso_token,
+            reso_client_id=reso_client_id,
+            reso_client_secret=reso_client_secret,
+            reso_token_url=reso_token_url,
+            reso_scope=env.get("LEAD_BOT_RESO_SCOPE") or "api",
+            reso_page_size=max(1, int(_float(env, "LEAD_BOT_RESO_PAGE_SIZE", 200))),
+            reso_requests_per_second=_float(env, "LEAD_BOT_RESO_REQUESTS_PER_SECOND", 2.0),
             redis_url=_optional(env, "REDIS_URL"),
             data_dir=Path(env.get("LEAD_BOT_DATA_DIR") or ".lead-bot"),
             ghl_api_base_url=(env.get("GHL_API_BASE_URL") or DEFAULT_GHL_API_BASE_URL).rstrip("/"),

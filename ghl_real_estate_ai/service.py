@@ -524,12 +524,15 @@ class LeadBotService:
         return Context(crm=OperatorCrm(), voice=UnconfiguredVoice(), clock=self.timebase.clock)
 
     async def _serve_context(self) -> Context:
-        from ghl_real_estate_ai.conversation.cma import CsvCompsProvider
+        from ghl_real_estate_ai.comps import comps_from_settings
         from ghl_real_estate_ai.services.send_ledger import RedisSendLedger
 
         settings = self.settings
         crm = self._crm_override or await self._ghl_client()
         voice = self._voice_override or await self._retell_client()
+        comps = comps_from_settings(settings, self.redis)
+        if hasattr(comps, "aclose"):
+            self._stack.push_async_callback(comps.aclose)
         return Context(
             crm=RecordingCrm(crm, self.bot_messages, self.metrics),
             voice=RecordingVoice(voice, self.metrics),
@@ -544,7 +547,7 @@ class LeadBotService:
                 send_margin=send_margin(settings.time_scale),
             ),
             responder=self._responder(),
-            comps=CsvCompsProvider(),
+            comps=comps,
             readback_delay_seconds=self.waits.readback_delay,
         )
 

@@ -1,5 +1,10 @@
-"""Comparable-sales analysis (CMA): the lead's property, nearby recent sales, and a value estimate. Pure
-apart from reading the bundled CSV once.
+"""Comparable-sales analysis (CMA): the lead's property (``Subject``), closed sales (``Sale``), the value
+(``Valuation``), the bundled synthetic sales, and the bot's first estimate method. Pure apart from reading
+the bundled CSV once.
+
+The bot, ``lead-bot cma`` and the accuracy benchmark now value with ``appraisal.appraise``, which builds on
+the method below (similarity limits, the area's trend and adjustments, weights, outliers, an honest range);
+``select_comparables``/``estimate`` stay as the simple reference method.
 
 Choosing comparables (``select_comparables``): always the same property type and never the subject itself;
 sold within a look-back window ending at ``as_of`` (never after it); then, step by step, until a step finds
@@ -67,10 +72,29 @@ class NoComparablesError(ValueError):
     """No comparable sale was found, so no estimate can be made. The message says what was searched."""
 
 
+# Both forms of a RESO lookup ("Single Family Residence" / "SingleFamilyResidence") and the words MLS
+# exports use, compared with everything but letters and digits removed.
+_SUBTYPE_WORDS: dict[str, PropertyType] = {
+    "singlefamilyresidence": "single_family", "singlefamily": "single_family", "sfr": "single_family",
+    "sfh": "single_family", "sf": "single_family", "house": "single_family", "detached": "single_family",
+    "singlefamilydetached": "single_family", "residential": "single_family",
+    "condominium": "condo", "condo": "condo", "apartment": "condo", "flat": "condo",
+    "townhouse": "townhouse", "townhome": "townhouse", "rowhouse": "townhouse",
+    "singlefamilyattached": "townhouse",
+}
+
+
 def normalize_property_type(value: str | None) -> PropertyType:
     """``"Townhome"`` -> ``"townhouse"``; unknown or empty values mean a single-family house."""
     key = re.sub(r"[\s_\-]+", " ", (value or "").strip().lower())
-    return _TYPE_ALIASES.get(key, _TYPE_ALIASES.get(key.replace(" ", "_"), "single_family"))
+    known = _TYPE_ALIASES.get(key, _TYPE_ALIASES.get(key.replace(" ", "_")))
+    return known or property_type_of(value) or "single_family"
+
+
+def property_type_of(value: str | None) -> PropertyType | None:
+    """The property type a RESO ``PropertySubType`` (either lookup form) or an export's word names, or
+    ``None`` for one the CMA does not value (duplex, land, manufactured home...)."""
+    return _SUBTYPE_WORDS.get(re.sub(r"[^a-z0-9]+", "", (value or "").lower()))
 
 
 @dataclass(frozen=True)
@@ -89,6 +113,8 @@ class Sale:
     price: int
     sold_on: date
     property_type: PropertyType
+    year_built: int | None = None
+    key: str = ""  # the listing's key (RESO ListingKey, MLS number) when the source has one
 
     @property
     def price_per_sqft(self) -> float:
@@ -97,6 +123,8 @@ class Sale:
     def to_state(self) -> dict[str, Any]:
         """Plain data for graph state (the date as ISO)."""
         return {
+            "key": self.key,
+            "year_built": self.year_built,
             "address": self.address,
             "city": self.city,
             "state": self.state,
@@ -126,6 +154,8 @@ class Sale:
             price=int(data["price"]),
             sold_on=date.fromisoformat(str(data["sold_on"])),
             property_type=normalize_property_type(str(data["property_type"])),
+            year_built=_number(data.get("year_built"), int),
+            key=str(data.get("key") or ""),
         )
 
 
@@ -143,6 +173,7 @@ class Subject:
     baths: float | None = None
     sqft: int | None = None
     property_type: PropertyType = "single_family"
+    year_built: int | None = None
 
     @property
     def has_coordinates(self) -> bool:
@@ -160,6 +191,7 @@ class Subject:
             "baths": self.baths,
             "sqft": self.sqft,
             "property_type": self.property_type,
+            "year_built": self.year_built,
         }
 
     @classmethod
@@ -175,6 +207,7 @@ class Subject:
             baths=_number(data.get("baths"), float),
             sqft=_number(data.get("sqft"), int),
             property_type=normalize_property_type(data.get("property_type")),
+            year_built=_number(data.get("year_built"), int),
         )
 
 
@@ -216,6 +249,38 @@ def subject_from_contact(contact: Mapping[str, Any]) -> Subject:
         sqft=_number(contact.get("sqft"), int),
         property_type=normalize_property_type(contact.get("property_type")),
     )
+
+
+_STREET_SUFFIX = (
+    r"(?:St|Street|Ave|Avenue|Rd|Road|Blvd|Boulevard|Dr|Drive|Ln|Lane|Ct|Court|Way|Pl|Place|Ter|Terrace|Cir|"
+    r"Circle|Pkwy|Parkway|Hwy|Highway|Trl|Trail|Loop|Sq|Square|Row|Run|Pass|Path|Xing|Crossing)"
+)
+_ADDRESS = re.compile(
+    r"\b(?P<street>\d{1,6}[A-Za-z]?\s+(?:[NSEW]\.?\s+|(?:North|South|East|West)\s+)?"
+    r"(?:[A-Za-z0-9'.-]+\s+){0,4}?" + _STREET_SUFFIX + r"\b\.?(?:\s+[NSEW]{1,2}\b)?"
+    r"(?:\s*,?\s*(?:Apt|Unit|Ste|Suite|#)\s*[\w-]+)?)"
+    r"(?:\s*,\s*(?P<city>[A-Za-z][A-Za-z .'-]{1,40}?))?"
+    r"(?:\s*,?\s+(?P<state>[A-Z]{2}))?"
+    r"(?:\s*,?\s*(?P<zip>\d{5})(?:-\d{4})?)?"
+    r"(?=\s*[.!?]?\s*$|\s*[.!?,;]\s|\s+(?:and|please|thanks)\b)",
+    re.IGNORECASE,
+)
+
+
+def find_address(text: str) -> dict[str, str] | None:
+    """A street address a lead wrote ("It's 55 Elm St, Denver, CO 80205"): ``address`` and, when given,
+    ``city``, ``state``, ``postal_code``; None when the text holds none."""
+    match = _ADDRESS.search(text or "")
+    if match is None:
+        return None
+    found = {"address": re.sub(r"\s+", " ", match["street"]).strip().rstrip(".")}
+    if match["city"]:
+        found["city"] = match["city"].strip()
+    if match["state"]:
+        found["state"] = match["state"].upper()
+    if match["zip"]:
+        found["postal_code"] = match["zip"]
+    return found
 
 
 # --------------------------------------------------------------------------------------------------
@@ -455,10 +520,14 @@ class Valuation:
     subject: Subject = field(default_factory=lambda: Subject(address=""))
     as_of: date = date(1970, 1, 1)
     method: Literal["price_per_sqft", "median_price"] = "price_per_sqft"
+    confidence: str = ""  # "high", "medium" or "low" (see ``appraisal``); "" from ``estimate``
+    trend_per_month: float = 0.0  # the area's monthly price trend the comps were adjusted by
 
     def to_state(self) -> dict[str, Any]:
         """Plain data for LangGraph state: str, int, float, lists and dicts only; dates as ISO strings."""
         return {
+            "confidence": self.confidence,
+            "trend_per_month": self.trend_per_month,
             "value": self.value,
             "low": self.low,
             "high": self.high,
@@ -484,6 +553,8 @@ class Valuation:
             subject=Subject.from_state(data.get("subject", {})),
             as_of=date.fromisoformat(str(data["as_of"])),
             method=method,
+            confidence=str(data.get("confidence") or ""),
+            trend_per_month=float(data.get("trend_per_month") or 0.0),
         )
 
 

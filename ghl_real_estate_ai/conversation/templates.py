@@ -53,6 +53,14 @@ HOME_VALUE_ACK = (
     "Great question, {first_name}! Pulling recent sales near {place} now. "
     "I'll send your estimate in a moment."
 )
+CMA_BY_AGENT = (
+    "Thanks, {first_name}! I don't have enough recent sales near {place} for a reliable automatic "
+    "estimate, so {agent} will prepare your home value report personally and send it to you."
+)
+CMA_ASK_ADDRESS = (
+    "Happy to, {first_name}! What's the property's address (street, city and zip)? "
+    "I'll pull recent sales near it."
+)
 NOT_INTERESTED_CLOSE = (
     "No problem, {first_name}, thanks for letting me know. If your plans change, just reply here. "
     "Reply STOP anytime to opt out."
@@ -167,6 +175,18 @@ def home_value_ack(first_name: str, address: str | None = None) -> str:
     return fit_sms(HOME_VALUE_ACK.format(first_name=_name(first_name), place=place))
 
 
+def cma_by_agent(first_name: str, agent: str, address: str | None = None) -> str:
+    """The answer when no automatic estimate can be made: a human will send one (a task was created)."""
+    place = clean(address, ADDRESS_LIMIT) or "you"
+    return fit_sms(CMA_BY_AGENT.format(first_name=_name(first_name), place=place,
+                                       agent=clean(agent, AGENT_LIMIT) or "your agent"))
+
+
+def cma_ask_address(first_name: str) -> str:
+    """The answer to "what's my house worth?" when the bot does not know which house."""
+    return fit_sms(CMA_ASK_ADDRESS.format(first_name=_name(first_name)))
+
+
 def not_interested_close(first_name: str) -> str:
     return fit_sms(NOT_INTERESTED_CLOSE.format(first_name=_name(first_name)))
 
@@ -234,7 +254,18 @@ def cma_email(
     address = clean(valuation.subject.address, 120)
     value, low, high = money(valuation.value), money(valuation.low), money(valuation.high)
     subject = clean(CMA_EMAIL_SUBJECT.format(value=value) + (f" for {address}" if address else ""), 150)
-    if valuation.method == "price_per_sqft":
+    if valuation.confidence and valuation.method == "price_per_sqft":  # the appraisal's estimate
+        how = (
+            f"{len(valuation.comps)} comparable sales nearby (median {money(valuation.price_per_sqft_median)}"
+            f"/sq ft), each adjusted for size, age and the local market's trend since it sold, the closest "
+            f"and most similar counting most, for {valuation.subject.sqft:,} sq ft"
+        )
+    elif valuation.confidence:
+        how = (
+            f"the prices of {len(valuation.comps)} comparable sales nearby, adjusted for the local market's "
+            "trend since each sold; tell us your home's square footage for a sharper estimate"
+        )
+    elif valuation.method == "price_per_sqft":
         how = (
             f"the median price per square foot of {len(valuation.comps)} comparable sales "
             f"({money(valuation.price_per_sqft_median)}/sq ft) times {valuation.subject.sqft:,} sq ft"

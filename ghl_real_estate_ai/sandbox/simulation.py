@@ -46,6 +46,7 @@ class Simulation:
         ledger: SendLedger | None = None,
         responder: Any = None,
         durability: Durability = "sync",
+        comps: Any = None,
     ) -> None:
         self.clock = FakeClock(start)
         self.crm = FakeCrm(self.clock)
@@ -57,6 +58,7 @@ class Simulation:
             ledger=ledger or InMemorySendLedger(),
             rules=rules or Rules(),
             responder=responder,
+            comps=comps,
         )
         self.checkpointer = checkpointer or InMemorySaver()
         self.graph = build_graph().compile(checkpointer=self.checkpointer)

@@ -16,8 +16,8 @@ from typing import Any
 
 from ghl_real_estate_ai.agents.lead_bot.context import Context, Rules
 from ghl_real_estate_ai.clock import Clock, SystemClock
+from ghl_real_estate_ai.comps import CompsSource, IndexedComps
 from ghl_real_estate_ai.config import Settings
-from ghl_real_estate_ai.conversation.cma import CompsProvider, CsvCompsProvider
 from ghl_real_estate_ai.conversation.responders import Responder, RuleResponder
 from ghl_real_estate_ai.errors import ConfigurationError
 from ghl_real_estate_ai.integrations.models import Crm, VoiceCaller
@@ -63,7 +63,7 @@ class World:
     ledger: SendLedger = field(default_factory=InMemorySendLedger)
     rules: Rules = field(default_factory=Rules)
     responder: Responder | None = None
-    comps: CompsProvider | None = None
+    comps: CompsSource | None = None
     clock: RunClock = field(default_factory=RunClock)
 
     def prepare(self, contact_id: str) -> None:
@@ -84,19 +84,19 @@ class World:
         )
 
 
-def demo_world(comps: CompsProvider | None = None) -> World:
+def demo_world(comps: CompsSource | None = None) -> World:
     """GHL and Retell faked in memory, holding the demo's six leads; what it sends is in ``crm.sent``.
     ``comps``: the shipped comps unless given."""
     clock = RunClock()
     crm = FakeCrm(clock)
     for lead in demo_leads():
         crm.add_contact(lead.record)
-    comps = comps or CsvCompsProvider()
+    comps = comps or IndexedComps()
     return World("demo", crm, FakeVoice(crm), rules=DEMO_RULES, responder=RuleResponder(), comps=comps,
                  clock=clock)
 
 
-def live_world(settings: Settings, comps: CompsProvider | None = None) -> World:
+def live_world(settings: Settings, comps: CompsSource | None = None) -> World:
     """GHL (``GHL_API_TOKEN``, ``GHL_LOCATION_ID``) and Retell (``RETELL_*``; without them the day_7 call
     is skipped as the service skips it) from ``settings``. Raises ``ConfigurationError`` naming what to
     set."""
@@ -126,7 +126,7 @@ def live_world(settings: Settings, comps: CompsProvider | None = None) -> World:
         human_takeover_days=settings.human_takeover_days,
     )
     return World("live", crm, voice, rules=rules, responder=_responder(settings),
-                 comps=comps or CsvCompsProvider())
+                 comps=comps or IndexedComps())
 
 
 def _responder(settings: Settings) -> Responder:
@@ -150,7 +150,7 @@ class Worlds:
         self._keep = keep
         self._demo: OrderedDict[str, World] = OrderedDict()
         self._live: World | None = None
-        self._comps: CompsProvider | None = None
+        self._comps: CompsSource | None = None
         self._lock = threading.Lock()
 
     def get(self, name: str, thread_id: str | None = None) -> World:
@@ -177,10 +177,10 @@ class Worlds:
         with self._lock:
             return self._demo.get(thread_id)
 
-    def _shipped_comps(self) -> CompsProvider:
+    def _shipped_comps(self) -> CompsSource:
         if self._comps is None:
-            comps = CsvCompsProvider()
-            _ = comps.sales  # read the shipped CSV now, not inside a run's event loop
+            comps = IndexedComps()
+            _ = comps.index  # read the shipped CSV now, not inside a run's event loop
             self._comps = comps
         return self._comps
 

@@ -12,7 +12,7 @@ from ghl_real_estate_ai.sequence import QuietHours
 from ghl_real_estate_ai.services.send_ledger import InMemorySendLedger, SendLedger
 
 if TYPE_CHECKING:
-    from ghl_real_estate_ai.conversation.cma import CompsProvider
+    from ghl_real_estate_ai.comps import CompsSource
     from ghl_real_estate_ai.conversation.responders import Responder
 
 
@@ -45,5 +45,5 @@ class Context:
     ledger: SendLedger = field(default_factory=InMemorySendLedger)
     rules: Rules = field(default_factory=Rules)
     responder: Responder | None = None
-    comps: CompsProvider | None = None
+    comps: CompsSource | None = None
     readback_delay_seconds: float = 0.0

@@ -106,6 +106,10 @@ class CmaInfo(TypedDict, total=False):
     sent_at: str | None
     channel: str | None
     valuation: dict[str, Any] | None
+    awaiting_address: bool  # the bot asked for the property's address; the next message with one carries on
+    subject: dict[str, Any]  # the property the last request was about
+    handed_off_at: str | None  # no automatic estimate: a task was created for the agent
+    outcome: str
 
 
 class StallInfo(TypedDict, total=False):

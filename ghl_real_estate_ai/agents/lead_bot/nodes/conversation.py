@@ -21,8 +21,10 @@ from ghl_real_estate_ai.agents.lead_bot.nodes.common import enrollment_id, entry
 from ghl_real_estate_ai.agents.lead_bot.nodes.delivery import Message, deliver_once
 from ghl_real_estate_ai.agents.lead_bot.nodes.operations import mark_opted_out
 from ghl_real_estate_ai.agents.lead_bot.state import LeadState, combine_updates
+from ghl_real_estate_ai.comps import IndexedComps
 from ghl_real_estate_ai.conversation import cma as cma_rules
 from ghl_real_estate_ai.conversation import templates
+from ghl_real_estate_ai.conversation.appraisal import appraise
 from ghl_real_estate_ai.conversation.calls import call_outcome
 from ghl_real_estate_ai.conversation.intents import Intent
 from ghl_real_estate_ai.conversation.responders import Reply, RuleResponder, Turn
@@ -182,7 +184,8 @@ async def converse(state: LeadState, runtime: Runtime[Context]) -> dict[str, Any
 
 
 def _finish(update: dict[str, Any], reply: Reply, now: datetime) -> dict[str, Any]:
-    if reply.text:
+    # A CMA turn records the answer it chose itself (it replaces the responder's text).
+    if reply.text and not any(isinstance(m, AIMessage) for m in update.get("messages", [])):
         update["messages"] = [
             *update.get("messages", []),
             AIMessage(reply.text, additional_kwargs={"at": iso(now), "intent": reply.intent.value}),
@@ -196,10 +199,12 @@ async def _act_on_intent(
     now = now_of(runtime)
     intent = reply.intent
     update: dict[str, Any] = {}
+    cma_contact = _cma_request(state, str(state.get("event", {}).get("text", "")), intent)
+    if cma_contact is not None and intent not in (Intent.INTERESTED, Intent.NOT_INTERESTED, Intent.HAS_AGENT,
+                                                  Intent.ALREADY_SOLD):
+        return await _cma_turn(state, runtime, reply, cma_contact, channel, reply_key)
     if intent == Intent.INTERESTED:
         update = await _hand_off(state, runtime, reply)
-    elif intent == Intent.HOME_VALUE:
-        update = await _send_cma(state, runtime, reply_key.rsplit("|", 1)[1])
     elif intent == Intent.NOT_INTERESTED:
         update = {
             "sequence": {
@@ -276,32 +281,103 @@ async def _hand_off(state: LeadState, runtime: Runtime[Context], reply: Reply) -
     }
 
 
-async def _send_cma(state: LeadState, runtime: Runtime[Context], message_id: str) -> dict[str, Any]:
-    """Produce a CMA for the lead's property and send it (HTML email when there is an address, else SMS).
+def _cma_request(state: LeadState, text: str, intent: Intent) -> dict[str, Any] | None:
+    """The contact fields of the property a CMA is asked for this turn, or None when the turn asks for
+    none: a home-value question (about the address it names, else the contact's), or, while the bot
+    waits for an address it asked for, a message that gives one."""
+    contact = dict(state.get("contact", {}))
+    named = cma_rules.find_address(text)
+    if intent != Intent.HOME_VALUE and not (named and state.get("cma", {}).get("awaiting_address")):
+        return None
+    if named:
+        if "city" in named or "postal_code" in named:  # another place: the contact's city and zip don't apply
+            contact.update(city="", state="", postal_code="")
+        contact.update(named)
+    return contact
 
-    The send key is the inbound message that asked for it (``contact|cma|message_id``): a redelivered
-    webhook, however late, never sends a second CMA."""
+
+async def _plan_cma(
+    runtime: Runtime[Context], contact: dict[str, Any]
+) -> tuple[cma_rules.Subject, cma_rules.Valuation | None, str]:
+    """Decide before replying: the subject, its valuation (None when none can be made) and, then, why."""
+    ctx, now = runtime.context, now_of(runtime)
+    subject = cma_rules.subject_from_contact(contact)
+    if not subject.address:
+        return subject, None, "no property address"
+    if not (subject.has_coordinates or subject.zip or subject.city):
+        return subject, None, f"no city, zip or coordinates for {subject.address}: the property is unknown"
+    provider = ctx.comps or IndexedComps()
+    try:
+        sales = await provider.area_sales(subject, as_of=now.date())
+        return subject, appraise(subject, sales, as_of=now.date()), ""
+    except cma_rules.NoComparablesError as exc:
+        return subject, None, f"not enough comparable sales: {exc}"
+    except IntegrationError as exc:
+        return subject, None, f"the comps provider failed: {exc}"
+
+
+async def _cma_turn(
+    state: LeadState, runtime: Runtime[Context], reply: Reply, contact: dict[str, Any], channel: str,
+    reply_key: str,
+) -> dict[str, Any]:
+    """A turn that asks for a CMA. The answer promises only what will happen:
+
+    * an estimate can be made: the reply says it is on the way, then the CMA follows (HTML email when the
+      contact has an email address, else an SMS), sent under ``contact|cma|message_id``;
+    * no property address: the reply asks for it, and the next message that gives one carries the CMA on;
+    * no estimate (too few comps, the provider down, the property unknown): a GHL task "Prepare a CMA for
+      <address>" for the assigned agent and a note, under ``contact|cma-handoff|message_id``, and the reply
+      says the agent will send it personally.
+    """
+    ctx, now = runtime.context, now_of(runtime)
+    message_id = reply_key.rsplit("|", 1)[1]
+    first_name = contact.get("first_name") or "there"
+    subject, valuation, why = await _plan_cma(runtime, contact)
+    cma_update: dict[str, Any] = {"requested_at": iso(now), "awaiting_address": False,
+                                  "subject": subject.to_state()}
+    update: dict[str, Any] = {"cma": cma_update, "engagement": {"conversation_active": True},
+                              "stall": {"attempts": 0, "last_variant": None}}
+    timeline: list[Any] = []
+    if valuation is not None:
+        text = templates.home_value_ack(first_name, subject.address)
+    elif not subject.address:
+        text = templates.cma_ask_address(first_name)
+        cma_update["awaiting_address"] = True
+        timeline.append(entry(now, "cma", "deferred", "no property address: asked the lead for it"))
+    else:
+        timeline.append(await _cma_handoff(state, runtime, subject, why, message_id))
+        cma_update.update(handed_off_at=iso(now), outcome=f"handed to the agent: {why}")
+        text = templates.cma_by_agent(first_name, ctx.rules.agent_name, subject.address)
+    subject_line = reply.subject if channel == "email" else None
+    outcome, reply_why = await _send_reply(runtime, state, reply_key, channel, text, subject_line,
+                                           purpose="reply")
+    timeline.insert(0, entry(now, "reply", outcome, reply_why, channel=channel, intent=reply.intent.value,
+                             source=reply.source))
+    if outcome == "sent":
+        update["engagement"]["last_outbound_at"] = iso(now)
+    if valuation is not None:
+        cma_update.update(generated_at=iso(now), valuation=valuation.to_state())
+        sent, cma_entry = await _deliver_cma(state, runtime, valuation, contact, message_id)
+        if sent is not None:
+            cma_update.update(sent_at=sent[0], channel=sent[1])
+        timeline.append(cma_entry)
+    update["timeline"] = timeline
+    update["messages"] = [AIMessage(text, additional_kwargs={"at": iso(now), "intent": reply.intent.value})]
+    return update
+
+
+async def _deliver_cma(
+    state: LeadState, runtime: Runtime[Context], valuation: cma_rules.Valuation, contact: dict[str, Any],
+    message_id: str,
+) -> tuple[tuple[str, str] | None, Any]:
+    """Send the CMA under ``contact|cma|message_id``: a redelivered webhook, however late, never sends a
+    second one. Returns ((sent_at, channel) or None, the timeline entry)."""
     ctx, now = runtime.context, now_of(runtime)
     cid = state["contact_id"]
-    contact = state.get("contact", {})
-    cma_update: dict[str, Any] = {"requested_at": iso(now)}
-    provider = ctx.comps or cma_rules.CsvCompsProvider()
-    subject = cma_rules.subject_from_contact(contact)
-    try:
-        comps = provider.comparables(subject, as_of=now.date())
-        valuation = cma_rules.estimate(subject, comps, as_of=now.date())
-    except cma_rules.NoComparablesError as exc:
-        return {
-            "cma": cma_update,
-            "engagement": {"conversation_active": True},
-            "timeline": [entry(now, "cma", "skipped", f"no CMA: {exc}")],
-        }
-    cma_update.update(generated_at=iso(now), valuation=valuation.to_state())
     first_name = contact.get("first_name") or "there"
-    use_email = bool(contact.get("email"))
-    if use_email:
+    if contact.get("email"):
         mail = templates.cma_email(valuation, first_name=first_name, agent_name=ctx.rules.agent_name,
-                                   program_name=ctx.rules.program_name)
+                                   program_name=ctx.rules.program_name, agent_contact=ctx.rules.agent_contact)
         message = Message("email", cid, subject=mail.subject, html=mail.html, purpose="cma")
     else:
         text = templates.cma_sms(valuation, first_name=first_name, agent_name=ctx.rules.agent_name)
@@ -313,14 +389,43 @@ async def _send_cma(state: LeadState, runtime: Runtime[Context], message_id: str
         "already": ("skipped", "already sent for this message (send key claimed)"),
         "blocked": ("skipped", result.reason),
     }.get(result.kind, ("failed", result.reason))
-    if outcome == "sent":
-        cma_update.update(sent_at=iso(result.at or now), channel=message.channel)
-    return {
-        "cma": cma_update,
-        "engagement": {"conversation_active": True},
-        "stall": {"attempts": 0, "last_variant": None},
-        "timeline": [entry(now, "cma", outcome, why, channel=message.channel, value=valuation.value)],
-    }
+    sent = (iso(result.at or now), message.channel) if outcome == "sent" else None
+    return sent, entry(now, "cma", outcome, why, channel=message.channel, value=valuation.value,
+                       low=valuation.low, high=valuation.high, comps=len(valuation.comps),
+                       confidence=valuation.confidence)
+
+
+async def _cma_handoff(
+    state: LeadState, runtime: Runtime[Context], subject: cma_rules.Subject, why: str, message_id: str
+) -> Any:
+    """No automatic estimate: a task for the assigned agent and a note with what is known, once per
+    inbound message (``contact|cma-handoff|message_id``)."""
+    ctx, now = runtime.context, now_of(runtime)
+    cid = state["contact_id"]
+    contact = state.get("contact", {})
+    key = f"{cid}|cma-handoff|{message_id}"
+    if not await ctx.ledger.claim(key):
+        return entry(now, "cma_handoff", "skipped", "the agent already has the task for this message")
+    name = " ".join(filter(None, (contact.get("first_name"), contact.get("last_name")))) or cid
+    place = ", ".join(p for p in (subject.address, subject.city, subject.state, subject.zip) if p)
+    facts = [f"{label}: {value}" for label, value in (
+        ("living area", f"{subject.sqft:,} sq ft" if subject.sqft else None), ("beds", subject.beds),
+        ("baths", subject.baths), ("year built", subject.year_built),
+        ("type", subject.property_type.replace("_", " ")),
+    ) if value is not None]
+    asked = str(state.get("event", {}).get("text", ""))
+    body = (f"{name} asked what their home is worth: \"{asked}\". Property: {place}. Known: "
+            f"{'; '.join(facts)}. No automatic estimate: {why}. Please prepare a CMA and send it personally.")
+    try:
+        await ctx.crm.add_task(cid, f"Prepare a CMA for {subject.address}", body,
+                               iso(now + timedelta(hours=24)), contact.get("assigned_to"))
+        await ctx.crm.add_note(cid, f"Lead Bot: CMA requested, handed to the agent. {body}")
+    except IntegrationError:
+        await ctx.ledger.release(key)
+        raise
+    await ctx.ledger.confirm(key, {"outcome": "done", "at": iso(now)})
+    return entry(now, "cma_handoff", "done", f"task and note for the agent: {why}",
+                 assigned_to=contact.get("assigned_to"))
 
 
 async def human_takeover(state: LeadState, runtime: Runtime[Context]) -> dict[str, Any]:
