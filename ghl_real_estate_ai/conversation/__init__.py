@@ -1,16 +1,12 @@
 """Conversation: what a lead's reply means (``intents``), what to answer (``templates``, ``responders``) and
-the comparable-sales estimate (``cma``). Pure parts the graph's conversation nodes are built on."""
+the CMA (``cma``: subjects, sales and valuations; ``appraisal``: the estimate). Pure parts the graph's
+conversation nodes are built on."""
 
 from ghl_real_estate_ai.conversation.cma import (
-    CompsProvider,
-    CsvCompsProvider,
-    ListCompsProvider,
     NoComparablesError,
     Sale,
     Subject,
     Valuation,
-    estimate,
-    select_comparables,
     subject_from_contact,
 )
 from ghl_real_estate_ai.conversation.intents import COMPLIANCE_INTENTS, Classification, Intent, classify
@@ -26,11 +22,8 @@ from ghl_real_estate_ai.conversation.responders import (
 __all__ = [
     "COMPLIANCE_INTENTS",
     "Classification",
-    "CompsProvider",
-    "CsvCompsProvider",
     "Intent",
     "LLMResponder",
-    "ListCompsProvider",
     "NoComparablesError",
     "Reply",
     "Responder",
@@ -41,7 +34,5 @@ __all__ = [
     "Valuation",
     "build_chat_model",
     "classify",
-    "estimate",
-    "select_comparables",
     "subject_from_contact",
 ]

@@ -1,37 +1,11 @@
-"""Comparable-sales analysis (CMA): the lead's property (``Subject``), closed sales (``Sale``), the value
-(``Valuation``), the bundled synthetic sales, and the bot's first estimate method. Pure apart from reading
-the bundled CSV once.
+"""Comparable-sales data for the CMA: the lead's property (``Subject``), closed sales (``Sale``), the value
+(``Valuation``) with its plain-data form for graph state, the bundled synthetic sales (``read_sales``,
+``load_sales``: ``data/sales.csv``), property-type normalisation, finding a street address in a lead's
+message (``find_address``), a subject from a contact (``subject_from_contact``), and small helpers
+(``haversine_miles``, ``months_before``, ``round_to_thousand``). Pure apart from reading a sales CSV.
 
-The bot, ``lead-bot cma`` and the accuracy benchmark now value with ``appraisal.appraise``, which builds on
-the method below (similarity limits, the area's trend and adjustments, weights, outliers, an honest range);
-``select_comparables``/``estimate`` stay as the simple reference method.
-
-Choosing comparables (``select_comparables``): always the same property type and never the subject itself;
-sold within a look-back window ending at ``as_of`` (never after it); then, step by step, until a step finds
-at least ``min_comps`` (3) sales:
-
-====  ============  ==========  =========  ==========  ===========================
-step  radius        sqft band   beds band  look-back   without coordinates
-====  ============  ==========  =========  ==========  ===========================
-1     1 mile        ±30%        ±1         12 months   same zip
-2     2 miles       ±30%        ±1         12 months   same zip
-3     5 miles       ±30%        ±1         12 months   same city
-4     5 miles       ±50%        ±2         12 months   same city
-5     10 miles      ±50%        ±2         18 months   same city
-6     25 miles      any         any        24 months   same city
-====  ============  ==========  =========  ==========  ===========================
-
-Distance widens first (a similar home a mile further away is a better comparable than a different home next
-door), then the size bands, then time. The first step with enough sales wins and its sales are ranked
-nearest first (then closest in size, then most recent); if no step finds ``min_comps``, the widest step's
-sales are returned, possibly none. Size and bedroom bands apply only when the subject's size and bedrooms
-are known.
-
-Estimating (``estimate``): value = median price per square foot of the comparables × the subject's square
-feet, rounded half-up to the nearest $1,000; the range is the interquartile range of price per square foot
-(``statistics.quantiles(..., method="inclusive")``) × square feet with four or more comparables, else
-±7.5% of the unrounded value. When the subject's size is unknown (a GHL contact rarely has it) the same
-rules apply to sale prices instead of price per square foot.
+The estimate itself is ``appraisal.appraise``; where comparable sales come from (the bundled data, the
+Redis store, an MLS's RESO Web API) is ``ghl_real_estate_ai.comps``.
 """
 
 from __future__ import annotations
@@ -39,20 +13,15 @@ from __future__ import annotations
 import calendar
 import csv
 import io
-import logging
 import math
 import re
-import statistics
-import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import ROUND_HALF_UP, Decimal
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Protocol, TextIO
-
-logger = logging.getLogger(__name__)
+from typing import Any, Literal, TextIO
 
 PropertyType = Literal["single_family", "condo", "townhouse"]
 PROPERTY_TYPES: tuple[PropertyType, ...] = ("single_family", "condo", "townhouse")
@@ -64,8 +33,6 @@ _TYPE_ALIASES: dict[str, PropertyType] = {
     "row house": "townhouse",
 }
 EARTH_RADIUS_MILES = 3958.7613
-RANGE_WITHOUT_QUARTILES = 0.075
-"""Half-width of the range (±7.5%) when fewer than four comparables make quartiles meaningless."""
 
 
 class NoComparablesError(ValueError):
@@ -230,7 +197,8 @@ def subject_from_contact(contact: Mapping[str, Any]) -> Subject:
     """The lead's property from a contact snapshot in graph state (``Contact.to_state()``): ``address``,
     ``city``, ``state``, ``postal_code``, plus ``sqft``, ``beds``, ``baths``, ``property_type``, ``lat`` and
     ``lon`` when present (GHL keys such as ``address1``/``postalCode`` are accepted too). Never raises: what
-    is missing stays unknown and ``comparables``/``estimate`` decide what they can do with it."""
+    is missing stays unknown and the comps source and ``appraisal.appraise`` decide what they can do
+    with it."""
     zip_code = contact.get("postal_code") or contact.get("postalCode") or contact.get("zip") or ""
     zip_code = str(zip_code).strip()
     lat = _number(contact.get("lat"), float)
@@ -334,29 +302,8 @@ def load_sales(path: str | Path | None = None) -> list[Sale]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Choosing comparables
+# Geometry, dates and names (used by ``appraisal`` and the comps sources)
 # --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Criteria:
-    """One step of the widening search (see the module docstring)."""
-
-    radius_miles: float
-    sqft_band: float | None
-    beds_band: int | None
-    months: int
-    area: Literal["zip", "city"]
-
-
-WIDENING: tuple[Criteria, ...] = (
-    Criteria(1.0, 0.30, 1, 12, "zip"),
-    Criteria(2.0, 0.30, 1, 12, "zip"),
-    Criteria(5.0, 0.30, 1, 12, "city"),
-    Criteria(5.0, 0.50, 2, 12, "city"),
-    Criteria(10.0, 0.50, 2, 18, "city"),
-    Criteria(25.0, None, None, 24, "city"),
-)
 
 
 def haversine_miles(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
@@ -376,127 +323,12 @@ def months_before(day: date, months: int) -> date:
 
 
 def _key(text: str) -> str:
+    """A name for loose comparison ("St. Louis" -> "st louis"): lower case, other runs as one space."""
     return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
 
 
-def _same_city(sale: Sale, subject: Subject) -> bool:
-    if not subject.city or _key(sale.city) != _key(subject.city):
-        return False
-    return not subject.state or _key(sale.state) == _key(subject.state)
-
-
-def select_comparables(
-    sales: Iterable[Sale],
-    subject: Subject,
-    *,
-    as_of: date,
-    limit: int = 6,
-    min_comps: int = 3,
-    steps: Sequence[Criteria] = WIDENING,
-) -> list[Sale]:
-    """Up to ``limit`` comparables for ``subject``, by the widening search in the module docstring."""
-    if limit <= 0:
-        return []
-    own_address = _key(subject.address)
-
-    def is_subject(sale: Sale) -> bool:
-        same_place = sale.zip == subject.zip or _same_city(sale, subject)
-        return bool(own_address) and _key(sale.address) == own_address and same_place
-
-    pool = [
-        sale
-        for sale in sales
-        if sale.property_type == subject.property_type and sale.sold_on <= as_of and not is_subject(sale)
-    ]
-    distances: dict[int, float] = {}
-    if subject.has_coordinates:
-        assert subject.lat is not None and subject.lon is not None
-        distances = {id(s): haversine_miles(subject.lat, subject.lon, s.lat, s.lon) for s in pool}
-
-    def matches(sale: Sale, step: Criteria) -> bool:
-        if sale.sold_on < months_before(as_of, step.months):
-            return False
-        if subject.has_coordinates:
-            if distances[id(sale)] > step.radius_miles:
-                return False
-        elif step.area == "zip" and subject.zip:
-            if sale.zip != subject.zip:
-                return False
-        elif not _same_city(sale, subject) and not (subject.zip and sale.zip == subject.zip):
-            return False
-        if step.sqft_band is not None and subject.sqft and (
-            abs(sale.sqft - subject.sqft) > step.sqft_band * subject.sqft
-        ):
-            return False
-        return not (step.beds_band is not None and subject.beds is not None
-                    and abs(sale.beds - subject.beds) > step.beds_band)
-
-    def rank(sale: Sale) -> tuple[float, float, int, str]:
-        if subject.has_coordinates:
-            nearness = distances[id(sale)]
-        else:
-            nearness = 0.0 if subject.zip and sale.zip == subject.zip else 1.0
-        size_gap = abs(sale.sqft - subject.sqft) / subject.sqft if subject.sqft else 0.0
-        return (nearness, size_gap, (as_of - sale.sold_on).days, sale.address)
-
-    found: list[Sale] = []
-    for number, step in enumerate(steps, start=1):
-        found = [s for s in pool if matches(s, step)]
-        if len(found) >= min_comps:
-            logger.debug("comparables for %s: %d at widening step %d", subject.address, len(found), number)
-            break
-    return sorted(found, key=rank)[:limit]
-
-
-class CompsProvider(Protocol):
-    """Where comparables come from. ``as_of`` ends the look-back window (``None``: the newest sale known)."""
-
-    def comparables(self, subject: Subject, *, limit: int = 6, as_of: date | None = None) -> list[Sale]: ...
-
-
-class ListCompsProvider:
-    """Comparables from sales given in memory (tests, demos, a custom feed)."""
-
-    def __init__(self, sales: Iterable[Sale]) -> None:
-        self._sales = list(sales)
-
-    @property
-    def sales(self) -> list[Sale]:
-        return self._sales
-
-    def comparables(self, subject: Subject, *, limit: int = 6, as_of: date | None = None) -> list[Sale]:
-        """See ``select_comparables``; ``as_of=None`` means the newest sale date in the data."""
-        sales = self.sales
-        if not sales:
-            return []
-        when = as_of or max(s.sold_on for s in sales)
-        return select_comparables(sales, subject, as_of=when, limit=limit)
-
-
-class CsvCompsProvider(ListCompsProvider):
-    """Comparables from a CSV file, by default the synthetic data set bundled with the package. The file is
-    read once, on first use, and kept (thread-safe)."""
-
-    def __init__(self, path: str | Path | None = None) -> None:
-        super().__init__(())
-        self._path = path
-        self._loaded = False
-        self._lock = threading.Lock()
-
-    @property
-    def sales(self) -> list[Sale]:
-        if not self._loaded:
-            with self._lock:
-                if not self._loaded:
-                    self._sales = load_sales(self._path)
-                    self._loaded = True
-                    source = self._path or "the bundled data set"
-                    logger.info("loaded %d comparable sales from %s", len(self._sales), source)
-        return self._sales
-
-
 # --------------------------------------------------------------------------------------------------
-# Estimating
+# The value
 # --------------------------------------------------------------------------------------------------
 
 
@@ -520,7 +352,7 @@ class Valuation:
     subject: Subject = field(default_factory=lambda: Subject(address=""))
     as_of: date = date(1970, 1, 1)
     method: Literal["price_per_sqft", "median_price"] = "price_per_sqft"
-    confidence: str = ""  # "high", "medium" or "low" (see ``appraisal``); "" from ``estimate``
+    confidence: str = ""  # "high", "medium" or "low" (see ``appraisal``); "" when not given
     trend_per_month: float = 0.0  # the area's monthly price trend the comps were adjusted by
 
     def to_state(self) -> dict[str, Any]:
@@ -557,41 +389,3 @@ class Valuation:
             trend_per_month=float(data.get("trend_per_month") or 0.0),
         )
 
-
-def estimate(subject: Subject, comps: Sequence[Sale], *, as_of: date | None = None) -> Valuation:
-    """Value ``subject`` from ``comps`` (see the module docstring for the arithmetic).
-
-    ``as_of`` defaults to the newest comparable's sale date. Raises ``NoComparablesError`` (a
-    ``ValueError``) when ``comps`` is empty.
-    """
-    if not comps:
-        where = subject.zip or subject.city or "an unknown area"
-        raise NoComparablesError(
-            f"no comparable {subject.property_type.replace('_', ' ')} sales near"
-            f" {subject.address or 'the property'} ({where}); add sales for that area to the comps data or"
-            " give the property's coordinates"
-        )
-    per_sqft = [sale.price_per_sqft for sale in comps]
-    median_per_sqft = statistics.median(per_sqft)
-    method: Literal["price_per_sqft", "median_price"]
-    if subject.sqft:
-        basis, scale, method = per_sqft, float(subject.sqft), "price_per_sqft"
-    else:
-        basis, scale, method = [float(sale.price) for sale in comps], 1.0, "median_price"
-    raw = statistics.median(basis) * scale
-    if len(basis) >= 4:
-        q1, _, q3 = statistics.quantiles(basis, n=4, method="inclusive")
-        low, high = q1 * scale, q3 * scale
-    else:
-        low, high = raw * (1 - RANGE_WITHOUT_QUARTILES), raw * (1 + RANGE_WITHOUT_QUARTILES)
-    value = round_to_thousand(raw)
-    return Valuation(
-        value=value,
-        low=min(round_to_thousand(low), value),
-        high=max(round_to_thousand(high), value),
-        price_per_sqft_median=median_per_sqft,
-        comps=list(comps),
-        subject=subject,
-        as_of=as_of or max(sale.sold_on for sale in comps),
-        method=method,
-    )

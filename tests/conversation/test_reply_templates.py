@@ -8,7 +8,7 @@ from datetime import date
 import pytest
 
 from ghl_real_estate_ai.conversation import templates
-from ghl_real_estate_ai.conversation.cma import Sale, Subject, Valuation, estimate
+from ghl_real_estate_ai.conversation.cma import Sale, Subject, Valuation
 
 LONG = "Maximilian-Alexander " * 30
 WEIRD = "Zoë 🏡\n\t\u200b\x07 " * 20
@@ -23,7 +23,19 @@ def _valuation(
              date(2026, 9, i + 1), "single_family")
         for i, price in enumerate((200_000, 250_000, 300_000, 350_000))
     ]
-    return estimate(Subject(address, "Austin", "TX", "78704", sqft=sqft), comps, as_of=AS_OF)
+    # $/sqft 200, 250, 300, 350: median 275 and inclusive quartiles 237.5 and 312.5, times 2,000 sq ft (the
+    # default size), or the same of the prices when the size is unknown; rounded to the nearest thousand.
+    value, low, high = (550_000, 475_000, 625_000) if sqft else (275_000, 238_000, 313_000)
+    return Valuation(
+        value=value,
+        low=low,
+        high=high,
+        price_per_sqft_median=275.0,
+        comps=comps,
+        subject=Subject(address, "Austin", "TX", "78704", sqft=sqft),
+        as_of=AS_OF,
+        method="price_per_sqft" if sqft else "median_price",
+    )
 
 
 SMS_BUILDERS: dict[str, Callable[[str], str]] = {
