@@ -32,7 +32,7 @@ from zoneinfo import ZoneInfo
 
 from ghl_real_estate_ai.compliance.world import Delivery, Lead, Played
 from ghl_real_estate_ai.sequence import QuietHours, Window
-from ghl_real_estate_ai.us_geo import ALL_US_ZONES, AREA_CODE_STATE, STATE_ZONES
+from ghl_real_estate_ai.us_geo import ALL_US_ZONES, STATE_ZONES, area_code_state, normalize_state
 
 CLASSES = ("quiet_hours", "strict_area_code", "daily_cap", "after_opt_out", "dnd", "duplicate_step",
            "duplicate_reply", "missed_step")
@@ -91,16 +91,6 @@ def _zone_ok(when: datetime, zone: str, window: Window) -> bool:
     return window.start <= local < window.end
 
 
-def _state_of(value: str | None) -> str | None:
-    return value if value in STATE_ZONES else None
-
-
-def _phone_state(phone: str | None) -> str | None:
-    digits = "".join(ch for ch in phone or "" if ch.isdigit())
-    digits = digits[1:] if len(digits) == 11 and digits.startswith("1") else digits
-    return AREA_CODE_STATE.get(digits[:3]) if len(digits) == 10 else None
-
-
 def _valid_zone(name: str | None) -> str | None:
     try:
         return name if name and ZoneInfo(name) else None
@@ -114,7 +104,7 @@ def own_zones(lead: Lead) -> tuple[str, ...]:
     zone = _valid_zone(record.get("timezone"))
     if zone:
         return (zone,)
-    state = _state_of(record.get("state")) or _phone_state(record.get("phone"))
+    state = normalize_state(record.get("state")) or area_code_state(record.get("phone"))
     return STATE_ZONES[state] if state else ALL_US_ZONES
 
 
@@ -124,14 +114,14 @@ def strict_zones(lead: Lead) -> tuple[str, ...]:
     record = lead.record
     zone = _valid_zone(record.get("timezone"))
     zones: list[str] = [zone] if zone else []
-    for state in (_state_of(record.get("state")), _phone_state(record.get("phone"))):
+    for state in (normalize_state(record.get("state")), area_code_state(record.get("phone"))):
         if state:
             zones.extend([zone] if zone in STATE_ZONES[state] else STATE_ZONES[state])
     return tuple(dict.fromkeys(zones)) or ALL_US_ZONES
 
 
 def strict_window(lead: Lead, quiet: QuietHours) -> Window:
-    states = {_state_of(lead.record.get("state")), _phone_state(lead.record.get("phone"))} - {None}
+    states = {normalize_state(lead.record.get("state")), area_code_state(lead.record.get("phone"))} - {None}
     if not states and not _valid_zone(lead.record.get("timezone")):
         return quiet.strictest()
     window = quiet.default

@@ -130,12 +130,11 @@ class _ByReference:
 class LatestOnlySaver(InMemorySaver):
     """An in-memory saver for simulations: it keeps only each thread's latest checkpoint (no time
     travel), so memory stays flat per lead however many events it sees, and holds values by reference
-    instead of serializing them (``reference=False`` serializes as ``InMemorySaver`` does)."""
+    instead of serializing them."""
 
-    def __init__(self, *, reference: bool = True) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        if reference:
-            self.serde = _ByReference()
+        self.serde = _ByReference()
         self._blob_keys: dict[tuple[str, str], set[tuple[str, str, str, Any]]] = defaultdict(set)
 
     def put(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
-import redis.asyncio as aioredis
 
 from ghl_real_estate_ai.testing.fake_http import VirtualTime
 from ghl_real_estate_ai.testing.ghl_server import FakeGHLServer
@@ -27,12 +26,3 @@ def ghl() -> Iterator[FakeGHLServer]:
 def retell() -> Iterator[FakeRetellServer]:
     with FakeRetellServer() as server:
         yield server
-
-
-@pytest.fixture
-async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()

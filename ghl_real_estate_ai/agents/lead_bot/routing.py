@@ -145,7 +145,3 @@ def _decide_step_due(
         return Decision("defer", f"{step} deferred: {why}", defer_until=when)
     return Decision(step, f"{step} is due")  # type: ignore[arg-type]
 
-
-def route_after_determine_path(state: LeadState) -> Route:
-    """The node the stored decision names (``determine_path`` goes there itself, with ``Command``)."""
-    return state.get("route", "skip")  # type: ignore[return-value]
