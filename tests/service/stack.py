@@ -27,6 +27,11 @@ from ghl_real_estate_ai.testing.redis_server import RedisServer, free_port
 from ghl_real_estate_ai.testing.retell_server import DEFAULT_FROM_NUMBER, FakeRetellServer
 
 API_TOKEN = "test-operator-token-0123456789"
+def intake_backlog(client: redis.Redis, partitions: int = 16) -> int:
+    """Entries the service accepted and has not finished, over every intake partition."""
+    return sum(int(client.xlen(f"lead-bot:{{intake:{p}}}")) for p in range(partitions))
+
+
 T = TypeVar("T")
 
 _OUR_VARIABLES = ("REDIS_URL", "GHL_", "RETELL_", "LEAD_BOT_")
@@ -180,7 +185,7 @@ class Stack:
         """Wait until the service processed every event it accepted (the intake stream is empty)."""
         client = redis.Redis.from_url(self.redis.url)
         try:
-            wait_for(lambda: client.xlen("lead-bot:intake") == 0, timeout=timeout, what="an empty intake")
+            wait_for(lambda: intake_backlog(client) == 0, timeout=timeout, what="an empty intake")
         finally:
             client.close()
 
