@@ -170,8 +170,9 @@ async def serve(settings: Settings, host: str, port: int, *, role: str = "all") 
         config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", proxy_headers=False,
                                 timeout_graceful_shutdown=20, server_header=False)
         server = _server_class()(config)
+        redis_at = service.redis_url.rpartition("@")[2]
         _out(f"lead-bot serve: listening on http://{bound[0]}:{bound[1]} "
-             f"(role {role}, Redis {service.redis_url.rpartition('@')[2]}, time scale {settings.time_scale:g})")
+             f"(role {role}, Redis {redis_at}, time scale {settings.time_scale:g})")
         await server.serve(sockets=[sock])
     finally:
         # A second signal during shutdown is noted, not fatal: stopping is already under way.

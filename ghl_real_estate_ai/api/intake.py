@@ -8,7 +8,7 @@ no single node) carries all the traffic. Keys (prefix ``lead-bot`` by default; `
 each partition and its companions live in one cluster slot)::
 
     {p}:{intake:N}                   partition N; an entry is deleted once processed (so XLEN = backlog)
-    {p}:{intake:N}:dead              dead letters: entries that failed ``max_attempts`` times, with their error
+    {p}:{intake:N}:dead              dead letters: entries that failed ``max_attempts`` times, and why
     {p}:{intake:N}:failures          hash: entry id -> failures so far (survives a crash of the worker)
     {p}:{intake:N}:seen:{key}        dedupe marker of a webhook (webhookId, messageId, Retell call_id+event)
     {p}:{intake:N}:owner             the lease of the process consuming partition N
@@ -655,7 +655,8 @@ class IntakeStream:
         keeps that from sending twice), never lose it. Safe to run in several processes at once (a lock
         lets one do it) and a no-op when there is nothing to move."""
         # One EXISTS per key: on a cluster the two keys may live on different nodes.
-        if not (await self.redis.exists(self.legacy_stream_key) or await self.redis.exists(self.legacy_dead_key)):
+        legacy = (self.legacy_stream_key, self.legacy_dead_key)
+        if not (await self.redis.exists(legacy[0]) or await self.redis.exists(legacy[1])):
             return 0
         lock = f"{self.prefix}:intake:migrating"
         if not await self.redis.set(lock, "1", nx=True, px=120_000):
@@ -668,9 +669,8 @@ class IntakeStream:
                     if not items:
                         break
                     for entry_id, raw in items:
-                        fields = {_text(k): _text(v) for k, v in (raw or {}).items()}
-                        cid = fields.get("contact_id", "")
-                        p = self.partition_of(cid)
+                        fields: dict[Any, Any] = {_text(k): _text(v) for k, v in (raw or {}).items()}
+                        p = self.partition_of(fields.get("contact_id", ""))
                         if fields:
                             await self.redis.xadd(self.dead_key(p) if dead else self.stream_key(p), fields)
                         await self.redis.xdel(old, entry_id)

@@ -59,7 +59,8 @@ class Metrics(IntakeObserver):
         )
         self.partition_lag = Gauge(
             "lead_bot_intake_partition_lag_seconds",
-            "Age of the oldest unprocessed intake entry, by partition (0 when empty)", ["partition"], registry=r,
+            "Age of the oldest unprocessed intake entry, by partition (0 when empty)", ["partition"],
+            registry=r,
         )
         self.partitions_owned = Gauge(
             "lead_bot_intake_partitions_owned", "Intake partitions this process consumes", registry=r

@@ -60,9 +60,11 @@ def base_env(**extra: str) -> dict[str, str]:
 class ServeProcess:
     """``python -m ghl_real_estate_ai.cli serve`` in a temporary working directory (no ``.env`` read)."""
 
-    def __init__(self, env: dict[str, str], workdir: Path, *, port: int | None = None) -> None:
+    def __init__(self, env: dict[str, str], workdir: Path, *, port: int | None = None,
+                 role: str = "all") -> None:
         self.env = env
         self.workdir = workdir
+        self.role = role
         self.port = port or free_port()
         self.log_path = workdir / f"serve-{self.port}-{uuid.uuid4().hex[:6]}.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -74,7 +76,8 @@ class ServeProcess:
     def start(self, *, timeout: float = 40.0) -> ServeProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ghl_real_estate_ai.cli", "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "ghl_real_estate_ai.cli", "serve", "--port", str(self.port),
+             "--role", self.role],
             env=self.env, cwd=self.workdir, stdout=log, stderr=log,
         )
         log.close()

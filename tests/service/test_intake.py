@@ -4,6 +4,7 @@ leads, dead letters, reclaiming a crashed consumer's entries, and operator resul
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping
@@ -127,7 +128,8 @@ async def test_a_crashed_consumers_entries_are_reclaimed(client: aioredis.Redis)
     await stream.ensure_group(stream.partition_of("lead-x"))
     for n in range(3):
         await stream.append("lead-x", {"type": "inbound_message", "n": n}, source="ghl")
-    taken = await stream.read("crashed-consumer", stream.partition_of("lead-x"), 10, 10)  # delivered, never acknowledged
+    # Delivered, never acknowledged:
+    taken = await stream.read("crashed-consumer", stream.partition_of("lead-x"), 10, 10)
     assert len(taken) == 3 and await stream.pending() == 3
     handled: list[int] = []
 
@@ -150,7 +152,8 @@ async def test_a_restarted_consumer_takes_up_its_own_entries_at_once(client: aio
     await stream.ensure_group(stream.partition_of("lead-y"))
     for n in range(3):
         await stream.append("lead-y", {"type": "inbound_message", "n": n}, source="ghl")
-    await stream.read("host:8000", stream.partition_of("lead-y"), 10, 10)  # delivered to the instance that is then SIGKILLed
+    # Delivered to the instance that is then SIGKILLed:
+    await stream.read("host:8000", stream.partition_of("lead-y"), 10, 10)
     handled: list[int] = []
 
     async def handler(entry: IntakeEntry) -> Mapping[str, Any]:
@@ -338,7 +341,8 @@ async def test_a_crashed_workers_partitions_and_entries_are_taken_over_after_its
         await stream.append("lead-k", {"type": "inbound_message", "n": n}, source="ghl")
     await eventually(lambda: _async(dead.in_flight == 3), within=5)
     # SIGKILL: its tasks stop, nothing is released, its leases and membership simply run out.
-    for task in [*dead._tasks, *dead._readers.values(), *(lane.task for lane in dead._lanes.values() if lane.task)]:
+    lanes = [lane.task for lane in dead._lanes.values() if lane.task]
+    for task in [*dead._tasks, *dead._readers.values(), *lanes]:
         task.cancel()
     await asyncio.sleep(0)
     live = IntakeWorker(stream, survivor, consumer="live", block_ms=50, lease_seconds=0.6)
@@ -358,7 +362,7 @@ async def test_the_single_stream_of_an_earlier_version_is_moved_into_the_partiti
 ) -> None:
     for n in range(3):
         await client.xadd("lead-bot:intake", {"contact_id": f"old-{n}", "source": "ghl",
-                                              "event": '{"type":"inbound_message","n":%d}' % n,
+                                              "event": json.dumps({"type": "inbound_message", "n": n}),
                                               "received_at_ms": "1"})
     await client.xgroup_create("lead-bot:intake", "lead-bot-workers", id="0")
     await client.xreadgroup("lead-bot-workers", "old-host:8000", {"lead-bot:intake": ">"}, count=1)
