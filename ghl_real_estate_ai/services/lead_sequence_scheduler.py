@@ -52,6 +52,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ghl_real_estate_ai.errors import LeadNotFoundError, LockTimeoutError
+from ghl_real_estate_ai.persistence.fastpath import FastScript
 from ghl_real_estate_ai.sequence import TIMED_STATUSES
 from ghl_real_estate_ai.services.locks import LeaderLease, stop_background
 from ghl_real_estate_ai.services.runner import summary_from_state
@@ -236,7 +237,7 @@ class JobTable:
         self.retries_key = f"{prefix}:scheduler:retries"
         self.scheduler_name = scheduler_name
         # EVALSHA scripts: one round trip each, and half the client CPU of a MULTI pipeline.
-        self._put_unless_retrying = redis_client.register_script(_PUT_UNLESS_RETRYING)
+        self._put_unless_retrying = FastScript(redis_client, _PUT_UNLESS_RETRYING)  # after every run
         self._put_if_absent = redis_client.register_script(_PUT_IF_ABSENT)
         self._drop = redis_client.register_script(_DROP)
         self._compare_and_set = redis_client.register_script(_COMPARE_AND_SET)
