@@ -965,15 +965,14 @@ class IntakeWorker:
         self.members = await self.stream.heartbeat(self.consumer, self._lease_ms)
         wanted = self._share(self.members)
         for partition in sorted(self._readers):
-            if partition in self._releasing:
-                continue
+            # Partitions being handed over are renewed too: the lease must outlast the entries in hand.
             if not await self.stream.renew_lease(partition, self.consumer, self._lease_ms):
                 log.error("intake partition %d was taken over by another process; this one stops "
                           "reading it", partition)
                 self._forget(partition)
                 continue
             self._valid_until[partition] = started + self.lease_seconds * 0.9
-            if partition not in wanted:
+            if partition not in wanted and partition not in self._releasing:
                 self._releasing.add(partition)
                 task = asyncio.create_task(self._hand_over(partition), name=f"intake-handover-{partition}")
                 self._background(task)
