@@ -388,3 +388,39 @@ async def test_the_single_stream_of_an_earlier_version_is_moved_into_the_partiti
     assert [(d.contact_id, d.error) for d in letters] == [("old-dead", "boom")]
     assert letters[0].id.startswith(f"{stream.partition_of('old-dead')}/")
     assert await stream.migrate_legacy() == 0  # nothing left: a no-op
+
+
+async def test_a_partition_handed_over_mid_entry_is_not_taken_before_the_entry_is_done(
+    client: aioredis.Redis,
+) -> None:
+    stream = IntakeStream(client, partitions=2)
+    runs: list[tuple[str, str, float, float]] = []  # (worker, lead, start, end)
+
+    def handler_for(name: str, slow: float) -> Any:
+        async def handler(entry: IntakeEntry) -> Mapping[str, Any]:
+            started = time.monotonic()
+            await asyncio.sleep(slow if entry.event.get("slow") else 0)
+            runs.append((name, entry.contact_id, started, time.monotonic()))
+            return {}
+        return handler
+
+    a = IntakeWorker(stream, handler_for("a", 2.0), consumer="a", block_ms=50, lease_seconds=0.6)
+    await a.start()
+    assert a.partitions == [0, 1]
+    # A slow entry on the partition that will go to "b" (the second member in name order).
+    lead = next(f"lead-{i}" for i in range(100) if stream.partition_of(f"lead-{i}") == 1)
+    await stream.append(lead, {"type": "inbound_message", "slow": True}, source="ghl")
+    await eventually(lambda: _async(a.in_flight == 1), within=5)
+    b = IntakeWorker(stream, handler_for("b", 0), consumer="b", block_ms=50, lease_seconds=0.6)
+    await b.start()
+    try:
+        await eventually(lambda: _async(1 in a._releasing), within=5)  # a hands it over, still busy
+        await stream.append(lead, {"type": "inbound_message"}, source="ghl")  # for whoever owns it next
+        await eventually(lambda: _async(b.partitions == [1]), within=10)
+        await eventually(lambda: _done(stream), within=10)
+    finally:
+        await a.stop()
+        await b.stop()
+    slow, after = [r for r in runs if r[1] == lead]
+    assert slow[0] == "a" and after[0] == "b"  # a finished what it held, then b took the partition over
+    assert after[2] >= slow[3]  # and b started only after a was done (the lease held through 2 s)
