@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import redis
 import redis.asyncio as aredis
@@ -34,6 +34,7 @@ from ghl_real_estate_ai.persistence.plain_redis import (
     AsyncPlainRedisSaver,
     PlainRedisSaver,
 )
+from ghl_real_estate_ai.persistence.redis_client import aconnect, connect
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ def open_checkpointer(
     A client made from a URL is closed on exit; a client passed in is left open.
     """
     owned = isinstance(url_or_client, str)
-    client = redis.Redis.from_url(url_or_client) if isinstance(url_or_client, str) else url_or_client
+    client = cast(redis.Redis, connect(url_or_client)) if isinstance(url_or_client, str) else url_or_client
     try:
         has = detect_modules(client) if mode != "plain" else (False, False)
         kind = _choose(str(mode), has, _where(client))
@@ -196,7 +197,9 @@ async def open_async_checkpointer(
     connection settings) so that its sync methods work; clients it made are closed on exit.
     """
     owned = isinstance(url_or_client, str)
-    client = aredis.Redis.from_url(url_or_client) if isinstance(url_or_client, str) else url_or_client
+    client = (
+        cast(aredis.Redis, await aconnect(url_or_client)) if isinstance(url_or_client, str) else url_or_client
+    )
     try:
         has = await adetect_modules(client) if mode != "plain" else (False, False)
         kind = _choose(str(mode), has, _where(client))
@@ -208,7 +211,9 @@ async def open_async_checkpointer(
             await official.asetup()
             yield official
         else:
-            sync_client = redis.Redis.from_url(url_or_client) if isinstance(url_or_client, str) else None
+            sync_client = (
+                cast(redis.Redis, connect(url_or_client)) if isinstance(url_or_client, str) else None
+            )
             saver = AsyncPlainRedisSaver(
                 client,
                 sync_client=sync_client,

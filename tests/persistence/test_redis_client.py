@@ -1,0 +1,70 @@
+"""Choosing the client for a URL: a standalone server gets the usual client, a cluster node a cluster one."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+import redis.asyncio as aredis
+import redis.asyncio.cluster as acluster
+import redis.cluster
+
+from ghl_real_estate_ai.errors import ConfigurationError
+from ghl_real_estate_ai.persistence.redis_client import (
+    acluster_enabled,
+    aconnect,
+    cluster_enabled,
+    connect,
+    is_cluster_client,
+)
+
+
+def test_standalone_server_gets_a_plain_client_on_the_database_of_the_url(redis_url: str) -> None:
+    url = redis_url.rsplit("/", 1)[0] + "/3"
+    client = connect(url)
+    try:
+        assert type(client) is redis.Redis
+        assert not is_cluster_client(client)
+        assert client.connection_pool.connection_kwargs["db"] == 3
+        assert not cluster_enabled(client)
+    finally:
+        client.close()
+
+
+def test_cluster_node_gets_a_cluster_client_that_reaches_every_master(redis_cluster_url: str) -> None:
+    client = connect(redis_cluster_url)
+    try:
+        assert isinstance(client, redis.cluster.RedisCluster)
+        assert is_cluster_client(client)
+        assert len(client.get_primaries()) == 3
+        for i in range(30):  # keys land on all three masters
+            client.set(f"k{i}", i)
+        assert sorted(int(client.get(f"k{i}") or 0) for i in range(30)) == list(range(30))
+        owners = {client.get_node_from_key(f"k{i}").name for i in range(30)}
+        assert len(owners) == 3
+    finally:
+        client.close()
+
+
+async def test_async_detection(redis_url: str, redis_cluster_url: str) -> None:
+    plain = await aconnect(redis_url)
+    clustered = await aconnect(redis_cluster_url)
+    try:
+        assert type(plain) is aredis.Redis and not await acluster_enabled(plain)
+        assert isinstance(clustered, acluster.RedisCluster) and is_cluster_client(clustered)
+        await clustered.set("{lead}:a", "1")
+        assert await clustered.get("{lead}:a") == b"1"
+    finally:
+        await plain.aclose()
+        await clustered.aclose()
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+async def test_cluster_url_naming_another_database_is_a_configuration_error(
+    redis_cluster_url: str, asynchronous: bool
+) -> None:
+    url = redis_cluster_url.rstrip("/") + "/2"
+    with pytest.raises(ConfigurationError, match="only database 0"):
+        if asynchronous:
+            await aconnect(url)
+        else:
+            connect(url)
