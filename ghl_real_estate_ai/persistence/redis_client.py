@@ -115,7 +115,8 @@ def connect(url: str, **kwargs: Any) -> AnyRedis:
 
 async def aconnect(url: str, **kwargs: Any) -> AnyAsyncRedis:
     """An async client for ``url``: ``redis.asyncio.cluster.RedisCluster`` for a cluster node, else
-    ``redis.asyncio.Redis`` (see :func:`connect`)."""
+    ``redis.asyncio.Redis`` (see :func:`connect`). ``connection_pool_class=`` (and a blocking pool's
+    ``timeout=``) apply to a standalone server only; a cluster client keeps one pool per node."""
     probe = aredis.Redis.from_url(
         _probe_url(url), socket_connect_timeout=kwargs.get("socket_connect_timeout", 5)
     )
@@ -124,6 +125,9 @@ async def aconnect(url: str, **kwargs: Any) -> AnyAsyncRedis:
     finally:
         await probe.aclose()
     if not clustered:
+        pool_class = kwargs.pop("connection_pool_class", None)
+        if pool_class is not None:  # e.g. BlockingConnectionPool (with its wait ``timeout=``)
+            return aredis.Redis.from_pool(pool_class.from_url(url, **kwargs))
         return aredis.Redis.from_url(url, **kwargs)
     _cluster_database_check(url)
     options = {k: v for k, v in kwargs.items() if k not in _POOL_ONLY}
