@@ -6,11 +6,13 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import cast
 
 import pytest
 import redis
 import redis.asyncio as aioredis
 
+from ghl_real_estate_ai.persistence.redis_client import aconnect
 from ghl_real_estate_ai.testing.redis_cluster import LocalRedisCluster
 from ghl_real_estate_ai.testing.redis_server import RedisServer
 
@@ -47,8 +49,9 @@ def redis_url(redis_server_url: str) -> Iterator[str]:
 
 @pytest.fixture
 async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    """An async client on the test Redis (flushed around each test by ``redis_url``)."""
-    client = aioredis.Redis.from_url(redis_url)
+    """An async client on the test Redis (flushed around each test by ``redis_url``); a cluster client
+    where a module overrides ``redis_url`` with a cluster node's."""
+    client = cast(aioredis.Redis, await aconnect(redis_url))
     try:
         yield client
     finally:

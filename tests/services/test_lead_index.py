@@ -135,7 +135,7 @@ async def test_rebuild_from_summaries_equals_the_live_index(
     live = await index.snapshot()
     final_states = [summary("a", "qualified", due=None, updated=T0 + timedelta(hours=5)), *states[1:]]
 
-    client = aredis.Redis.from_url(redis_url)
+    client = cast(aredis.Redis, await aconnect(redis_url))
     try:
         other = LeadSequenceStateService(client, prefix=f"{key_prefix}-rebuilt")
         await other.update(summary("stale", "failed"))  # replaced wholesale by the rebuild
