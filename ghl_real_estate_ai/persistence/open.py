@@ -34,7 +34,7 @@ from ghl_real_estate_ai.persistence.plain_redis import (
     AsyncPlainRedisSaver,
     PlainRedisSaver,
 )
-from ghl_real_estate_ai.persistence.redis_client import aconnect, connect
+from ghl_real_estate_ai.persistence.redis_client import aconnect, connect, is_cluster_client
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,12 @@ def _is_unknown_command(exc: redis.ResponseError) -> bool:
     return "unknown command" in text or "unknown subcommand" in text or "not allowed" in text
 
 
+def _any_node(client: Any) -> dict[str, Any]:
+    """For a cluster client, where to send a command that names no key: any one node (modules are
+    loaded on every node of a cluster or on none)."""
+    return {"target_nodes": "random"} if is_cluster_client(client) else {}
+
+
 def detect_modules(client: redis.Redis) -> tuple[bool, bool]:
     """``(has_search, has_json)`` for the server behind a blocking client.
 
@@ -84,7 +90,7 @@ def detect_modules(client: redis.Redis) -> tuple[bool, bool]:
     """
     names: set[str] | None = None
     try:
-        names = _module_names(client.execute_command("MODULE", "LIST"))
+        names = _module_names(client.execute_command("MODULE", "LIST", **_any_node(client)))
     except redis.ResponseError:
         names = None
     if names is not None and names & _SEARCH_NAMES and names & _JSON_NAMES:
@@ -94,7 +100,7 @@ def detect_modules(client: redis.Redis) -> tuple[bool, bool]:
 
 def _probe_sync(client: redis.Redis, *command: str) -> bool:
     try:
-        client.execute_command(*command)
+        client.execute_command(*command, **_any_node(client))
     except redis.ResponseError as exc:
         return not _is_unknown_command(exc)
     return True
@@ -104,7 +110,7 @@ async def adetect_modules(client: aredis.Redis) -> tuple[bool, bool]:
     """Async form of :func:`detect_modules`."""
     names: set[str] | None = None
     try:
-        names = _module_names(await client.execute_command("MODULE", "LIST"))
+        names = _module_names(await client.execute_command("MODULE", "LIST", **_any_node(client)))
     except redis.ResponseError:
         names = None
     if names is not None and names & _SEARCH_NAMES and names & _JSON_NAMES:
@@ -115,7 +121,7 @@ async def adetect_modules(client: aredis.Redis) -> tuple[bool, bool]:
 
 async def _probe_async(client: aredis.Redis, *command: str) -> bool:
     try:
-        await client.execute_command(*command)
+        await client.execute_command(*command, **_any_node(client))
     except redis.ResponseError as exc:
         return not _is_unknown_command(exc)
     return True

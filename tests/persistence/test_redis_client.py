@@ -9,6 +9,7 @@ import redis.asyncio.cluster as acluster
 import redis.cluster
 
 from ghl_real_estate_ai.errors import ConfigurationError
+from ghl_real_estate_ai.persistence import AsyncPlainRedisSaver
 from ghl_real_estate_ai.persistence.redis_client import (
     acluster_enabled,
     aconnect,
@@ -68,3 +69,29 @@ async def test_cluster_url_naming_another_database_is_a_configuration_error(
             await aconnect(url)
         else:
             connect(url)
+
+
+async def test_the_service_holds_a_cluster_client_on_a_cluster_node(redis_cluster_url: str) -> None:
+    from ghl_real_estate_ai.config import Settings
+    from ghl_real_estate_ai.service import LeadBotService
+
+    service = LeadBotService(Settings(redis_url=redis_cluster_url), role="operator")
+    await service.start()
+    try:
+        assert isinstance(service.redis, acluster.RedisCluster)
+        # the auto mode found no modules through the cluster client and chose the plain saver on it
+        saver = service.graph.checkpointer
+        assert isinstance(saver, AsyncPlainRedisSaver) and saver.client is service.redis
+        config = {"configurable": {"thread_id": "nobody"}}
+        assert (await service.graph.aget_state(config)).values == {}
+    finally:
+        await service.stop()
+
+
+async def test_the_service_refuses_a_cluster_url_with_a_database_in_one_line(redis_cluster_url: str) -> None:
+    from ghl_real_estate_ai.config import Settings
+    from ghl_real_estate_ai.service import LeadBotService
+
+    service = LeadBotService(Settings(redis_url=redis_cluster_url.rstrip("/") + "/1"), role="operator")
+    with pytest.raises(ConfigurationError, match=r"REDIS_URL: .*only database 0"):
+        await service.start()
