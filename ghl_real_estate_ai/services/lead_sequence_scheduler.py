@@ -233,6 +233,8 @@ class LeadJobStore(RedisJobStore):
     outside a transaction); on a cluster that works because both keys share a hash tag.
     """
 
+    redis: Any  # redis.Redis or redis.cluster.RedisCluster
+
     def __init__(self, *, client: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if client is not None:
