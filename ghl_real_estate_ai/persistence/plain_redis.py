@@ -427,7 +427,8 @@ def _text(value: bytes | str) -> str:
 def _check_binary_client(client: Any) -> None:
     pool = getattr(client, "connection_pool", None)
     kwargs = getattr(pool, "connection_kwargs", {}) or {}
-    if kwargs.get("decode_responses"):
+    # a cluster client has no pool of its own; its encoder carries the setting
+    if kwargs.get("decode_responses") or getattr(getattr(client, "encoder", None), "decode_responses", False):
         raise ValueError(
             "the plain Redis checkpointer stores binary values: create the Redis client with "
             "decode_responses=False (the default)"

@@ -84,6 +84,9 @@ async def test_the_service_holds_a_cluster_client_on_a_cluster_node(redis_cluste
         assert isinstance(saver, AsyncPlainRedisSaver) and saver.client is service.redis
         config = {"configurable": {"thread_id": "nobody"}}
         assert (await service.graph.aget_state(config)).values == {}
+        # its sync methods (graph.get_state from sync code) get a blocking cluster client of their own
+        assert saver.get_tuple(config) is None
+        assert isinstance(saver._sync(), redis.cluster.RedisCluster)
     finally:
         await service.stop()
 
@@ -95,3 +98,25 @@ async def test_the_service_refuses_a_cluster_url_with_a_database_in_one_line(red
     service = LeadBotService(Settings(redis_url=redis_cluster_url.rstrip("/") + "/1"), role="operator")
     with pytest.raises(ConfigurationError, match=r"REDIS_URL: .*only database 0"):
         await service.start()
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+async def test_the_saver_refuses_a_decoding_cluster_client(
+    redis_cluster_url: str, asynchronous: bool
+) -> None:
+    from ghl_real_estate_ai.persistence import PlainRedisSaver
+
+    if asynchronous:
+        client = acluster.RedisCluster.from_url(redis_cluster_url, decode_responses=True)
+        try:
+            with pytest.raises(ValueError, match="decode_responses=False"):
+                AsyncPlainRedisSaver(client)
+        finally:
+            await client.aclose()
+    else:
+        sync = redis.cluster.RedisCluster.from_url(redis_cluster_url, decode_responses=True)
+        try:
+            with pytest.raises(ValueError, match="decode_responses=False"):
+                PlainRedisSaver(sync)
+        finally:
+            sync.close()
