@@ -13,20 +13,83 @@ A cluster has only database 0, so a URL naming another database is a ``Configura
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio as aredis
 import redis.asyncio.cluster as acluster
 import redis.cluster
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, RedisClusterException
+from redis.typing import ScriptTextT
 
 from ghl_real_estate_ai.errors import ConfigurationError
 
-__all__ = ["acluster_enabled", "aconnect", "cluster_enabled", "connect", "is_cluster_client"]
+__all__ = ["ClusterClient", "acluster_enabled", "aconnect", "cluster_enabled", "connect", "is_cluster_client"]
 
 AnyRedis = redis.Redis | redis.cluster.RedisCluster
 AnyAsyncRedis = aredis.Redis | acluster.RedisCluster
+
+
+class _ScriptLoadingPipeline(acluster.ClusterPipeline):
+    """A cluster pipeline that loads the registered scripts it calls before it runs (see
+    :class:`ClusterClient`)."""
+
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> list[Any]:
+        client = cast(ClusterClient, self.cluster_client)
+        queued = getattr(self._execution_strategy, "_command_queue", ())
+        await client.load_scripts(command.args for command in queued)
+        try:
+            return await super().execute(raise_on_error, allow_redirections)
+        except NoScriptError:
+            client.forget_loaded_scripts()  # a master restarted or failed over: load them again next time
+            raise
+
+
+class ClusterClient(acluster.RedisCluster):
+    """redis-py's async cluster client, with pipelines that call scripts as a standalone pipeline does.
+
+    ``redis.asyncio.Pipeline`` loads every script called through it (``SCRIPT LOAD``) before it sends the
+    commands; ``redis.asyncio.cluster.ClusterPipeline`` sends ``EVALSHA`` as it is, and a master that never
+    saw the script answers ``NOSCRIPT``. This client remembers the scripts registered on it
+    (``register_script``) and its pipelines load the ones they call on every master first, once per
+    client; after a ``NOSCRIPT`` (the masters lost their scripts) they load them again on the next call.
+    Script calls outside a pipeline already recover by themselves (``AsyncScript`` loads and retries).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._scripts: dict[str, AsyncScript] = {}
+        self._loaded: set[str] = set()
+
+    def register_script(self, script: ScriptTextT) -> AsyncScript:  # type: ignore[override]  # redis-py types it so
+        registered = super().register_script(script)
+        self._scripts[registered.sha] = registered
+        return registered
+
+    def pipeline(
+        self, transaction: Any | None = None, shard_hint: Any | None = None
+    ) -> acluster.ClusterPipeline:
+        if shard_hint:
+            raise RedisClusterException("shard_hint is deprecated in cluster mode")
+        return _ScriptLoadingPipeline(self, transaction)  # type: ignore[abstract]  # as redis-py's own pipeline()
+
+    async def load_scripts(self, commands: Iterable[Sequence[Any]]) -> None:
+        """``SCRIPT LOAD`` (on every master) each registered script that ``commands`` call by ``EVALSHA``
+        and this client has not loaded yet."""
+        for args in commands:
+            if not args or str(args[0]).upper() != "EVALSHA" or len(args) < 2:
+                continue
+            sha = args[1].decode() if isinstance(args[1], bytes) else str(args[1])
+            script = self._scripts.get(sha)
+            if script is not None and sha not in self._loaded:
+                await self.script_load(script.script)
+                self._loaded.add(sha)
+
+    def forget_loaded_scripts(self) -> None:
+        self._loaded.clear()
 
 
 def _enabled(info: Any) -> bool:
@@ -114,7 +177,8 @@ def connect(url: str, **kwargs: Any) -> AnyRedis:
 
 
 async def aconnect(url: str, **kwargs: Any) -> AnyAsyncRedis:
-    """An async client for ``url``: ``redis.asyncio.cluster.RedisCluster`` for a cluster node, else
+    """An async client for ``url``: a :class:`ClusterClient` (``redis.asyncio.cluster.RedisCluster``
+    whose pipelines load the scripts they call) for a cluster node, else
     ``redis.asyncio.Redis`` (see :func:`connect`). ``connection_pool_class=`` (and a blocking pool's
     ``timeout=``) apply to a standalone server only; a cluster client keeps one pool per node."""
     probe = aredis.Redis.from_url(
@@ -131,7 +195,7 @@ async def aconnect(url: str, **kwargs: Any) -> AnyAsyncRedis:
         return aredis.Redis.from_url(url, **kwargs)
     _cluster_database_check(url)
     options = {k: v for k, v in kwargs.items() if k not in _POOL_ONLY}
-    client = acluster.RedisCluster.from_url(_probe_url(url), **options)
+    client = ClusterClient.from_url(_probe_url(url), **options)
     try:
         await client.initialize()
     except BaseException:

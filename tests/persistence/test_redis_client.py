@@ -120,3 +120,29 @@ async def test_the_saver_refuses_a_decoding_cluster_client(
                 PlainRedisSaver(sync)
         finally:
             sync.close()
+
+
+async def test_scripts_called_in_a_cluster_pipeline_are_loaded_first(redis_cluster_url: str) -> None:
+    """A standalone pipeline loads the scripts it calls before it runs; redis-py's cluster pipeline sends
+    EVALSHA blind and fails with NOSCRIPT on a master that never saw the script. The cluster client of
+    ``aconnect`` loads them, on every master, and again after the masters lost them."""
+    client = await aconnect(redis_cluster_url)
+    try:
+        script = client.register_script("return redis.call('INCR', KEYS[1])  -- pipeline-load test")
+        keys = [f"counter-{i}" for i in range(12)]  # on all three masters
+
+        async def run() -> list[int]:
+            async with client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    await script(keys=[key], client=pipe)
+                return [int(n) for n in await pipe.execute()]
+
+        assert await run() == [1] * 12
+        assert await run() == [2] * 12
+        await client.script_flush()  # every master forgets its scripts (a restart, a failover)
+        with pytest.raises(redis.exceptions.NoScriptError):
+            await run()  # the commands before the failing one may have run: a caller retries (idempotently)
+        counts = [int(await client.get(k) or 0) for k in keys]
+        assert await run() == [n + 1 for n in counts]
+    finally:
+        await client.aclose()
