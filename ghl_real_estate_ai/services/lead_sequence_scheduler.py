@@ -56,6 +56,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ghl_real_estate_ai.errors import LeadNotFoundError, LockTimeoutError
+from ghl_real_estate_ai.persistence.fastpath import FastScript
 from ghl_real_estate_ai.persistence.redis_client import connect
 from ghl_real_estate_ai.sequence import TIMED_STATUSES
 from ghl_real_estate_ai.services.locks import LeaderLease, stop_background
@@ -80,6 +81,7 @@ __all__ = [
 ]
 
 JOB_FUNC_REF = "ghl_real_estate_ai.services.lead_sequence_scheduler:fire_due_step"
+SCHEDULER_SOURCE = "scheduler"  # the intake ``source`` of the due steps the leader queues
 
 
 def _schedulable(seq: Mapping[str, Any]) -> bool:
@@ -311,7 +313,7 @@ class JobTable:
         self.jobs_key, self.run_times_key, self.retries_key = scheduler_keys(prefix)
         self.scheduler_name = scheduler_name
         # EVALSHA scripts: one round trip each, and half the client CPU of a MULTI pipeline.
-        self._put_unless_retrying = redis_client.register_script(_PUT_UNLESS_RETRYING)
+        self._put_unless_retrying = FastScript(redis_client, _PUT_UNLESS_RETRYING)  # after every run
         self._put_if_absent = redis_client.register_script(_PUT_IF_ABSENT)
         self._drop = redis_client.register_script(_DROP)
         self._compare_and_set = redis_client.register_script(_COMPARE_AND_SET)
@@ -525,6 +527,7 @@ class SchedulerStats:
     retried: int = 0  # transient failures that got a retry
     failed: int = 0  # leads marked failed by the scheduler
     lock_timeouts: int = 0  # due steps put back because another run held the lead
+    queued: int = 0  # due steps handed to the intake (the workers of every process run them)
     handed_back: int = 0  # submitted jobs put back (lock timeout, lost lease, clock moved)
     reconciles: int = 0
     restored: int = 0
@@ -565,6 +568,9 @@ class LeadSequenceScheduler:
         lock_retry_seconds: real delay before a step whose lead was busy is tried again.
         shutdown_grace_seconds: how long :meth:`stop` lets running steps finish.
         reconcile_concurrency, reconcile_batch: checkpoint reads in flight, leads per repair batch.
+        intake: the ``IntakeStream``: a due job is then queued there as a ``step_due`` entry (source
+            ``"scheduler"``), and the intake workers of every process run it through :meth:`run_due`;
+            None: the leader runs due steps itself.
     """
 
     def __init__(
@@ -587,8 +593,10 @@ class LeadSequenceScheduler:
         shutdown_grace_seconds: float = 10.0,
         reconcile_concurrency: int = 32,
         reconcile_batch: int = 500,
+        intake: Any = None,
     ) -> None:
         self.runner = runner
+        self.intake = intake
         self.redis = redis
         self.redis_url = redis_url
         self.timebase = timebase
@@ -626,6 +634,7 @@ class LeadSequenceScheduler:
         self._last_reconcile = 0.0
         self._wakeup_pending = False
         self._reconcile_wanted = False  # a due job was lost to an error: reconcile at the next tick
+        self._queued: set[str] = set()  # leads with a queued due step, as read by the running reconcile
         self._stopping = False
         self._started = False
 
@@ -892,25 +901,61 @@ class LeadSequenceScheduler:
                 # The lease went away after APScheduler submitted the job: the next leader fires it.
                 await self._hand_back(contact_id, step, due_at, attempt, self.timebase.to_real(due))
                 return
-            if attempt:
-                record = await self.retries.get(contact_id)
-                if record is not None and record.exhausted and record.step == step:
-                    await self._mark_failed(contact_id, step, due_at, record.attempts, record.last_error)
-                    return
-            event = {"type": "step_due", "step": step, "due_at": due_at, "source": "scheduler"}
+            if self.intake is not None:
+                await self._enqueue(contact_id, step, due_at, attempt)
+                return
             try:
-                await self.runner.dispatch(contact_id, event)
+                await self.run_due(contact_id, step, due_at, attempt)
             except LockTimeoutError as exc:
                 self.counters.lock_timeouts += 1
                 log.warning("lead %s is busy, %s tried again in %ss: %s",
                             contact_id, step, self.lock_retry_seconds, exc)
                 run_at = datetime.now(UTC) + timedelta(seconds=self.lock_retry_seconds)
                 await self._hand_back(contact_id, step, due_at, attempt, run_at)
-                return
-            except Exception as exc:
-                await self._step_failed(contact_id, step, due_at, exc)
-                return
-            self.counters.fired += 1
+
+    async def _enqueue(self, contact_id: str, step: str, due_at: str, attempt: int) -> None:
+        """Hand a due step to the intake (any process's worker runs it, in order with the lead's other
+        events). The job already left the store: if the append fails, reconcile restores it."""
+        assert self.intake is not None
+        event = {"type": "step_due", "step": step, "due_at": due_at, "attempt": attempt,
+                 "source": "scheduler"}
+        try:
+            await self.intake.append(contact_id, event, source=SCHEDULER_SOURCE)
+        except Exception as exc:
+            self._reconcile_wanted = True
+            log.error("could not queue %s of lead %s (%s); reconcile restores its job", step, contact_id, exc)
+            return
+        self.counters.queued += 1
+
+    async def run_due(
+        self, contact_id: str, step: str, due_at: str, attempt: int = 0
+    ) -> dict[str, Any] | None:
+        """Run one due step now, in whichever process (the intake worker calls this for the ``step_due``
+        entries the leader queued; without an intake the leader calls it itself). A failure is retried
+        (+5/+15/+30 virtual minutes) or marks the lead failed, and this returns None; the lead's lock held
+        elsewhere (``LockTimeoutError``) and Redis being away are raised, for the caller to try again.
+        Returns the lead's values after the run."""
+        if attempt:
+            record = await self.retries.get(contact_id)
+            if record is not None and record.exhausted and record.step == step:
+                await self._mark_failed(contact_id, step, due_at, record.attempts, record.last_error)
+                return None
+        event = {"type": "step_due", "step": step, "due_at": due_at, "source": "scheduler"}
+        try:
+            values = await self.runner.dispatch(contact_id, event)
+        except LockTimeoutError:
+            raise
+        except LeadNotFoundError:
+            log.warning("lead %s has no state any more; its job for %s is dropped", contact_id, step)
+            await self.jobs.drop(contact_id)
+            return None
+        except Exception as exc:
+            if isinstance(exc, RedisConnectionError | RedisTimeoutError) and self.intake is not None:
+                raise  # the intake entry waits for Redis and runs the step again
+            await self._step_failed(contact_id, step, due_at, exc)
+            return None
+        self.counters.fired += 1
+        return values
 
     async def _step_failed(self, contact_id: str, step: str, due_at: str, exc: Exception) -> None:
         """Retry a transient failure (+5/+15/+30 virtual minutes), else mark the lead failed."""
@@ -1000,6 +1045,11 @@ class LeadSequenceScheduler:
             run_times = await self.jobs.run_times()
             jobs = {cid: JobTable.decode(raw) for cid, raw in raw_jobs.items()}
             del raw_jobs
+            # Read after the jobs: a job fired since the read above is in the intake by now (or in
+            # ``_in_flight`` while it is being queued), and its lead is left to the worker that runs it.
+            self._queued = (
+                await self.intake.queued_contacts(SCHEDULER_SOURCE) if self.intake is not None else set()
+            )
             expected: dict[str, float] = {}
             if self.index is not None:
                 expected = await _index_due(self.index, now_v + _FAR_FUTURE)
@@ -1070,7 +1120,8 @@ class LeadSequenceScheduler:
         now_v: datetime,
         report: ReconcileReport,
     ) -> None:
-        contact_ids = [cid for cid in contact_ids if not self._in_flight.get(cid)]
+        contact_ids = [cid for cid in contact_ids
+                       if not self._in_flight.get(cid) and cid not in self._queued]
         if not contact_ids:
             return
         # Jobs first, states second: a run that moves a state after this read also rewrites its job, and

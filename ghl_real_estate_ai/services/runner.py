@@ -79,14 +79,19 @@ class LeadBotRunner:
         *,
         lock: LeadLock | None = None,
         after_run: Sequence[AfterRun] = (),
-        durability: Durability = "sync",
+        durability: Durability = "exit",
     ) -> None:
         self.graph = graph
         self.context = context
         self.lock = lock or LocalLeadLock()
         self.after_run = list(after_run)
-        # "sync": a checkpoint after every step of a run, written before the next step starts (the
-        # service's setting: a crash loses nothing). "exit": one checkpoint per run (simulations).
+        # "exit" (the default, the service's): one checkpoint per run, written when the run ends. A run is
+        # the router and exactly one action node, and an interrupted run is never resumed: its event is
+        # dispatched again (the intake keeps it until the run ended) and starts at the router. So the
+        # checkpoints "sync" writes after the input and after the router could never be used for recovery;
+        # they cost three of the four checkpoint writes of a run. The sends inside the action are guarded
+        # by the send ledger either way. "sync": a checkpoint after every superstep (notebooks stepping
+        # through a run).
         self.durability: Durability = durability
 
     @staticmethod
