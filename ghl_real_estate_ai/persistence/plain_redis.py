@@ -1098,7 +1098,8 @@ def _sync_client_like(client: aredis.Redis) -> redis.Redis:
     """A blocking client with the async client's connection settings (for a cluster client: a blocking
     cluster client that starts from the same nodes)."""
     if isinstance(client, aredis.RedisCluster):
-        node = client.get_default_node() or client.get_nodes()[0]
+        # before its first command the client knows only the nodes it was given
+        node = client.get_default_node() or next(iter(client.nodes_manager.startup_nodes.values()))
         kw = node.connection_kwargs
         options = {k: kw[k] for k in ("username", "password", "socket_timeout", "socket_connect_timeout")
                    if kw.get(k) is not None}

@@ -146,3 +146,16 @@ async def test_scripts_called_in_a_cluster_pipeline_are_loaded_first(redis_clust
         assert await run() == [n + 1 for n in counts]
     finally:
         await client.aclose()
+
+
+async def test_an_async_saver_on_a_cluster_client_not_yet_used_derives_its_blocking_client(
+    redis_cluster_url: str,
+) -> None:
+    client = acluster.RedisCluster.from_url(redis_cluster_url)  # not initialised: no node known yet
+    saver = AsyncPlainRedisSaver(client)
+    try:
+        assert saver.get_tuple({"configurable": {"thread_id": "nobody"}}) is None  # sync use comes first
+        assert isinstance(saver._sync(), redis.cluster.RedisCluster)
+    finally:
+        await saver.aclose()
+        await client.aclose()
