@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import redis.asyncio as aioredis
 from langgraph.graph.state import CompiledStateGraph
@@ -493,20 +493,26 @@ class LeadBotService:
         if url is None:
             url = self._stack.enter_context(self._embedded_redis(self.settings.data_dir))
         self.redis_url = url
+        from ghl_real_estate_ai.persistence.redis_client import aconnect
+        from ghl_real_estate_ai.services.key_layout import migrate_renamed_keys
+
         try:
-            # A blocking pool: under a burst, requests wait (up to 5 s) for a connection instead of
-            # failing with "Too many connections".
-            pool = aioredis.BlockingConnectionPool.from_url(
-                url, max_connections=256, timeout=5, socket_connect_timeout=3, socket_timeout=10,
-                health_check_interval=30,
+            # A standalone server gets a blocking pool: under a burst, requests wait (up to 5 s) for a
+            # connection instead of failing with "Too many connections". A cluster node gets a cluster
+            # client (one pool per node, found from this one).
+            client = await aconnect(
+                url, connection_pool_class=aioredis.BlockingConnectionPool, max_connections=256, timeout=5,
+                socket_connect_timeout=3, socket_timeout=10, health_check_interval=30,
             )
         except ValueError as exc:
             raise ConfigurationError("REDIS_URL", f"is not a Redis URL ({exc})") from None
-        client = aioredis.Redis.from_pool(pool)
-        self.redis = client
+        except REDIS_DOWN as exc:
+            raise ConfigurationError("REDIS_URL", f"cannot reach Redis at {_safe_url(url)}: {exc}") from None
+        self.redis = cast(aioredis.Redis, client)
         self._stack.push_async_callback(client.aclose)
         try:
             await client.ping()
+            await migrate_renamed_keys(client, prefix=PREFIX)
         except REDIS_DOWN as exc:
             raise ConfigurationError("REDIS_URL", f"cannot reach Redis at {_safe_url(url)}: {exc}") from None
 

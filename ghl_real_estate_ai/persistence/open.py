@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import redis
 import redis.asyncio as aredis
@@ -34,6 +34,7 @@ from ghl_real_estate_ai.persistence.plain_redis import (
     AsyncPlainRedisSaver,
     PlainRedisSaver,
 )
+from ghl_real_estate_ai.persistence.redis_client import aconnect, connect, is_cluster_client
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,12 @@ def _is_unknown_command(exc: redis.ResponseError) -> bool:
     return "unknown command" in text or "unknown subcommand" in text or "not allowed" in text
 
 
+def _any_node(client: Any) -> dict[str, Any]:
+    """For a cluster client, where to send a command that names no key: any one node (modules are
+    loaded on every node of a cluster or on none)."""
+    return {"target_nodes": "random"} if is_cluster_client(client) else {}
+
+
 def detect_modules(client: redis.Redis) -> tuple[bool, bool]:
     """``(has_search, has_json)`` for the server behind a blocking client.
 
@@ -83,7 +90,7 @@ def detect_modules(client: redis.Redis) -> tuple[bool, bool]:
     """
     names: set[str] | None = None
     try:
-        names = _module_names(client.execute_command("MODULE", "LIST"))
+        names = _module_names(client.execute_command("MODULE", "LIST", **_any_node(client)))
     except redis.ResponseError:
         names = None
     if names is not None and names & _SEARCH_NAMES and names & _JSON_NAMES:
@@ -93,7 +100,7 @@ def detect_modules(client: redis.Redis) -> tuple[bool, bool]:
 
 def _probe_sync(client: redis.Redis, *command: str) -> bool:
     try:
-        client.execute_command(*command)
+        client.execute_command(*command, **_any_node(client))
     except redis.ResponseError as exc:
         return not _is_unknown_command(exc)
     return True
@@ -103,7 +110,7 @@ async def adetect_modules(client: aredis.Redis) -> tuple[bool, bool]:
     """Async form of :func:`detect_modules`."""
     names: set[str] | None = None
     try:
-        names = _module_names(await client.execute_command("MODULE", "LIST"))
+        names = _module_names(await client.execute_command("MODULE", "LIST", **_any_node(client)))
     except redis.ResponseError:
         names = None
     if names is not None and names & _SEARCH_NAMES and names & _JSON_NAMES:
@@ -114,7 +121,7 @@ async def adetect_modules(client: aredis.Redis) -> tuple[bool, bool]:
 
 async def _probe_async(client: aredis.Redis, *command: str) -> bool:
     try:
-        await client.execute_command(*command)
+        await client.execute_command(*command, **_any_node(client))
     except redis.ResponseError as exc:
         return not _is_unknown_command(exc)
     return True
@@ -163,7 +170,7 @@ def open_checkpointer(
     A client made from a URL is closed on exit; a client passed in is left open.
     """
     owned = isinstance(url_or_client, str)
-    client = redis.Redis.from_url(url_or_client) if isinstance(url_or_client, str) else url_or_client
+    client = cast(redis.Redis, connect(url_or_client)) if isinstance(url_or_client, str) else url_or_client
     try:
         has = detect_modules(client) if mode != "plain" else (False, False)
         kind = _choose(str(mode), has, _where(client))
@@ -196,7 +203,9 @@ async def open_async_checkpointer(
     connection settings) so that its sync methods work; clients it made are closed on exit.
     """
     owned = isinstance(url_or_client, str)
-    client = aredis.Redis.from_url(url_or_client) if isinstance(url_or_client, str) else url_or_client
+    client = (
+        cast(aredis.Redis, await aconnect(url_or_client)) if isinstance(url_or_client, str) else url_or_client
+    )
     try:
         has = await adetect_modules(client) if mode != "plain" else (False, False)
         kind = _choose(str(mode), has, _where(client))
@@ -208,7 +217,9 @@ async def open_async_checkpointer(
             await official.asetup()
             yield official
         else:
-            sync_client = redis.Redis.from_url(url_or_client) if isinstance(url_or_client, str) else None
+            sync_client = (
+                cast(redis.Redis, connect(url_or_client)) if isinstance(url_or_client, str) else None
+            )
             saver = AsyncPlainRedisSaver(
                 client,
                 sync_client=sync_client,

@@ -59,6 +59,7 @@ from typing import Any, NamedTuple, TypeVar, cast
 
 import redis
 import redis.asyncio as aredis
+import redis.cluster
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
     WRITES_IDX_MAP,
@@ -88,6 +89,7 @@ from ghl_real_estate_ai.persistence._codec import (
 )
 from ghl_real_estate_ai.persistence._lean import LeanConnections, lean_settings, pack_command
 from ghl_real_estate_ai.persistence._scripts import SCRIPTS, Script
+from ghl_real_estate_ai.persistence.redis_client import aconnect, connect
 
 logger = logging.getLogger(__name__)
 
@@ -425,7 +427,8 @@ def _text(value: bytes | str) -> str:
 def _check_binary_client(client: Any) -> None:
     pool = getattr(client, "connection_pool", None)
     kwargs = getattr(pool, "connection_kwargs", {}) or {}
-    if kwargs.get("decode_responses"):
+    # a cluster client has no pool of its own; its encoder carries the setting
+    if kwargs.get("decode_responses") or getattr(getattr(client, "encoder", None), "decode_responses", False):
         raise ValueError(
             "the plain Redis checkpointer stores binary values: create the Redis client with "
             "decode_responses=False (the default)"
@@ -1025,8 +1028,9 @@ class PlainRedisSaver(_SyncMethods):
         key_prefix: str = DEFAULT_KEY_PREFIX,
         serde: SerializerProtocol | None = None,
     ) -> Iterator[PlainRedisSaver]:
-        """A saver on a new client for ``url`` (``redis://``, ``rediss://``, ``unix://``), closed on exit."""
-        client = redis.Redis.from_url(url)
+        """A saver on a new client for ``url`` (``redis://``, ``rediss://``, ``unix://``; a cluster client
+        for a Redis Cluster node), closed on exit."""
+        client = cast(redis.Redis, connect(url))
         try:
             yield cls(
                 client, ttl_seconds=ttl_seconds, keep_last=keep_last, key_prefix=key_prefix, serde=serde
@@ -1091,7 +1095,15 @@ class PlainRedisSaver(_SyncMethods):
 
 
 def _sync_client_like(client: aredis.Redis) -> redis.Redis:
-    """A blocking client with the async client's connection settings (standalone servers only)."""
+    """A blocking client with the async client's connection settings (for a cluster client: a blocking
+    cluster client that starts from the same nodes)."""
+    if isinstance(client, aredis.RedisCluster):
+        # before its first command the client knows only the nodes it was given
+        node = client.get_default_node() or next(iter(client.nodes_manager.startup_nodes.values()))
+        kw = node.connection_kwargs
+        options = {k: kw[k] for k in ("username", "password", "socket_timeout", "socket_connect_timeout")
+                   if kw.get(k) is not None}
+        return cast(redis.Redis, redis.cluster.RedisCluster(host=node.host, port=node.port, **options))
     if not isinstance(client, aredis.Redis):
         raise TypeError(
             f"cannot derive a blocking client from {type(client).__name__}: pass sync_client= to "
@@ -1180,9 +1192,10 @@ class AsyncPlainRedisSaver(_SyncMethods):
         key_prefix: str = DEFAULT_KEY_PREFIX,
         serde: SerializerProtocol | None = None,
     ) -> AsyncIterator[AsyncPlainRedisSaver]:
-        """A saver on new async and blocking clients for ``url``, both closed on exit."""
-        client = aredis.Redis.from_url(url)
-        sync_client = redis.Redis.from_url(url)
+        """A saver on new async and blocking clients for ``url`` (cluster clients for a Redis Cluster
+        node), both closed on exit."""
+        client = cast(aredis.Redis, await aconnect(url))
+        sync_client = cast(redis.Redis, connect(url))
         try:
             yield cls(
                 client,

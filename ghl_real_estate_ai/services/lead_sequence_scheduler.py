@@ -14,15 +14,17 @@ truth; the job store is a cache of it, kept in step by three paths:
   (``RedisLeadLock``) serialises runs, and the send ledger's touch key guards each send.
 
 Jobs have the deterministic id ``lead:{contact_id}`` (a lead has at most one) and live in APScheduler's
-``RedisJobStore`` format under ``{prefix}:scheduler:jobs`` (hash) and ``{prefix}:scheduler:run_times``
-(ZSET); their target is the module-level coroutine :func:`fire_due_step` with plain JSON-able arguments.
+``RedisJobStore`` format under ``{<prefix>:scheduler}:jobs`` (hash) and ``{<prefix>:scheduler}:run_times``
+(ZSET); the braces are a Redis Cluster hash tag, so the job table, its run times and the retry records
+share one slot and every script and MULTI on them works on a cluster too. Their target is the
+module-level coroutine :func:`fire_due_step` with plain JSON-able arguments.
 Only the process holding the leader lease ``{prefix}:scheduler:leader`` takes due jobs out of the store;
 the others keep their APScheduler paused and still write jobs from their own runs. Virtual due times
 become real run times through the shared :class:`~ghl_real_estate_ai.services.timebase.Timebase`.
 
 A step that fails with a transient error is retried after +5, +15 and +30 virtual minutes (each counted
 from the failure); the fourth failure, or any permanent error, marks the lead failed through a
-``step_failed`` event. The attempt count lives in ``{prefix}:scheduler:retries`` (contact id -> JSON),
+``step_failed`` event. The attempt count lives in ``{<prefix>:scheduler}:retries`` (contact id -> JSON),
 keyed to the step occurrence, so it survives restarts and lost jobs.
 """
 
@@ -41,18 +43,21 @@ from typing import Any, Protocol
 
 import redis
 import redis.asyncio as aioredis
+import redis.cluster
 from apscheduler.events import EVENT_JOB_SUBMITTED, JobSubmissionEvent
 from apscheduler.executors.asyncio import AsyncIOExecutor
-from apscheduler.jobstores.base import JobLookupError
+from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
 from apscheduler.jobstores.redis import RedisJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.schedulers.base import STATE_PAUSED, STATE_RUNNING
 from apscheduler.triggers.date import DateTrigger
+from apscheduler.util import datetime_to_utc_timestamp
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ghl_real_estate_ai.errors import LeadNotFoundError, LockTimeoutError
 from ghl_real_estate_ai.persistence.fastpath import FastScript
+from ghl_real_estate_ai.persistence.redis_client import connect
 from ghl_real_estate_ai.sequence import TIMED_STATUSES
 from ghl_real_estate_ai.services.locks import LeaderLease, stop_background
 from ghl_real_estate_ai.services.runner import summary_from_state
@@ -205,6 +210,17 @@ class LeadJob:
     run_at: datetime
 
 
+def scheduler_keys(prefix: str) -> tuple[str, str, str]:
+    """The job hash, run-time ZSET and retry hash under ``prefix``: one hash tag, so one cluster slot."""
+    base = f"{{{prefix}:scheduler}}"
+    return f"{base}:jobs", f"{base}:run_times", f"{base}:retries"
+
+
+def legacy_scheduler_keys(prefix: str) -> tuple[str, str, str]:
+    """The same keys as named before they shared a hash tag (see ``services.key_layout``)."""
+    return f"{prefix}:scheduler:jobs", f"{prefix}:scheduler:run_times", f"{prefix}:scheduler:retries"
+
+
 # KEYS: jobs hash, run times ZSET. ARGV: now (POSIX seconds). Takes the due jobs out of the store and
 # returns them as id, state, id, state, ...
 _POP_DUE = """
@@ -226,17 +242,29 @@ return out
 
 
 class LeadJobStore(RedisJobStore):
-    """APScheduler's ``RedisJobStore`` on our keys, taking due jobs out in one round trip.
+    """APScheduler's ``RedisJobStore`` on our keys, taking due jobs out in one round trip, on a standalone
+    server or a Redis Cluster.
 
     APScheduler removes every date job it hands to the executor, one blocking round trip per job inside
     the event loop (a burst of 10,000 due jobs: 10,000 of them). This store removes the due jobs in the
     same script that reads them, and the removals APScheduler asks for next are then answered locally.
     Nothing changes for a job: APScheduler submits or drops every job ``get_due_jobs`` returns, and would
     have removed it either way.
+
+    ``client`` (a ``redis.Redis`` or ``redis.cluster.RedisCluster``) replaces the client the stock store
+    makes from its connection arguments. Every write of the hash and the ZSET together is one MULTI/EXEC
+    (``pipeline(transaction=True)``; the stock store relies on ``redis.Redis.pipeline()`` defaulting to a
+    transaction, which a cluster pipeline does not, and calls ``multi()``, which a cluster pipeline refuses
+    outside a transaction); on a cluster that works because both keys share a hash tag.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    redis: Any  # redis.Redis or redis.cluster.RedisCluster
+
+    def __init__(self, *, client: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if client is not None:
+            self.redis.close()
+            self.redis = client
         self._pop_due = self.redis.register_script(_POP_DUE)
         self._taken: set[str] = set()
 
@@ -247,16 +275,63 @@ class LeadJobStore(RedisJobStore):
         self._taken = {job_id for job_id, _ in pairs}  # APScheduler removes them before it asks again
         return self._reconstitute_jobs([(job_id, state) for job_id, state in pairs if state])
 
+    def add_job(self, job: Any) -> None:
+        if self.redis.hexists(self.jobs_key, job.id):
+            raise ConflictingIdError(job.id)
+        self._write(job)
+
+    def update_job(self, job: Any) -> None:
+        if not self.redis.hexists(self.jobs_key, job.id):
+            raise JobLookupError(job.id)
+        self._write(job)
+
+    def _write(self, job: Any) -> None:
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.jobs_key, job.id, pickle.dumps(job.__getstate__(), self.pickle_protocol))
+            if job.next_run_time:
+                pipe.zadd(self.run_times_key, {job.id: datetime_to_utc_timestamp(job.next_run_time)})
+            else:
+                pipe.zrem(self.run_times_key, job.id)
+            pipe.execute()
+
     def remove_job(self, job_id: str) -> None:
         if job_id in self._taken:
             self._taken.discard(job_id)
             return
-        with self.redis.pipeline() as pipe:
+        with self.redis.pipeline(transaction=True) as pipe:
             pipe.hdel(self.jobs_key, job_id)
             pipe.zrem(self.run_times_key, job_id)
             removed, _ = pipe.execute()
         if not removed:
             raise JobLookupError(job_id)
+
+    def remove_all_jobs(self) -> None:
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.jobs_key)
+            pipe.delete(self.run_times_key)
+            pipe.execute()
+
+    def _reconstitute_jobs(self, job_states: Iterable[tuple[Any, Any]]) -> list[Any]:
+        jobs: list[Any] = []
+        failed: list[Any] = []
+        for job_id, job_state in job_states:
+            try:
+                jobs.append(self._reconstitute_job(job_state))
+            except BaseException:
+                self._logger.exception('Unable to restore job "%s" -- removing it', job_id)
+                failed.append(job_id)
+        if failed:
+            with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hdel(self.jobs_key, *failed)
+                pipe.zrem(self.run_times_key, *failed)
+                pipe.execute()
+        return jobs
+
+    def shutdown(self) -> None:
+        if isinstance(self.redis, redis.cluster.RedisCluster):
+            self.redis.close()
+        else:
+            super().shutdown()
 
 
 class JobTable:
@@ -270,9 +345,7 @@ class JobTable:
 
     def __init__(self, redis_client: aioredis.Redis, *, prefix: str, scheduler_name: str) -> None:
         self.redis = redis_client
-        self.jobs_key = f"{prefix}:scheduler:jobs"
-        self.run_times_key = f"{prefix}:scheduler:run_times"
-        self.retries_key = f"{prefix}:scheduler:retries"
+        self.jobs_key, self.run_times_key, self.retries_key = scheduler_keys(prefix)
         self.scheduler_name = scheduler_name
         # EVALSHA scripts: one round trip each, and half the client CPU of a MULTI pipeline.
         self._put_unless_retrying = FastScript(redis_client, _PUT_UNLESS_RETRYING)  # after every run
@@ -385,12 +458,10 @@ class JobTable:
         await self.redis.delete(self.jobs_key, self.run_times_key)
 
     def apscheduler_store(self, redis_url: str) -> LeadJobStore:
-        """The blocking store APScheduler itself polls (same keys)."""
-        return LeadJobStore(
-            jobs_key=self.jobs_key,
-            run_times_key=self.run_times_key,
-            connection_pool=redis.ConnectionPool.from_url(redis_url),
-        )
+        """The blocking store APScheduler itself polls (same keys), on a cluster client when ``redis_url``
+        names a Redis Cluster node."""
+        client = connect(redis_url)
+        return LeadJobStore(jobs_key=self.jobs_key, run_times_key=self.run_times_key, client=client)
 
 
 # ------------------------------------------------------------------------------------------ retry records
@@ -415,11 +486,11 @@ def retry_key(sequence: Mapping[str, Any]) -> str:
 
 
 class RetryBook:
-    """Retry records in the hash ``{prefix}:scheduler:retries`` (contact id -> JSON)."""
+    """Retry records in the hash ``{<prefix>:scheduler}:retries`` (contact id -> JSON)."""
 
     def __init__(self, redis_client: aioredis.Redis, *, prefix: str) -> None:
         self.redis = redis_client
-        self.key = f"{prefix}:scheduler:retries"
+        self.key = scheduler_keys(prefix)[2]
 
     async def get(self, contact_id: str) -> RetryRecord | None:
         raw = await self.redis.hget(self.key, contact_id)

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from ghl_real_estate_ai.errors import LockTimeoutError
 from ghl_real_estate_ai.persistence.fastpath import FastScript, fast_call
@@ -199,10 +199,7 @@ class RedisLeadLock:
             if not held or self._closing:
                 break
             try:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for key, token in held:
-                        await self._extend_script(keys=[key], args=[token, self._ttl_ms], client=pipe)
-                    results = await pipe.execute()
+                results = await self._extend_all(held)
             except RedisError as exc:
                 log.warning("could not extend %d lead locks: %s", len(held), exc)
                 continue
@@ -212,6 +209,22 @@ class RedisLeadLock:
                     contact_id = key.removeprefix(f"{self._prefix}:lock:")
                     self.lost.append(contact_id)
                     log.error("lost the lock of lead %s while a run held it", contact_id)
+
+    async def _extend_all(self, held: list[tuple[str, str]]) -> list[Any]:
+        """Extend every held lock in one pipeline (on a cluster: one per master owning some of them)."""
+        for attempt in range(2):
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for key, token in held:
+                        await self._extend_script(keys=[key], args=[token, self._ttl_ms], client=pipe)
+                    return list(await pipe.execute())
+            except NoScriptError:
+                # A plain pipeline loads its scripts before it runs; a cluster pipeline does not, and a
+                # master that restarted or failed over has none: load it on every master and go again.
+                if attempt:
+                    raise
+                await self._redis.script_load(_EXTEND)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def aclose(self) -> None:
         """Stop the renewal task (locks still held then expire by their TTL)."""

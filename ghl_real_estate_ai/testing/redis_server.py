@@ -10,7 +10,7 @@ import subprocess
 import tempfile
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import redis
@@ -49,12 +49,20 @@ def _reap(process: subprocess.Popen[bytes], data_dir: Path | None) -> None:
 class RedisServer:
     """A redis-server subprocess on a free loopback port, restartable on the same port and data dir."""
 
-    def __init__(self, data_dir: str | os.PathLike[str] | None = None, *, appendonly: bool = False) -> None:
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str] | None = None,
+        *,
+        appendonly: bool = False,
+        extra_args: Sequence[str] = (),
+        port: int | None = None,
+    ) -> None:
         self._owned_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="lead-bot-redis-"))
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.appendonly = appendonly
-        self.port = free_port()
+        self.extra_args = tuple(extra_args)  # more redis-server flags, e.g. ("--cluster-enabled", "yes")
+        self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self._reaper: weakref.finalize | None = None
 
@@ -75,6 +83,7 @@ class RedisServer:
             "--daemonize", "no",
             "--loglevel", "warning",
             "--logfile", str(self.data_dir / "redis.log"),
+            *self.extra_args,
         ]
         # fmt: on
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import socket
 import subprocess
 import sys
 import time
@@ -41,3 +43,32 @@ def test_a_server_its_owner_never_closes_is_stopped(ending: str) -> None:
     from pathlib import Path
 
     assert not Path(data_dir).exists()
+
+
+def test_slot_ranges_split_every_slot_once() -> None:
+    from ghl_real_estate_ai.testing.redis_cluster import SLOTS, slot_ranges
+
+    for masters in (1, 3, 7):
+        ranges = slot_ranges(masters)
+        assert ranges[0][0] == 0 and ranges[-1][1] == SLOTS - 1
+        assert all(a[1] + 1 == b[0] for a, b in itertools.pairwise(ranges))
+
+
+def test_a_local_cluster_forms_serves_every_slot_and_stops_on_exit() -> None:
+    from ghl_real_estate_ai.testing.redis_cluster import LocalRedisCluster
+
+    with LocalRedisCluster(3) as cluster:
+        ports = [node.port for node in cluster.nodes]
+        client = redis.RedisCluster.from_url(cluster.url)
+        try:
+            assert sorted(n.port for n in client.get_primaries()) == sorted(ports)
+            owners = {client.get_node_from_key(f"key-{i}").port for i in range(60)}
+            assert owners == set(ports)
+            for i in range(60):
+                client.set(f"key-{i}", i)
+            assert client.dbsize(target_nodes=redis.RedisCluster.PRIMARIES) == 60  # summed over the masters
+        finally:
+            client.close()
+    for port in ports:  # every node is gone: its port refuses connections
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()

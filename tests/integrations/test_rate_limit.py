@@ -19,6 +19,7 @@ from ghl_real_estate_ai.integrations.rate_limit import (
     Ticket,
     parse_rate_limit_headers,
 )
+from ghl_real_estate_ai.persistence.redis_client import aconnect
 from ghl_real_estate_ai.testing.fake_http import VirtualTime
 from ghl_real_estate_ai.testing.ghl_server import FakeGHLServer
 
@@ -158,7 +159,7 @@ async def test_client_follows_remaining_zero(vtime: VirtualTime) -> None:
 
 @pytest.fixture
 async def redis_pair(redis_url: str) -> AsyncIterator[tuple[aioredis.Redis, aioredis.Redis]]:
-    first, second = aioredis.Redis.from_url(redis_url), aioredis.Redis.from_url(redis_url)
+    first, second = await aconnect(redis_url), await aconnect(redis_url)  # cluster clients on a cluster
     try:
         yield first, second
     finally:

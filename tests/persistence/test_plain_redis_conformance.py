@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+import redis.asyncio.cluster
+import redis.cluster
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.conformance import checkpointer_test, validate
 from langgraph.checkpoint.conformance.capabilities import ALL_CAPABILITIES
@@ -44,5 +46,31 @@ async def test_conformance_all_capabilities(kind: str, redis_url: str, key_prefi
         assert result.detected, f"{capability.value} not detected"
         assert result.passed, f"{capability.value}: {result.failures}"
         assert result.tests_passed > 0 and result.tests_failed == 0
+    assert report.passed_all()
+    assert report.conformance_level() == "FULL"
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_conformance_all_capabilities_on_redis_cluster(
+    kind: str, redis_cluster_url: str, key_prefix: str
+) -> None:
+    """The same suite on a three-master Redis Cluster: ``from_conn_string`` detects it and uses cluster
+    clients, and no script, MULTI or pipeline of the saver crosses a slot."""
+
+    async def factory() -> AsyncIterator[BaseCheckpointSaver[str]]:
+        if kind == "sync":
+            with PlainRedisSaver.from_conn_string(redis_cluster_url, key_prefix=key_prefix) as saver:
+                assert isinstance(saver.client, redis.cluster.RedisCluster)
+                yield saver
+        else:
+            async with AsyncPlainRedisSaver.from_conn_string(
+                redis_cluster_url, key_prefix=key_prefix
+            ) as asaver:
+                assert isinstance(asaver.client, redis.asyncio.cluster.RedisCluster)
+                yield asaver
+
+    report = await validate(checkpointer_test(name=f"plain-redis-cluster-{kind}")(factory))
+    failures = {cap: res.failures for cap, res in report.results.items() if res.failures}
+    assert not failures, failures
     assert report.passed_all()
     assert report.conformance_level() == "FULL"

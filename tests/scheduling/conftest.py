@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 # Imported now, while nothing else runs: pytest's hypothesis plugin imports it only in the terminal
 # summary, and there CPython 3.11's ast.parse (pytest rewrites the module on import) failed with
@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 
 from ghl_real_estate_ai.agents.lead_bot import Context, build_graph
 from ghl_real_estate_ai.persistence import AsyncPlainRedisSaver
+from ghl_real_estate_ai.persistence.redis_client import aconnect
 from ghl_real_estate_ai.services.lead_sequence_scheduler import LeadSequenceScheduler
 from ghl_real_estate_ai.services.locks import RedisLeadLock
 from ghl_real_estate_ai.services.runner import LeadBotRunner, summary_from_state
@@ -48,7 +49,7 @@ def make_bot(redis_url: str) -> Callable[..., contextlib.AbstractAsyncContextMan
         reconcile_interval: float | None = None,
         **scheduler_options: Any,
     ) -> AsyncIterator[Bot]:
-        client = aioredis.Redis.from_url(redis_url)
+        client = cast(aioredis.Redis, await aconnect(redis_url))  # a cluster client on a cluster node
         timebase = await Timebase(
             client, prefix=prefix, scale=scale, start_at=start_at, persist_interval=0.05
         ).start()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aredis
 
+from ghl_real_estate_ai.persistence.redis_client import aconnect
 from ghl_real_estate_ai.services.lead_sequence_state_service import STATUSES, LeadSequenceStateService
 
 T0 = datetime(2025, 3, 1, 15, 0, tzinfo=UTC)
@@ -42,7 +43,7 @@ def summary(
 
 @pytest.fixture
 async def index(redis_url: str, key_prefix: str) -> AsyncIterator[LeadSequenceStateService]:
-    client = aredis.Redis.from_url(redis_url)
+    client = cast(aredis.Redis, await aconnect(redis_url))  # a cluster client on a cluster node
     yield LeadSequenceStateService(client, prefix=key_prefix)
     await client.aclose()
 
@@ -134,7 +135,7 @@ async def test_rebuild_from_summaries_equals_the_live_index(
     live = await index.snapshot()
     final_states = [summary("a", "qualified", due=None, updated=T0 + timedelta(hours=5)), *states[1:]]
 
-    client = aredis.Redis.from_url(redis_url)
+    client = cast(aredis.Redis, await aconnect(redis_url))
     try:
         other = LeadSequenceStateService(client, prefix=f"{key_prefix}-rebuilt")
         await other.update(summary("stale", "failed"))  # replaced wholesale by the rebuild
