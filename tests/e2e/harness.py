@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from statistics import median
+from typing import Any
 
 import httpx
 from service.stack import API_TOKEN, ServeProcess, Stack
@@ -106,6 +107,8 @@ class RunSpec:
     ghl_faults: bool = False
     ghl_burst: int = GHL_BURST  # the fake GHL's X-RateLimit-Max per GHL_WINDOW real seconds
     kind: str = "sequence"  # or "restart_latency"
+    processes: int = 1  # `lead-bot serve` processes on the one Redis; kills hit the last of them
+    cluster: bool = False  # a local 3-master Redis Cluster instead of one server (no Redis kills then)
 
     @property
     def id(self) -> str:
@@ -179,10 +182,19 @@ class E2EStack:
     def __init__(self, spec: RunSpec, workdir: Path) -> None:
         self.spec = spec
         self.workdir = workdir
-        self.redis = RedisServer(workdir / "redis", appendonly=True)  # appendfsync always: see redis_server
+        self.redis: Any
+        if spec.cluster:
+            from ghl_real_estate_ai.testing.redis_cluster import LocalRedisCluster
+
+            self.redis = LocalRedisCluster(3)
+        else:
+            # appendfsync always: see redis_server
+            self.redis = RedisServer(workdir / "redis", appendonly=True)
         self.ghl = FakeGHLServer(seed=spec.seed, rate_limit=spec.ghl_burst, rate_window=GHL_WINDOW)
         self.retell = FakeRetellWithWebhooks(seed=spec.seed)
-        self.port = free_port()
+        self.ports = [free_port() for _ in range(spec.processes)]
+        self.port = self.ports[0]  # enrollments, Retell's webhooks and the clock go to the first process
+        self.live: dict[int, ServeProcess] = {}
         self.serves: list[ServeProcess] = []
         self.startup_seconds: list[float] = []
         self.clock: VirtualClock | None = None
@@ -197,28 +209,34 @@ class E2EStack:
         self.ghl.start()
         self.retell.start()
         self.env = Stack(self.redis, self.ghl, self.retell, self.workdir, SCALE).env()
-        self.start_service()
+        for index in range(len(self.ports)):
+            self.start_service(index)
         self.retell.webhook_url = self.url + "/webhooks/retell"
         self.clock = VirtualClock(self.url, SCALE).start()
         self.clock.wait_first_reading()
         return self
 
-    def start_service(self) -> None:
-        serve = ServeProcess(self.env, self.workdir, port=self.port)
+    def start_service(self, index: int = 0) -> None:
+        serve = ServeProcess(self.env, self.workdir, port=self.ports[index])
         self.serves.append(serve)
+        self.live[index] = serve
         started = time.monotonic()
         serve.start(timeout=60)
         self.startup_seconds.append(time.monotonic() - started)
 
     def kill_service(self, *, restart_at: Callable[[], None] | None = None) -> tuple[float, float]:
-        """SIGKILL the service and start it again (at once, or after ``restart_at()`` returns); the
-        monotonic instants of the kill and of the first healthy answer after it."""
+        """SIGKILL a service process (the last one) and start it again on its port (at once, or after
+        ``restart_at()`` returns); the monotonic instants of the kill and of the first healthy answer
+        after it (of the first process: with several, the others go on meanwhile)."""
         assert self.clock is not None
+        index = len(self.ports) - 1
         killed = time.monotonic()
-        self.serves[-1].stop(signal.SIGKILL)
+        self.live[index].stop(signal.SIGKILL)
         if restart_at is not None:
             restart_at()
-        self.start_service()
+        self.start_service(index)
+        if index:
+            return killed, time.monotonic()  # healthy once its /healthz answered (ServeProcess.start)
         return killed, self.clock.wait_healthy_after(killed, timeout=30).after
 
     def kill_redis(self) -> tuple[float, float]:
@@ -280,7 +298,7 @@ class E2EStack:
         for n, serve in enumerate(self.serves):
             if serve.log_path.exists():
                 shutil.copy(serve.log_path, into / f"serve-{n}.log")
-        redis_log = self.redis.data_dir / "redis.log"
+        redis_log = Path(getattr(self.redis, "data_dir", self.workdir / "-")) / "redis.log"
         if redis_log.exists():
             shutil.copy(redis_log, into / "redis.log")
         # For the humans who diagnose a failure, never for the verdict: what reached the fakes (virtual

@@ -26,6 +26,10 @@ SEQUENCE_RUNS: tuple[RunSpec, ...] = (
     # the bot rides out 429s, 500s and 5 s hangs.
     *(RunSpec("ghl_faults", seed, days=30.5, ghl_faults=True, ghl_burst=300) for seed in SEEDS),
     *(RunSpec("redis_sigkill", seed, days=30.5, redis_kills=2, ghl_burst=300) for seed in SEEDS),
+    # Two processes on a local 3-master Redis Cluster; one of them SIGKILLed (and restarted on its port)
+    # at a random moment: every touch once, on time, inside the window.
+    *(RunSpec("cluster", seed, days=30.5, leads=20, service_kills=1, processes=2, cluster=True,
+              ghl_burst=300) for seed in SEEDS),
 )
 ALL_LATENCY_RUNS: tuple[RunSpec, ...] = tuple(
     RunSpec("restart_latency", seed, days=0, leads=12, kind="restart_latency") for seed in SEEDS[:2]
