@@ -44,6 +44,9 @@ class Settings:
     ghl_oauth_client_id: str | None = None
     ghl_oauth_client_secret: str | None = None
     ghl_oauth_refresh_token: str | None = None
+    public_url: str | None = None
+    secret_key: str | None = None
+    locations_file: Path | None = None
     ghl_webhook_public_key: str | None = None
     ghl_webhook_rsa_public_key: str | None = None
     ghl_webhook_tolerance_seconds: float = 300.0
@@ -72,6 +75,16 @@ class Settings:
     reso_scope: str = "api"
     reso_page_size: int = 200
     reso_requests_per_second: float = 2.0
+
+    @property
+    def marketplace(self) -> bool:
+        """Marketplace mode (many locations): an OAuth client id and secret and no ``GHL_API_TOKEN``.
+        ``GHL_API_TOKEN`` (with ``GHL_LOCATION_ID``) is single-location mode."""
+        return not self.ghl_api_token and bool(self.ghl_oauth_client_id and self.ghl_oauth_client_secret)
+
+    @property
+    def oauth_redirect_uri(self) -> str | None:
+        return f"{self.public_url}/oauth/callback" if self.public_url else None
 
     @classmethod
     def from_env(
@@ -129,6 +142,10 @@ class Settings:
             ghl_oauth_client_id=_optional(env, "GHL_OAUTH_CLIENT_ID"),
             ghl_oauth_client_secret=_optional(env, "GHL_OAUTH_CLIENT_SECRET"),
             ghl_oauth_refresh_token=_optional(env, "GHL_OAUTH_REFRESH_TOKEN"),
+            public_url=(_optional(env, "LEAD_BOT_PUBLIC_URL") or "").rstrip("/") or None,
+            secret_key=_optional(env, "LEAD_BOT_SECRET_KEY"),
+            locations_file=Path(env["LEAD_BOT_LOCATIONS_FILE"]) if _optional(env, "LEAD_BOT_LOCATIONS_FILE")
+            else None,
             ghl_webhook_public_key=_optional(env, "GHL_WEBHOOK_PUBLIC_KEY"),
             ghl_webhook_rsa_public_key=_optional(env, "GHL_WEBHOOK_RSA_PUBLIC_KEY"),
             ghl_webhook_tolerance_seconds=_float(env, "LEAD_BOT_WEBHOOK_TOLERANCE_SECONDS", 300.0),

@@ -59,6 +59,13 @@ NEEDS_REINSTALL = "needs_reinstall"
 UNINSTALLED = "uninstalled"
 
 
+def consent_url(client_id: str, redirect_uri: str, scopes: Sequence[str] = SCOPES) -> str:
+    """The chooselocation URL an agency or sub-account admin opens to install the app."""
+    query = urlencode({"response_type": "code", "redirect_uri": redirect_uri, "client_id": client_id,
+                       "scope": " ".join(scopes)})
+    return f"{CONSENT_URL}?{query}"
+
+
 class LocationUnavailableError(TransientIntegrationError):
     """The location cannot be served now (not installed, uninstalled, or its tokens need a reinstall).
     Raised before anything is sent; due steps wait for the location instead of failing."""
@@ -211,9 +218,7 @@ class MarketplaceApp:
         await self._http.aclose()
 
     def consent_url(self, redirect_uri: str, scopes: Sequence[str] = SCOPES) -> str:
-        query = urlencode({"response_type": "code", "redirect_uri": redirect_uri, "client_id": self.client_id,
-                           "scope": " ".join(scopes)})
-        return f"{CONSENT_URL}?{query}"
+        return consent_url(self.client_id, redirect_uri, scopes)
 
     async def _call(self, operation: str, method: str, path: str, *, form: dict[str, str] | None = None,
                     params: dict[str, str] | None = None, bearer: str | None = None) -> dict[str, Any]:

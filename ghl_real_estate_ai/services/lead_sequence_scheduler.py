@@ -52,6 +52,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ghl_real_estate_ai.errors import LeadNotFoundError, LockTimeoutError
+from ghl_real_estate_ai.integrations.oauth import UNINSTALLED, LocationUnavailableError
 from ghl_real_estate_ai.sequence import TIMED_STATUSES
 from ghl_real_estate_ai.services.locks import LeaderLease, stop_background
 from ghl_real_estate_ai.services.runner import summary_from_state
@@ -451,6 +452,7 @@ class SchedulerStats:
     retried: int = 0  # transient failures that got a retry
     failed: int = 0  # leads marked failed by the scheduler
     lock_timeouts: int = 0  # due steps put back because another run held the lead
+    location_waits: int = 0  # due steps put back because their location needs a reinstall
     handed_back: int = 0  # submitted jobs put back (lock timeout, lost lease, clock moved)
     reconciles: int = 0
     restored: int = 0
@@ -510,6 +512,7 @@ class LeadSequenceScheduler:
         poll_interval: float | None = None,
         max_concurrency: int = 16,
         lock_retry_seconds: float = 1.0,
+        location_retry_seconds: float = 30.0,
         shutdown_grace_seconds: float = 10.0,
         reconcile_concurrency: int = 32,
         reconcile_batch: int = 500,
@@ -526,6 +529,7 @@ class LeadSequenceScheduler:
         self.poll_interval = poll_interval
         self.max_concurrency = max_concurrency
         self.lock_retry_seconds = lock_retry_seconds
+        self.location_retry_seconds = location_retry_seconds
         self.shutdown_grace_seconds = shutdown_grace_seconds
         self.reconcile_concurrency = reconcile_concurrency
         self.reconcile_batch = reconcile_batch
@@ -833,10 +837,27 @@ class LeadSequenceScheduler:
                 run_at = datetime.now(UTC) + timedelta(seconds=self.lock_retry_seconds)
                 await self._hand_back(contact_id, step, due_at, attempt, run_at)
                 return
+            except LocationUnavailableError as exc:
+                await self._location_unavailable(contact_id, step, due_at, attempt, exc)
+                return
             except Exception as exc:
                 await self._step_failed(contact_id, step, due_at, exc)
                 return
             self.counters.fired += 1
+
+    async def _location_unavailable(self, contact_id: str, step: str, due_at: str, attempt: int,
+                                    exc: LocationUnavailableError) -> None:
+        """The lead's location cannot be served: an uninstalled one cancels the lead ("app uninstalled");
+        otherwise (tokens need a reinstall) the step waits, tried again every ``location_retry_seconds``:
+        never dropped, never sent with another location's token."""
+        if exc.state == UNINSTALLED:
+            await self.runner.dispatch(contact_id, {"type": "cancel", "reason": "app uninstalled",
+                                                    "source": "uninstall"})
+            return
+        self.counters.location_waits += 1
+        log.info("lead %s: %s waits, %s", contact_id, step, exc.detail)
+        run_at = datetime.now(UTC) + timedelta(seconds=self.location_retry_seconds)
+        await self._hand_back(contact_id, step, due_at, attempt, run_at)
 
     async def _step_failed(self, contact_id: str, step: str, due_at: str, exc: Exception) -> None:
         """Retry a transient failure (+5/+15/+30 virtual minutes), else mark the lead failed."""

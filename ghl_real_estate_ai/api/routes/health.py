@@ -1,4 +1,5 @@
-"""``GET /healthz`` (Redis, scheduler and intake worker up, with the service's virtual now) and
+"""``GET /healthz`` (Redis, scheduler and intake worker up, with the service's virtual now; in Marketplace
+mode also ``needs_reinstall``: the locations whose tokens cannot be refreshed) and
 ``GET /metrics`` (Prometheus text)."""
 
 from __future__ import annotations
@@ -18,10 +19,14 @@ async def healthz(service: ServiceDep) -> JSONResponse:
     """200 ``{"status": "ok", "now": <virtual now>}`` when everything is up; else 503 with the problems."""
     problems = await service.health_problems()
     now = iso(service.now())
+    extra = {}
+    if service.settings.marketplace:
+        # A location waiting for a reinstall is not the service being down: it is listed, status stays ok.
+        extra["needs_reinstall"] = await service.locations_needing_reinstall()
     if problems:
-        return JSONResponse({"status": "unavailable", "now": now, "error": "; ".join(problems)},
+        return JSONResponse({"status": "unavailable", "now": now, "error": "; ".join(problems), **extra},
                             status_code=503)
-    return JSONResponse({"status": "ok", "now": now})
+    return JSONResponse({"status": "ok", "now": now, **extra})
 
 
 @router.get("/metrics")
