@@ -314,7 +314,8 @@ def phase_replies(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 "p95_ms": percentile(latencies, 0.95), "max_ms": max(latencies)}
 
 
-async def _seed(redis_url: str, contacts: list[str], location: str | dict[str, str], time_scale: float) -> None:
+async def _seed(redis_url: str, contacts: list[str], location: str | dict[str, str],
+                time_scale: float) -> None:
     """Enroll ``contacts`` in-process with an in-memory CRM: states, index entries, no GHL traffic.
     ``location``: one location for all, or each contact's location (Marketplace mode: recorded too)."""
     import redis.asyncio as aioredis
@@ -444,12 +445,14 @@ def phase_multi(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                          "finished_s": arrivals[-1] - start})
         finishes = [row["finished_s"] for row in rows]
         return {"locations": rows, "seed_seconds": seeded, "expected": expected,
-                "sent": len(running.ghl.sent_sms()), "answered_429": sum(1 for r in requests if r.status == 429),
+                "sent": len(running.ghl.sent_sms()),
+                "answered_429": sum(1 for r in requests if r.status == 429),
                 "fastest_s": min(finishes), "slowest_s": max(finishes)}
 
 
 def report_multi(multi: dict[str, Any], args: argparse.Namespace) -> None:
-    print(f"\n{args.locations} locations x {args.per_location} due sends (Marketplace mode, one serve process; "
+    print(f"\n{args.locations} locations x {args.per_location} due sends (Marketplace mode, one serve "
+          "process; "
           f"fake GHL: 100 requests per 10 s per location token)")
     print(f"{'location':<24} {'sent':>5} {'requests':>8} {'max/10s':>8} {'min full 10s':>12} {'finished':>9}")
     for row in multi["locations"]:
@@ -461,7 +464,8 @@ def report_multi(multi: dict[str, Any], args: argparse.Namespace) -> None:
     worst_min = min(r["min_full_window"] for r in rows if r["min_full_window"] is not None)
     ratio = multi["slowest_s"] / multi["fastest_s"]
     checks = [
-        ("every due send made", f"{multi['sent']} of {multi['expected']}", multi["sent"] == multi["expected"]),
+        ("every due send made", f"{multi['sent']} of {multi['expected']}",
+         multi["sent"] == multi["expected"]),
         ("max requests of a location in any 10 s (<= 100)", str(worst_max), worst_max <= 100),
         ("min requests of a location in a full 10 s window (>= 90)", str(worst_min), worst_min >= 90),
         ("slowest / fastest location finish (<= 1.5)",

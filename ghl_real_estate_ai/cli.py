@@ -62,11 +62,13 @@ def _parser() -> argparse.ArgumentParser:
                 help="queue the action and return without waiting for the service",
             )
     commands.add_parser("reconcile", help="repair scheduler jobs from the leads' states")
-    commands.add_parser("install-url", help="Marketplace mode: print the GHL consent URL with the bot's scopes")
+    commands.add_parser("install-url",
+                        help="Marketplace mode: print the GHL consent URL with the bot's scopes")
     locations = commands.add_parser(
         "locations", help="per-location install state, token expiry, leads, sends today, 429s; "
         "`locations check FILE` validates a locations file")
-    locations.add_argument("words", nargs="*", metavar="check FILE", help="check FILE: validate a locations file")
+    locations.add_argument("words", nargs="*", metavar="check FILE",
+                           help="check FILE: validate a locations file")
     locations.add_argument("--json", action="store_true", help="print JSON")
     from ghl_real_estate_ai import comps_cli
 

@@ -19,8 +19,8 @@ list of variants. :func:`check_locations_file` refuses (``LocationsFileError``, 
 the key): unknown keys and templates, unknown ``{fields}``, a ``day_3_sms`` (the first text) without the
 opt-out footer ("STOP"), and an SMS template that could exceed ``SMS_LIMIT`` with the longest values
 the bot inserts. The opt-out confirmation is not a template a location can change (it is the
-compliance text the bot recognises so it is sent at most once). Without a file, the built-in words of ``messages.py`` and ``conversation/templates.py``
-are the defaults.
+compliance text the bot recognises so it is sent at most once). Without a file, the built-in words of
+``messages.py`` and ``conversation/templates.py`` are the defaults.
 """
 
 from __future__ import annotations
@@ -140,7 +140,8 @@ def _check_template(path: str, where: str, name: str, value: Any) -> Any:
     key = f"templates.{name}"
     allowed = TEMPLATE_FIELDS.get(name)
     if allowed is None:
-        raise LocationsFileError(path, where, key, f"unknown template (known: {', '.join(sorted(TEMPLATE_FIELDS))})")
+        known = ", ".join(sorted(TEMPLATE_FIELDS))
+        raise LocationsFileError(path, where, key, f"unknown template (known: {known})")
     variants = value if name in LIST_TEMPLATES else [value]
     if name in LIST_TEMPLATES and (not isinstance(value, list) or not value):
         raise LocationsFileError(path, where, key, "must be a non-empty list of strings")
@@ -178,10 +179,11 @@ def _settings(path: str, where: str, table: Any, base_quiet: QuietHours) -> Loca
             continue
         kind = SCALAR_KEYS.get(key)
         if kind is None:
-            raise LocationsFileError(path, where, key, f"unknown key (known: {', '.join([*SCALAR_KEYS, 'templates'])})")
+            known = ", ".join([*SCALAR_KEYS, "templates"])
+            raise LocationsFileError(path, where, key, f"unknown key (known: {known})")
         if not isinstance(value, kind):
             raise LocationsFileError(path, where, key, f"must be a {'boolean' if kind is bool else 'string'}")
-        if key == "quiet_hours":
+        if key == "quiet_hours" and isinstance(value, str):
             try:
                 narrowed(base_quiet, value)
             except ValueError as exc:

@@ -62,6 +62,7 @@ from ghl_real_estate_ai.integrations.models import (
     SendResult,
     VoiceCaller,
 )
+from ghl_real_estate_ai.integrations.oauth import LocationUnavailableError
 from ghl_real_estate_ai.sequence import iso, parse_time
 
 log = logging.getLogger(__name__)
@@ -555,9 +556,8 @@ class LeadBotService:
 
     async def _serve_context(self) -> Context:
         from ghl_real_estate_ai.comps import comps_from_settings
-        from ghl_real_estate_ai.services.send_ledger import RedisSendLedger
-
         from ghl_real_estate_ai.services.locations import location_rules
+        from ghl_real_estate_ai.services.send_ledger import RedisSendLedger
 
         settings = self.settings
         marketplace = settings.marketplace and self._crm_override is None
@@ -565,8 +565,8 @@ class LeadBotService:
         if marketplace:
             crm: Crm = OperatorCrm()  # never used: every run gets its location's context
         else:
-            crm = RecordingCrm(self._crm_override or await self._ghl_client(), self.bot_messages, self.metrics,
-                               on_sent=lambda: self.stats.sent(location))
+            crm = RecordingCrm(self._crm_override or await self._ghl_client(), self.bot_messages,
+                               self.metrics, on_sent=lambda: self.stats.sent(location))
         voice = self._voice_override or await self._retell_client()
         comps = comps_from_settings(settings, self.redis)
         if hasattr(comps, "aclose"):
@@ -668,9 +668,10 @@ class LeadBotService:
 
         def make_crm(location_id: str, provider: Any) -> Crm:
             transport = CountingTransport(httpx.AsyncHTTPTransport(), self.stats, location_id)
-            client = GHLClient(settings.ghl_api_base_url, provider, location_id, rate_limiter=self.rate_limiter,
-                               transport=transport, timeout=self.waits.send_timeout,
-                               read_timeout=self.waits.read_timeout, retry_policy=self.waits.retry)
+            client = GHLClient(settings.ghl_api_base_url, provider, location_id,
+                               rate_limiter=self.rate_limiter, transport=transport,
+                               timeout=self.waits.send_timeout, read_timeout=self.waits.read_timeout,
+                               retry_policy=self.waits.retry)
             self._stack.push_async_callback(client.aclose)
             return RecordingCrm(client, self.bot_messages, self.metrics,
                                 on_sent=lambda: self.stats.sent(location_id))
@@ -873,6 +874,12 @@ class LeadBotService:
         except InvalidEventError as exc:  # Marketplace mode: a lead whose location is unknown
             return {"ok": False, "error": str(exc)} if entry.request_id else {"applied": False,
                                                                                "reason": str(exc)}
+        except LocationUnavailableError as exc:
+            if exc.state in ("needs_reinstall", "without tokens"):
+                raise  # the entry waits for the reinstall (the intake worker does not count it a failure)
+            # uninstalled, or never installed: nothing to do for this location's leads
+            return {"ok": False, "error": str(exc)} if entry.request_id else {"applied": False,
+                                                                               "reason": str(exc)}
         except IntegrationError as exc:
             if entry.request_id and not exc.transient:
                 # An operator's request that cannot succeed (an unknown contact): tell them; no dead letter.
@@ -939,7 +946,8 @@ class LeadBotService:
             for location_id, state in states.items():
                 name = state.get("state", "unknown")
                 counts[name] = counts.get(name, 0) + 1
-                metrics.location_needs_reinstall.labels(location_id).set(1 if name == "needs_reinstall" else 0)
+                waiting = 1 if name == "needs_reinstall" else 0
+                metrics.location_needs_reinstall.labels(location_id).set(waiting)
             for name in ("installed", "pending", "needs_reinstall", "uninstalled"):
                 metrics.locations.labels(name).set(counts.get(name, 0))
         scheduler = self.scheduler

@@ -595,9 +595,12 @@ def default_is_permanent(exc: BaseException) -> bool:
 
 
 def _not_a_failure(exc: BaseException) -> bool:
-    """Redis unreachable, or the lead busy (its lock held by a run elsewhere, or by a crashed process
-    until the lock's TTL ends): the entry waits, and these do not count towards dead-lettering."""
-    return isinstance(exc, (*REDIS_DOWN, LockTimeoutError))
+    """Redis unreachable, the lead busy (its lock held by a run elsewhere, or by a crashed process until
+    the lock's TTL ends), or its location waiting for a reinstall: the entry waits, and these do not count
+    towards dead-lettering."""
+    from ghl_real_estate_ai.integrations.oauth import LocationUnavailableError
+
+    return isinstance(exc, (*REDIS_DOWN, LockTimeoutError, LocationUnavailableError))
 
 
 class IntakeObserver:

@@ -147,7 +147,8 @@ def is_opt_out_confirmation(text: str) -> bool:
 
 def opt_in_confirmation(program: str, words: Words | None = None) -> str:
     """Sent after START: texts are allowed again (the sequence is not restarted, so nothing is promised)."""
-    return fit_sms(_t(words, "opt_in_confirmation", OPT_IN_CONFIRMATION).format(program=clean(program, PROGRAM_LIMIT) or "these"))
+    template = _t(words, "opt_in_confirmation", OPT_IN_CONFIRMATION)
+    return fit_sms(template.format(program=clean(program, PROGRAM_LIMIT) or "these"))
 
 
 def help_reply(program: str, agent: str, contact: str = "", *, frequency: str = DEFAULT_FREQUENCY,
@@ -177,14 +178,16 @@ def handoff_confirmation(first_name: str, agent: str, meeting_hint: str | None =
     hint = clean(meeting_hint, HINT_LIMIT)
     when = f"to confirm {hint}" if hint else "shortly"
     return fit_sms(
-        _t(words, "handoff_confirmation", HANDOFF_CONFIRMATION).format(first_name=_name(first_name), agent=clean(agent, AGENT_LIMIT), when=when)
+        _t(words, "handoff_confirmation", HANDOFF_CONFIRMATION).format(
+            first_name=_name(first_name), agent=clean(agent, AGENT_LIMIT), when=when)
     )
 
 
 def home_value_ack(first_name: str, address: str | None = None, words: Words | None = None) -> str:
     """The quick answer to "what's my house worth?" while the CMA is prepared and sent separately."""
     place = clean(address, ADDRESS_LIMIT) or "you"
-    return fit_sms(_t(words, "home_value_ack", HOME_VALUE_ACK).format(first_name=_name(first_name), place=place))
+    template = _t(words, "home_value_ack", HOME_VALUE_ACK)
+    return fit_sms(template.format(first_name=_name(first_name), place=place))
 
 
 def cma_by_agent(first_name: str, agent: str, address: str | None = None, words: Words | None = None) -> str:
@@ -200,7 +203,8 @@ def cma_ask_address(first_name: str, words: Words | None = None) -> str:
 
 
 def not_interested_close(first_name: str, words: Words | None = None) -> str:
-    return fit_sms(_t(words, "not_interested_close", NOT_INTERESTED_CLOSE).format(first_name=_name(first_name)))
+    template = _t(words, "not_interested_close", NOT_INTERESTED_CLOSE)
+    return fit_sms(template.format(first_name=_name(first_name)))
 
 
 def has_agent_close(first_name: str, words: Words | None = None) -> str:
@@ -211,7 +215,8 @@ def already_sold_close(first_name: str, words: Words | None = None) -> str:
     return fit_sms(_t(words, "already_sold_close", ALREADY_SOLD_CLOSE).format(first_name=_name(first_name)))
 
 
-def question_reply(first_name: str, agent: str, address: str | None = None, words: Words | None = None) -> str:
+def question_reply(first_name: str, agent: str, address: str | None = None,
+                   words: Words | None = None) -> str:
     """A generic answer to a question the rules cannot answer: promises the details, asks one question."""
     place = clean(address, ADDRESS_LIMIT)
     return fit_sms(
@@ -226,7 +231,8 @@ def question_reply(first_name: str, agent: str, address: str | None = None, word
 def other_reply(first_name: str, agent: str, words: Words | None = None) -> str:
     agent_text = clean(agent, AGENT_LIMIT) or "your agent"
     agent_text = agent_text[:1].upper() + agent_text[1:]
-    return fit_sms(_t(words, "other_reply", OTHER_REPLY).format(first_name=_name(first_name), agent=agent_text))
+    template = _t(words, "other_reply", OTHER_REPLY)
+    return fit_sms(template.format(first_name=_name(first_name), agent=agent_text))
 
 
 def reply_subject(program: str, address: str | None = None) -> str:
@@ -266,7 +272,8 @@ def cma_email(
     program = clean(program_name, 80) or "Lead Bot"
     address = clean(valuation.subject.address, 120)
     value, low, high = money(valuation.value), money(valuation.low), money(valuation.high)
-    subject = clean(_t(words, "cma_email_subject", CMA_EMAIL_SUBJECT).format(value=value) + (f" for {address}" if address else ""), 150)
+    subject_line = _t(words, "cma_email_subject", CMA_EMAIL_SUBJECT).format(value=value)
+    subject = clean(subject_line + (f" for {address}" if address else ""), 150)
     if valuation.confidence and valuation.method == "price_per_sqft":  # the appraisal's estimate
         how = (
             f"{len(valuation.comps)} comparable sales nearby (median {money(valuation.price_per_sqft_median)}"

@@ -87,8 +87,9 @@ def fernet_from_keys(spec: str) -> list[Fernet]:
             fernets.append(Fernet(key.encode()))
         except (ValueError, TypeError):
             raise ConfigurationError(
-                "LEAD_BOT_SECRET_KEY", f"key {number} is not a Fernet key (32 url-safe base64 bytes; make one "
-                "with `python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'`)"
+                "LEAD_BOT_SECRET_KEY", f"key {number} is not a Fernet key (32 url-safe base64 bytes; make "
+                "one with `python -c 'from cryptography.fernet import Fernet; "
+                "print(Fernet.generate_key().decode())'`)"
             ) from None
     return fernets
 
@@ -234,7 +235,8 @@ class MarketplaceApp:
         response = await send_with_retries(send, service=SERVICE, operation=operation, policy=self._policy,
                                            idempotent=operation != "oauth code exchange")
         if response.status_code >= 400:
-            raise AuthenticationError(SERVICE, operation, error_message(response), status=response.status_code)
+            raise AuthenticationError(SERVICE, operation, error_message(response),
+                                      status=response.status_code)
         return json_body(response)
 
     def _record(self, body: dict[str, Any], operation: str) -> TokenRecord:
@@ -244,8 +246,8 @@ class MarketplaceApp:
             raise PermanentIntegrationError(SERVICE, operation, str(exc)) from exc
 
     async def exchange_code(self, code: str, redirect_uri: str | None) -> tuple[TokenRecord, dict[str, Any]]:
-        form = {"client_id": self.client_id, "client_secret": self._secret, "grant_type": "authorization_code",
-                "code": code}
+        form = {"client_id": self.client_id, "client_secret": self._secret,
+                "grant_type": "authorization_code", "code": code}
         if redirect_uri:
             form["redirect_uri"] = redirect_uri
         body = await self._call("oauth code exchange", "POST", "/oauth/token", form=form)

@@ -34,7 +34,7 @@ from ghl_real_estate_ai.integrations.oauth import (
     RedisRefreshLock,
     TokenVault,
 )
-from ghl_real_estate_ai.locations_config import LocationsFile, LocationSettings, narrowed
+from ghl_real_estate_ai.locations_config import LocationSettings, LocationsFile, narrowed
 
 log = logging.getLogger(__name__)
 

@@ -977,10 +977,12 @@ class FakeGHLServer(FakeHTTPServer):
                     return _unprocessable("code should not be empty")
                 grant_data = self._grants.pop(code, None)
                 if grant_data is None:  # unknown or already used: codes are single-use
-                    return JSONResponse({"statusCode": 400, "message": "Invalid grant: authorization code "
-                                         "is invalid", "error": "invalid_grant"}, status_code=400)  # [assumed]
+                    return JSONResponse({"statusCode": 400, "error": "invalid_grant",  # [assumed]
+                                         "message": "Invalid grant: authorization code is invalid"},
+                                        status_code=400)
                 if "location_id" in grant_data:
-                    return JSONResponse(self._mint(grant_data["location_id"], company_id=grant_data["company_id"]))
+                    return JSONResponse(self._mint(grant_data["location_id"],
+                                                   company_id=grant_data["company_id"]))
                 answer = self._mint(grant_data["company_id"], user_type="Company")
                 answer.update(isBulkInstallation=True, approvedLocations=grant_data["locations"],
                               installToFutureLocations=False, approveAllLocations=False)

@@ -42,7 +42,8 @@ def test_a_location_overrides_the_defaults_key_by_key(tmp_path: Path) -> None:
     assert (a.agent_name, a.program_name, a.llm_responder) == ("Ana", "Team", False)
     assert (other.agent_name, other.templates) == ("Sam", {})
     values = messages.fields({"first_name": "Jo", "city": "Waco"}, agent_name="Ana", program_name="Team")
-    assert messages.sms_for("day_3", values, words=a.templates) == "Hey Jo, Ana here in Waco. Reply STOP to opt out."
+    assert messages.sms_for("day_3", values, words=a.templates) == (
+        "Hey Jo, Ana here in Waco. Reply STOP to opt out.")
     assert messages.sms_for("nurture", values, 3, words=a.templates) == "B Jo"
     assert messages.sms_for("day_30", values, words=a.templates) == messages.sms_for("day_30", values)
     assert templates.other_reply("Jo", "Ana", a.templates) == "Thanks Jo! Ana will be in touch."

@@ -11,6 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 from cryptography.fernet import Fernet
 
+from ghl_real_estate_ai.errors import ConfigurationError
 from ghl_real_estate_ai.integrations.oauth import (
     INSTALLED,
     NEEDS_REINSTALL,
@@ -23,7 +24,6 @@ from ghl_real_estate_ai.integrations.oauth import (
     consent_url,
     fernet_from_keys,
 )
-from ghl_real_estate_ai.errors import ConfigurationError
 from ghl_real_estate_ai.integrations.rate_limit import RedisSlidingWindowLimiter
 from ghl_real_estate_ai.services.installations import Installations
 from ghl_real_estate_ai.testing.ghl_server import FakeGHLServer
@@ -54,8 +54,9 @@ class Process:
             return 0
 
         self.installs = Installations(
-            self.vault, self.app, self.lock, company_limiter=RedisSlidingWindowLimiter(self.redis, key_prefix="t:r"),
-            redirect_uri=None, on_uninstall=on_uninstall)
+            self.vault, self.app, self.lock,
+            company_limiter=RedisSlidingWindowLimiter(self.redis, key_prefix="t:r"), redirect_uri=None,
+            on_uninstall=on_uninstall)
 
     def provider(self, location_id: str = LOC) -> LocationTokenProvider:
         return LocationTokenProvider(self.vault, self.app, location_id, self.lock)
@@ -65,8 +66,8 @@ class Process:
         await self.redis.aclose()
 
 
-async def test_tokens_are_encrypted_and_an_old_key_still_reads_and_is_rotated_away(redis_url: str,
-                                                                                   ghl: FakeGHLServer) -> None:
+async def test_tokens_are_encrypted_and_an_old_key_still_reads_and_is_rotated_away(
+        redis_url: str, ghl: FakeGHLServer) -> None:
     old = Process(redis_url, ghl, KEY_OLD)
     await old.installs.exchange(ghl.authorize(LOC, company_id=AGENCY))
     raw = await old.redis.get("t:oauth:location:" + LOC)
@@ -136,7 +137,8 @@ async def test_agency_install_mints_each_location_and_falls_back_to_the_agency_t
     outcome = await process.installs.on_uninstall({"type": "UNINSTALL", "appId": process.app.app_id,
                                                    "companyId": AGENCY})
     assert sorted(process.cancelled) == [LOC, LOC2] and "2 location(s)" in outcome
-    assert await process.vault.load("location", LOC) is None and await process.vault.load("company", AGENCY) is None
+    assert await process.vault.load("location", LOC) is None
+    assert await process.vault.load("company", AGENCY) is None
     await process.close()
 
 

@@ -37,7 +37,8 @@ program_name = "Agency Homes"
 [locations."{ALPHA}"]
 agent_name = "Al Alpha"
 [locations."{ALPHA}".templates]
-day_3_sms = "Howdy {{first_name}}! {{agent_name}} from Alpha Realty here. Buying or selling? Reply STOP to opt out."
+day_3_sms = "Howdy {{first_name}}! {{agent_name}} from Alpha Realty here. Buying or selling? Reply STOP to \
+opt out."
 
 [locations."{BRAVO}"]
 agent_name = "Bea Bravo"
@@ -105,7 +106,8 @@ def test_three_locations_each_in_its_own_words_with_its_own_token_and_uninstall_
         assert stack.ghl.sent_sms(leads[ALPHA]) == [
             "Howdy Ann! Al Alpha from Alpha Realty here. Buying or selling? Reply STOP to opt out."]
         bravo_text = stack.ghl.sent_sms(leads[BRAVO])[0]
-        assert bravo_text.startswith("Hi Ben, it's Bea Bravo with Bravo Group.") and "Reply STOP" in bravo_text
+        assert bravo_text.startswith("Hi Ben, it's Bea Bravo with Bravo Group.")
+        assert "Reply STOP" in bravo_text
         assert stack.ghl.sent_sms(leads[CHARLIE]) == [
             "Hello Cat, Dana Default at Charlie Homes. Text STOP to opt out."]
         for location, cid in leads.items():
@@ -221,7 +223,8 @@ def test_lost_refresh_token_waits_for_a_reinstall_and_loses_nothing() -> None:
         assert lead is not None and lead["status"] == "active" and lead["next_step"] == "day_7"
 
         assert _callback(stack, stack.ghl.authorize(ALPHA, company_id=AGENCY)).status_code == 200
-        wait_for(lambda: stack.retell.calls_for_contact(cid), timeout=30, what="the day_7 call after reinstall")
+        wait_for(lambda: stack.retell.calls_for_contact(cid), timeout=30,
+                 what="the day_7 call after reinstall")
         assert not reinstall_needed()
         lead = stack.lead(cid)
         assert lead is not None and any(e["action"] == "day_7" for e in lead["timeline"])

@@ -29,7 +29,8 @@ async def oauth_callback(service: ServiceDep,
     try:
         locations = await service.installations.exchange(code)
     except TransientIntegrationError as exc:
-        raise ApiError(503, f"GHL could not be reached to finish the install ({exc.detail}); reload this page",
+        raise ApiError(503, f"GHL could not be reached to finish the install ({exc.detail}); reload "
+                       "this page",
                        headers={"Retry-After": "5"}) from None
     except (IntegrationError, InvalidEventError) as exc:
         raise ApiError(400, f"the install could not be completed: {exc}") from None

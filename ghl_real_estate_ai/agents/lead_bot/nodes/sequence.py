@@ -314,8 +314,8 @@ async def run_step(state: LeadState, runtime: Runtime[Context], step: Step) -> d
     values = messages.fields(
         update["contact"], agent_name=ctx.rules.agent_name, program_name=ctx.rules.program_name
     )
-    outcome = await deliver_once(runtime, key, _compose(step, channel, contact, values, variant, key, ctx.rules.words),
-                                 check)
+    message = _compose(step, channel, contact, values, variant, key, ctx.rules.words)
+    outcome = await deliver_once(runtime, key, message, check)
     if outcome.kind == "deferred":
         return _deferred(update, step, now_of(runtime), locale, eng, ctx.rules.send_margin, due,
                          outcome.reason)
