@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("contact_id", help="the GHL contact id")
         if name == "status":
             command.add_argument("--json", action="store_true", help="print JSON")
+        if name == "enroll":
+            command.add_argument("--location", default=None,
+                                 help="Marketplace mode: the contact's GHL location id")
         else:
             command.add_argument("--reason", default=None, help="why (kept in the timeline)")
             command.add_argument(

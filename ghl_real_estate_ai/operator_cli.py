@@ -64,7 +64,7 @@ async def run(args: argparse.Namespace) -> int:
             return await serve(settings, args.host, args.port)
         if command in ACTIONS:
             return await act(settings, command, _contact_id(args.contact_id), reason=args.reason,
-                             wait=not args.no_wait)
+                             wait=not args.no_wait, location=getattr(args, "location", None))
         if command == "status":
             return await status(settings, _contact_id(args.contact_id), as_json=args.json)
         if command == "dead-letters":
@@ -244,13 +244,19 @@ async def locations(settings: Settings, words: list[str], *, as_json: bool) -> i
 # -- operator actions ------------------------------------------------------------------------------
 
 
-async def act(settings: Settings, action: str, contact_id: str, *, reason: str | None, wait: bool) -> int:
-    """Queue an operator action on the intake stream; by default wait for the service to apply it."""
+async def act(settings: Settings, action: str, contact_id: str, *, reason: str | None, wait: bool,
+              location: str | None = None) -> int:
+    """Queue an operator action on the intake stream; by default wait for the service to apply it.
+    ``location``: Marketplace mode's enroll names the contact's location."""
     from ghl_real_estate_ai.api.routes.leads import operator_event
 
+    event = operator_event(action, reason)  # type: ignore[arg-type]
+    if location:
+        if action != "enroll" or not settings.marketplace:
+            raise InvalidEventError("--location is for `enroll` in Marketplace mode")
+        event["location_id"] = location
     async with _service(settings) as service:
-        queued = await service.intake.request(contact_id, operator_event(action, reason),  # type: ignore[arg-type]
-                                              source="operator")
+        queued = await service.intake.request(contact_id, event, source="operator")
         if not wait:
             _out(f"{action} queued for {contact_id} (request {queued.request_id})")
             return 0

@@ -5,7 +5,9 @@ before use, ``needs_reinstall`` after a lost refresh token, the agency fallback,
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 import redis.asyncio as aioredis
@@ -156,4 +158,21 @@ async def test_install_event_before_or_after_the_exchange_ends_in_the_same_state
     assert late == "already installed"
     states = await process.vault.states()
     assert {loc: s["state"] for loc, s in states.items()} == {LOC: INSTALLED, LOC2: INSTALLED}
+    await process.close()
+
+
+async def test_a_token_about_to_expire_is_refreshed_before_use(
+        redis_url: str, ghl: FakeGHLServer) -> None:
+    process = Process(redis_url, ghl)
+    await process.installs.exchange(ghl.authorize(LOC, company_id=AGENCY))
+    record = await process.vault.load("location", LOC)
+    assert record is not None
+    await process.vault.save("location", LOC, replace(record, expires_at=time.time() + 60))  # inside 5 min
+    token = await process.provider().get_token()
+    assert token != record.access_token and ghl.refreshes == {LOC: 1}
+    stored = await process.vault.load("location", LOC)
+    assert stored is not None and stored.access_token == token
+    assert stored.refresh_token != record.refresh_token  # the rotated refresh token was stored
+    assert await process.provider().get_token() == token  # fresh now: no second refresh
+    assert ghl.refreshes == {LOC: 1}
     await process.close()
