@@ -444,6 +444,7 @@ def phase_multi(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                        for k in range(full)]
             rows.append({"location": loc, "requests": len(arrivals), "sent": sent_by[loc],
                          "max_in_any_10s": sliding, "min_full_window": min(windows) if windows else None,
+                         "windows": windows,
                          "finished_s": arrivals[-1] - start})
         finishes = [row["finished_s"] for row in rows]
         return {"locations": rows, "seed_seconds": seeded, "expected": expected,
@@ -462,6 +463,8 @@ def report_multi(multi: dict[str, Any], args: argparse.Namespace) -> None:
               f"{row['min_full_window'] if row['min_full_window'] is not None else '-':>12} "
               f"{row['finished_s']:>8.1f}s")
     rows = multi["locations"]
+    worst = min(rows, key=lambda r: r["min_full_window"] if r["min_full_window"] is not None else 1000)
+    print(f"(10 s windows of {worst['location']}: {worst['windows']})")
     worst_max = max(r["max_in_any_10s"] for r in rows)
     worst_min = min(r["min_full_window"] for r in rows if r["min_full_window"] is not None)
     ratio = multi["slowest_s"] / multi["fastest_s"]

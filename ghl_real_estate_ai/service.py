@@ -502,9 +502,10 @@ class LeadBotService:
         try:
             # A blocking pool: under a burst, requests wait (up to 5 s) for a connection instead of
             # failing with "Too many connections".
+            # Marketplace mode runs up to 256 due steps at once (4 per location): 4 connections each.
             pool = aioredis.BlockingConnectionPool.from_url(
-                url, max_connections=256, timeout=5, socket_connect_timeout=3, socket_timeout=10,
-                health_check_interval=30,
+                url, max_connections=1024 if self.settings.marketplace else 256, timeout=5,
+                socket_connect_timeout=3, socket_timeout=10, health_check_interval=30,
             )
         except ValueError as exc:
             raise ConfigurationError("REDIS_URL", f"is not a Redis URL ({exc})") from None
@@ -818,6 +819,10 @@ class LeadBotService:
             self.runner, redis=self.redis, redis_url=self.redis_url, timebase=self.timebase,
             index=self.index, prefix=PREFIX, owner=self.instance, lock_retry_seconds=self.waits.lock_retry,
             location_retry_seconds=max(0.2, min(30.0, 600.0 / self.settings.time_scale)),
+            # Marketplace mode: at most 4 steps of one location hold a slot (the others wait outside),
+            # so locations out of GHL budget never take every slot from the ones that have budget.
+            max_concurrency=256 if self.router is not None else 16,
+            partition=self.router.location_of if self.router is not None else None,
         )
         self.runner.after_run.append(scheduler.after_run)
         await scheduler.start()

@@ -29,12 +29,13 @@ keyed to the step occurrence, so it survives restarts and lost jobs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import pickle
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -491,6 +492,10 @@ class LeadSequenceScheduler:
         max_concurrency: due steps run at once in this process. Keep ``concurrency x ~4`` below the
             connection limits of the Redis clients (redis-py's async pool raises at 100 by default).
         lock_retry_seconds: real delay before a step whose lead was busy is tried again.
+        partition, partition_concurrency: Marketplace mode: the lead's location (``partition(contact_id)``)
+            and how many of one location's steps may hold a slot at once. A location out of GHL budget
+            then holds at most that many slots while its steps wait in the rate limiter, and the other
+            locations' steps keep the rest (with ``max_concurrency`` >= locations x that, none starves).
         shutdown_grace_seconds: how long :meth:`stop` lets running steps finish.
         reconcile_concurrency, reconcile_batch: checkpoint reads in flight, leads per repair batch.
     """
@@ -513,6 +518,8 @@ class LeadSequenceScheduler:
         max_concurrency: int = 16,
         lock_retry_seconds: float = 1.0,
         location_retry_seconds: float = 30.0,
+        partition: Callable[[str], Awaitable[str | None]] | None = None,
+        partition_concurrency: int = 4,
         shutdown_grace_seconds: float = 10.0,
         reconcile_concurrency: int = 32,
         reconcile_batch: int = 500,
@@ -548,6 +555,9 @@ class LeadSequenceScheduler:
         self.counters = SchedulerStats()
         self._aps: AsyncIOScheduler | None = None
         self._slots = asyncio.Semaphore(max_concurrency)
+        self._partition = partition
+        self._partition_concurrency = partition_concurrency
+        self._partition_slots: dict[str, asyncio.Semaphore] = {}
         self._in_flight: Counter[str] = Counter()  # leads whose job APScheduler submitted here
         self._tasks: set[asyncio.Task[Any]] = set()
         self._tick_task: asyncio.Task[None] | None = None
@@ -817,7 +827,11 @@ class LeadSequenceScheduler:
             return
         if early > 0:  # float rounding of real <-> virtual; the graph would skip a step "not due yet"
             await asyncio.sleep(early)
-        async with self._slots:
+        part = await self._partition(contact_id) if self._partition is not None else None
+        gate: contextlib.AbstractAsyncContextManager[Any] = contextlib.nullcontext()
+        if part:
+            gate = self._partition_slots.setdefault(part, asyncio.Semaphore(self._partition_concurrency))
+        async with gate, self._slots:
             if not self.is_leader:
                 # The lease went away after APScheduler submitted the job: the next leader fires it.
                 await self._hand_back(contact_id, step, due_at, attempt, self.timebase.to_real(due))
