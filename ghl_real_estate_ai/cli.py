@@ -52,11 +52,11 @@ def _parser() -> argparse.ArgumentParser:
     ):
         command = commands.add_parser(name, help=text)
         command.add_argument("contact_id", help="the GHL contact id")
-        if name == "status":
-            command.add_argument("--json", action="store_true", help="print JSON")
         if name == "enroll":
             command.add_argument("--location", default=None,
                                  help="Marketplace mode: the contact's GHL location id")
+        if name == "status":
+            command.add_argument("--json", action="store_true", help="print JSON")
         else:
             command.add_argument("--reason", default=None, help="why (kept in the timeline)")
             command.add_argument(
