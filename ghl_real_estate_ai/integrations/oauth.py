@@ -136,6 +136,7 @@ class TokenVault:
         self._newest = fernets[0]
         self._fernet = MultiFernet(list(fernets))
         self.prefix = prefix
+        self._cache: dict[bytes, TokenRecord] = {}
 
     def token_key(self, kind: str, resource_id: str) -> str:
         return f"{self.prefix}:oauth:{kind}:{resource_id}"
@@ -149,9 +150,24 @@ class TokenVault:
 
     async def load(self, kind: str, resource_id: str) -> TokenRecord | None:
         key = self.token_key(kind, resource_id)
-        raw = await self.redis.get(key)
+        return await self._decode(key, await self.redis.get(key), kind, resource_id)
+
+    async def load_installed(self, location_id: str) -> tuple[str, TokenRecord | None]:
+        """The location's install state and token record, read in one round trip (every GHL request)."""
+        key = self.token_key("location", location_id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(self.states_key, location_id)
+        pipe.get(key)
+        state_raw, raw = await pipe.execute()
+        state = json.loads(state_raw).get("state", "not installed") if state_raw else "not installed"
+        return state, await self._decode(key, raw, "location", location_id)
+
+    async def _decode(self, key: str, raw: bytes | None, kind: str, resource_id: str) -> TokenRecord | None:
         if raw is None:
             return None
+        cached = self._cache.get(raw)
+        if cached is not None:
+            return cached
         try:
             plain = self._newest.decrypt(raw)
         except InvalidToken:
@@ -163,7 +179,12 @@ class TokenVault:
                 return None
             # An old key's record: re-encrypt it, unless a refresh replaced it meanwhile.
             await self.redis.eval(_SET_IF_UNCHANGED, 1, key, raw, self._newest.encrypt(plain))
-        return TokenRecord(**json.loads(plain))
+            return TokenRecord(**json.loads(plain))
+        record = TokenRecord(**json.loads(plain))
+        if len(self._cache) >= 4096:  # decrypted records by ciphertext: a changed record is a new key
+            self._cache.clear()
+        self._cache[raw] = record
+        return record
 
     async def save(self, kind: str, resource_id: str, record: TokenRecord) -> None:
         data = json.dumps(asdict(record), separators=(",", ":")).encode()
@@ -331,11 +352,9 @@ class LocationTokenProvider:
         return record.expires_at - self._margin <= self._clock()
 
     async def _usable(self) -> TokenRecord:
-        state = await self._vault.state(self.location_id)
-        status = (state or {}).get("state", "not installed")
+        status, record = await self._vault.load_installed(self.location_id)
         if status != INSTALLED:
             raise LocationUnavailableError(self.location_id, status)
-        record = await self._vault.load("location", self.location_id)
         if record is None:
             raise LocationUnavailableError(self.location_id, "without tokens")
         return record

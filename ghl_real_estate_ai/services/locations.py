@@ -56,8 +56,10 @@ class LocationStats:
 
     async def sent(self, location_id: str) -> None:
         key = self._sends_key(location_id, self._now().date().isoformat())
-        await self._redis.incr(key)
-        await self._redis.expire(key, 3 * 86400)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.incr(key)
+        pipe.expire(key, 3 * 86400)
+        await pipe.execute()
 
     async def rate_limited(self, location_id: str) -> None:
         key = f"{self._prefix}:location-429:{location_id}"
