@@ -50,6 +50,9 @@ class Settings:
     ghl_webhook_public_key: str | None = None
     ghl_webhook_rsa_public_key: str | None = None
     ghl_webhook_tolerance_seconds: float = 300.0
+    # GHL grants 100 requests per 10 s per location; a longer window paces the bot below that (room for
+    # other apps on the same locations). Never shorter than GHL's own.
+    ghl_rate_window_seconds: float = 10.0
     retell_api_base_url: str = DEFAULT_RETELL_API_BASE_URL
     retell_api_key: str | None = None
     retell_from_number: str | None = None
@@ -149,6 +152,7 @@ class Settings:
             ghl_webhook_public_key=_optional(env, "GHL_WEBHOOK_PUBLIC_KEY"),
             ghl_webhook_rsa_public_key=_optional(env, "GHL_WEBHOOK_RSA_PUBLIC_KEY"),
             ghl_webhook_tolerance_seconds=_float(env, "LEAD_BOT_WEBHOOK_TOLERANCE_SECONDS", 300.0),
+            ghl_rate_window_seconds=max(10.0, _float(env, "LEAD_BOT_GHL_RATE_WINDOW_SECONDS", 10.0)),
             retell_api_base_url=(env.get("RETELL_API_BASE_URL") or DEFAULT_RETELL_API_BASE_URL).rstrip("/"),
             retell_api_key=_optional(env, "RETELL_API_KEY"),
             retell_from_number=_optional(env, "RETELL_FROM_NUMBER"),

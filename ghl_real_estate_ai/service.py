@@ -653,7 +653,8 @@ class LeadBotService:
                                         retry_policy=self.waits.retry)
         self._stack.push_async_callback(self.oauth_app.aclose)
         self.refresh_lock = RedisRefreshLock(self.redis, prefix=PREFIX)
-        self.rate_limiter = RedisSlidingWindowLimiter(self.redis, key_prefix=f"{PREFIX}:ghl-rate")
+        self.rate_limiter = RedisSlidingWindowLimiter(self.redis, window=settings.ghl_rate_window_seconds,
+                                                      key_prefix=f"{PREFIX}:ghl-rate")
         self.installations = Installations(
             self.vault, self.oauth_app, self.refresh_lock, company_limiter=self.rate_limiter,
             redirect_uri=settings.oauth_redirect_uri, on_uninstall=self._cancel_location_leads)
@@ -780,7 +781,8 @@ class LeadBotService:
             tokens = provider
         client = GHLClient(
             settings.ghl_api_base_url, tokens, location,
-            rate_limiter=RedisSlidingWindowLimiter(self.redis, key_prefix=f"{PREFIX}:ghl-rate"),
+            rate_limiter=RedisSlidingWindowLimiter(self.redis, window=settings.ghl_rate_window_seconds,
+                                                   key_prefix=f"{PREFIX}:ghl-rate"),
             timeout=self.waits.send_timeout, read_timeout=self.waits.read_timeout,
             retry_policy=self.waits.retry,
         )

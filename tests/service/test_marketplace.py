@@ -46,6 +46,7 @@ program_name = "Bravo Group"
 
 [locations."{CHARLIE}"]
 quiet_hours = "12:00-16:00"
+retell_agent_id = "agent_charlie_000000000"
 [locations."{CHARLIE}".templates]
 day_3_sms = "Hello {{first_name}}, {{agent_name}} at Charlie Homes. Text STOP to opt out."
 '''
@@ -141,6 +142,8 @@ def test_three_locations_each_in_its_own_words_with_its_own_token_and_uninstall_
             wait_for(lambda location=location: stack.retell.calls_for_contact(leads[location]), timeout=30,
                      what=f"the day_7 call of {location}")
         assert stack.retell.calls_for_contact(leads[BRAVO]) == []
+        assert stack.retell.calls_for_contact(leads[CHARLIE])[0]["agent_id"] == "agent_charlie_000000000"
+        assert stack.retell.calls_for_contact(leads[ALPHA])[0]["agent_id"] != "agent_charlie_000000000"
         assert len(stack.ghl.sent_sms(leads[BRAVO])) == 1
 
         rows = {row["location_id"]: row for row in _locations_cli(stack)}
