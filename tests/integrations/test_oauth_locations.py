@@ -8,7 +8,9 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 import redis.asyncio as aioredis
 from cryptography.fernet import Fernet
@@ -28,6 +30,7 @@ from ghl_real_estate_ai.integrations.oauth import (
 )
 from ghl_real_estate_ai.integrations.rate_limit import RedisSlidingWindowLimiter
 from ghl_real_estate_ai.services.installations import Installations
+from ghl_real_estate_ai.services.locations import CountingTransport, LocationStats
 from ghl_real_estate_ai.testing.ghl_server import FakeGHLServer
 
 KEY_OLD, KEY_NEW = Fernet.generate_key().decode(), Fernet.generate_key().decode()
@@ -176,3 +179,22 @@ async def test_a_token_about_to_expire_is_refreshed_before_use(
     assert await process.provider().get_token() == token  # fresh now: no second refresh
     assert ghl.refreshes == {LOC: 1}
     await process.close()
+
+
+async def test_location_stats_count_sends_per_virtual_day_and_429s_per_hour(
+        redis_client: aioredis.Redis) -> None:
+    now = [datetime(2026, 3, 2, 12, tzinfo=UTC)]
+    stats = LocationStats(redis_client, prefix="t", now=lambda: now[0])
+    await stats.sent(LOC)
+    await stats.sent(LOC)
+    assert await stats.sends_today(LOC) == 2 and await stats.sends_today(LOC2) == 0
+    now[0] += timedelta(days=1)
+    assert await stats.sends_today(LOC) == 0
+    with FakeGHLServer(rate_limit=1) as ghl:
+        transport = CountingTransport(httpx.AsyncHTTPTransport(), stats, LOC)
+        async with httpx.AsyncClient(transport=transport, base_url=ghl.base_url) as http:
+            statuses = [(await http.get("/contacts/x", headers={"Authorization": f"Bearer {ghl.token}",
+                                                                 "Version": "2021-07-28"})).status_code
+                        for _ in range(3)]
+    assert statuses.count(429) == 2
+    assert await stats.rate_limited_last_hour(LOC) == 2
