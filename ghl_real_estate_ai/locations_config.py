@@ -73,7 +73,7 @@ _LONGEST = {
     "frequency": "Msg frequency varies.", "when": "to confirm " + "x" * 40, "place": "x" * 60,
     "about": " on " + "x" * 60, "subject": "homes like " + "x" * 60, "value": "$12,345,678",
     "low": "$12,345,678", "high": "$12,345,678", "count": "12",
-    "size_hint": " Send your home's square footage for a sharper number.", "value_": "",
+    "size_hint": " Send your home's square footage for a sharper number.",
 }
 
 SCALAR_KEYS = {"agent_name": str, "program_name": str, "agent_contact": str, "quiet_hours": str,

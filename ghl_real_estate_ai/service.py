@@ -26,7 +26,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -628,10 +628,8 @@ class LeadBotService:
             self.router.reload(fresh)
         elif self.runner is not None and self._base_rules is not None:
             own = fresh.for_location(self.settings.ghl_location_id or "default")
-            from dataclasses import replace as _replace
-
-            self.runner.context = _replace(self.runner.context, rules=location_rules(self._base_rules, own),
-                                           responder=self._responder(own))
+            self.runner.context = replace(self.runner.context, rules=location_rules(self._base_rules, own),
+                                          responder=self._responder(own))
         log.warning("locations file reloaded: %d location(s)", len(fresh.locations))
         return True
 

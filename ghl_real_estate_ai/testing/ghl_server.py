@@ -29,6 +29,18 @@ The read side, for reading back a send whose answer never came (``conversations`
   (``subject`` there is [assumed] and left out with ``email_subject_in_list=False``, as in the spec).
 * ``GET /conversations/messages/email/{emailMessageId}`` -> the email with its ``subject`` (bare object).
 
+Marketplace installs (OAuth, ``Version: 2021-07-28``, form bodies): ``authorize(location_id)`` (a
+sub-account install) or ``authorize(company_id=, locations=[...])`` (an agency bulk install) returns the
+single-use ``code`` the redirect carries; ``POST /oauth/token`` exchanges it for a Location token, or for a
+Company token with ``isBulkInstallation`` and ``approvedLocations``; refresh tokens rotate and are
+single-use (a reuse within ``refresh_reuse_window`` seconds, 30 like GHL, gets the same answer; 0 makes them
+strictly single-use); ``POST /oauth/locationToken`` (Company bearer, ``companyId``/``locationId``) mints a
+Location pair; ``GET /oauth/installedLocations?companyId=&appId=&skip=&limit=`` lists ``{_id, name, ...}``
+with ``count``. Agency calls count against the company's own rate window. ``uninstall``,
+``lose_refresh_tokens`` and ``expire_access_tokens`` break tokens; ``emit(url, payload)`` delivers a signed
+webhook (``testing.webhooks.app_install`` / ``app_uninstall`` build INSTALL and UNINSTALL). The error bodies
+of refused codes and agency calls are [assumed].
+
 Every message a ``POST /conversations/messages`` stored is readable, including one whose answer a
 ``Fault(delay=...)`` held back (the request is handled before the delay).
 
