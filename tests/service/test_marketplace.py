@@ -219,9 +219,16 @@ def test_lost_refresh_token_waits_for_a_reinstall_and_loses_nothing() -> None:
         assert f'lead_bot_location_needs_reinstall{{location="{ALPHA}"}} 1.0' in metrics
         rows = {row["location_id"]: row for row in _locations_cli(stack)}
         assert rows[ALPHA]["state"] == "needs_reinstall"
+        question = stack.post_ghl(stack.inbound(cid, "What's the HOA fee?"))  # accepted: it waits too
+        assert question.status_code == 200, question.text
         time.sleep(3)  # three virtual days: day_7 is long due
         assert stack.retell.calls_for_contact(cid) == []
         assert len(stack.ghl.sent_sms(cid)) == 1
+        client = redis.Redis.from_url(stack.redis.url)
+        try:
+            assert client.xlen("lead-bot:intake:dead") == 0  # the question waits, it is not dead-lettered
+        finally:
+            client.close()
         lead = stack.lead(cid)
         assert lead is not None and lead["status"] == "active" and lead["next_step"] == "day_7"
 
@@ -229,6 +236,7 @@ def test_lost_refresh_token_waits_for_a_reinstall_and_loses_nothing() -> None:
         wait_for(lambda: stack.retell.calls_for_contact(cid), timeout=30,
                  what="the day_7 call after reinstall")
         assert not reinstall_needed()
+        wait_for(lambda: stack.replies(cid), timeout=30, what="the answer to the question that waited")
         lead = stack.lead(cid)
         assert lead is not None and any(e["action"] == "day_7" for e in lead["timeline"])
 
