@@ -495,6 +495,12 @@ def report_multi(multi: dict[str, Any], args: argparse.Namespace) -> None:
          f"{multi['slowest_s']:.1f} s / {multi['fastest_s']:.1f} s = {ratio:.2f}", ratio <= 1.5),
         ("GHL 429 answers", str(multi["answered_429"]), None),
     ]
+    # The peer: GHL's own grant schedule, 100 requests at once and 100 more each window, from the first
+    # request: the earliest a location's last request can be made.
+    most = max(r["requests"] for r in rows)
+    ideal = (most - 1) // 100 * args.multi_window
+    checks.append(("slowest finish vs GHL's grant schedule (earliest possible)",
+                   f"{multi['slowest_s']:.1f} s / {ideal:.0f} s = {multi['slowest_s'] / ideal:.2f}", None))
     width = max(len(c[0]) for c in checks)
     print()
     for name, result, met in checks:
