@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     ):
         command = commands.add_parser(name, help=text)
         command.add_argument("contact_id", help="the GHL contact id")
+        if name == "enroll":
+            command.add_argument("--location", default=None,
+                                 help="Marketplace mode: the contact's GHL location id")
         if name == "status":
             command.add_argument("--json", action="store_true", help="print JSON")
         else:
@@ -67,6 +70,14 @@ def _parser() -> argparse.ArgumentParser:
                 help="queue the action and return without waiting for the service",
             )
     commands.add_parser("reconcile", help="repair scheduler jobs from the leads' states")
+    commands.add_parser("install-url",
+                        help="Marketplace mode: print the GHL consent URL with the bot's scopes")
+    locations = commands.add_parser(
+        "locations", help="per-location install state, token expiry, leads, sends today, 429s; "
+        "`locations check FILE` validates a locations file")
+    locations.add_argument("words", nargs="*", metavar="check FILE",
+                           help="check FILE: validate a locations file")
+    locations.add_argument("--json", action="store_true", help="print JSON")
     from ghl_real_estate_ai import comps_cli
 
     comps_cli.add_parsers(commands)

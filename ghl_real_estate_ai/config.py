@@ -53,9 +53,15 @@ class Settings:
     ghl_oauth_client_id: str | None = None
     ghl_oauth_client_secret: str | None = None
     ghl_oauth_refresh_token: str | None = None
+    public_url: str | None = None
+    secret_key: str | None = None
+    locations_file: Path | None = None
     ghl_webhook_public_key: str | None = None
     ghl_webhook_rsa_public_key: str | None = None
     ghl_webhook_tolerance_seconds: float = 300.0
+    # GHL grants 100 requests per 10 s per location; a longer window paces the bot below that (room for
+    # other apps on the same locations). Never shorter than GHL's own.
+    ghl_rate_window_seconds: float = 10.0
     retell_api_base_url: str = DEFAULT_RETELL_API_BASE_URL
     retell_api_key: str | None = None
     retell_from_number: str | None = None
@@ -83,6 +89,16 @@ class Settings:
     reso_scope: str = "api"
     reso_page_size: int = 200
     reso_requests_per_second: float = 2.0
+
+    @property
+    def marketplace(self) -> bool:
+        """Marketplace mode (many locations): an OAuth client id and secret and no ``GHL_API_TOKEN``.
+        ``GHL_API_TOKEN`` (with ``GHL_LOCATION_ID``) is single-location mode."""
+        return not self.ghl_api_token and bool(self.ghl_oauth_client_id and self.ghl_oauth_client_secret)
+
+    @property
+    def oauth_redirect_uri(self) -> str | None:
+        return f"{self.public_url}/oauth/callback" if self.public_url else None
 
     @classmethod
     def from_env(
@@ -140,9 +156,14 @@ class Settings:
             ghl_oauth_client_id=_optional(env, "GHL_OAUTH_CLIENT_ID"),
             ghl_oauth_client_secret=_optional(env, "GHL_OAUTH_CLIENT_SECRET"),
             ghl_oauth_refresh_token=_optional(env, "GHL_OAUTH_REFRESH_TOKEN"),
+            public_url=(_optional(env, "LEAD_BOT_PUBLIC_URL") or "").rstrip("/") or None,
+            secret_key=_optional(env, "LEAD_BOT_SECRET_KEY"),
+            locations_file=Path(env["LEAD_BOT_LOCATIONS_FILE"]) if _optional(env, "LEAD_BOT_LOCATIONS_FILE")
+            else None,
             ghl_webhook_public_key=_optional(env, "GHL_WEBHOOK_PUBLIC_KEY"),
             ghl_webhook_rsa_public_key=_optional(env, "GHL_WEBHOOK_RSA_PUBLIC_KEY"),
             ghl_webhook_tolerance_seconds=_float(env, "LEAD_BOT_WEBHOOK_TOLERANCE_SECONDS", 300.0),
+            ghl_rate_window_seconds=max(10.0, _float(env, "LEAD_BOT_GHL_RATE_WINDOW_SECONDS", 10.0)),
             retell_api_base_url=(env.get("RETELL_API_BASE_URL") or DEFAULT_RETELL_API_BASE_URL).rstrip("/"),
             retell_api_key=_optional(env, "RETELL_API_KEY"),
             retell_from_number=_optional(env, "RETELL_FROM_NUMBER"),

@@ -6,8 +6,12 @@ Every first SMS names the sender and says how to opt out (10DLC / LC Phone polic
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+Words = Mapping[str, Any]
+"""A location's own templates by name (``locations_config.TEMPLATE_FIELDS``); missing ones are built in."""
 
 OPT_OUT_FOOTER = "Reply STOP to opt out."
 
@@ -61,32 +65,41 @@ def fields(contact: dict[str, Any], *, agent_name: str, program_name: str) -> di
     }
 
 
-def sms_for(step: str, values: dict[str, str], variant: int = 0) -> str:
-    if step == "day_3":
-        return DAY_3_SMS.format(**values)
-    if step == "day_30":
-        return DAY_30_SMS.format(**values)
-    if step == "nurture":
-        return NURTURE_SMS[variant % len(NURTURE_SMS)].format(**values)
-    if step == "stall_breaker":
-        return STALL_BREAKER_SMS[variant % len(STALL_BREAKER_SMS)].format(**values)
-    if step == "day_14":  # the email step falls back to SMS when there is no email address
-        return (
-            "Hi {first_name}, it's {agent_name} with {program_name}. What are you looking for in your next "
-            "home? Tell me and I'll send matches. " + OPT_OUT_FOOTER
-        ).format(**values)
-    if step == "day_7":  # the call step falls back to SMS when the call cannot be placed
-        return (
-            "Hi {first_name}, {agent_name} with {program_name}. I tried to reach you: when's a good time "
-            "for a quick call? " + OPT_OUT_FOOTER
-        ).format(**values)
-    raise ValueError(f"no SMS template for step {step!r}")
+DAY_14_SMS = (
+    "Hi {first_name}, it's {agent_name} with {program_name}. What are you looking for in your next "
+    "home? Tell me and I'll send matches. " + OPT_OUT_FOOTER
+)
+DAY_7_SMS = (
+    "Hi {first_name}, {agent_name} with {program_name}. I tried to reach you: when's a good time "
+    "for a quick call? " + OPT_OUT_FOOTER
+)
 
 
-def email_for(step: str, values: dict[str, str]) -> Email:
+def stall_breaker_count(words: Words | None = None) -> int:
+    """How many stall-breaker variants there are (a location may have its own list)."""
+    return len((words or {}).get("stall_breaker_sms") or STALL_BREAKER_SMS)
+
+
+def sms_for(step: str, values: dict[str, str], variant: int = 0, words: Words | None = None) -> str:
+    """The step's SMS, from the location's ``words`` where it has its own template."""
+    own = words or {}
+    if step in ("nurture", "stall_breaker"):
+        variants = own.get(f"{step}_sms") or (NURTURE_SMS if step == "nurture" else STALL_BREAKER_SMS)
+        return str(variants[variant % len(variants)]).format(**values)
+    # day_14 falls back to SMS without an email address, day_7 when the call cannot be placed
+    builtin = {"day_3": DAY_3_SMS, "day_7": DAY_7_SMS, "day_14": DAY_14_SMS, "day_30": DAY_30_SMS}.get(step)
+    if builtin is None:
+        raise ValueError(f"no SMS template for step {step!r}")
+    return str(own.get(f"{step}_sms") or builtin).format(**values)
+
+
+def email_for(step: str, values: dict[str, str], words: Words | None = None) -> Email:
     if step != "day_14":
         raise ValueError(f"no email template for step {step!r}")
     import html
 
+    own = words or {}
     safe = {k: html.escape(v) for k, v in values.items()}
-    return Email(DAY_14_EMAIL_SUBJECT.format(**values), DAY_14_EMAIL_HTML.format(**safe))
+    subject = str(own.get("day_14_email_subject") or DAY_14_EMAIL_SUBJECT)
+    body = str(own.get("day_14_email_html") or DAY_14_EMAIL_HTML)
+    return Email(subject.format(**values), body.format(**safe))

@@ -57,18 +57,24 @@ async def run(args: argparse.Namespace) -> int:
     """Run one command; returns the exit code. Errors are one line on stderr."""
     command = args.command
     try:
+        if command == "locations" and args.words[:1] == ["check"]:
+            return check_locations(args.words)
         settings = Settings.from_env()
         if command == "serve":
             return await serve(settings, args.host, args.port, role=args.role)
         if command in ACTIONS:
             return await act(settings, command, _contact_id(args.contact_id), reason=args.reason,
-                             wait=not args.no_wait)
+                             wait=not args.no_wait, location=getattr(args, "location", None))
         if command == "status":
             return await status(settings, _contact_id(args.contact_id), as_json=args.json)
         if command == "dead-letters":
             return await dead_letters(settings, args.retry)
         if command == "reconcile":
             return await reconcile(settings)
+        if command == "install-url":
+            return install_url(settings)
+        if command == "locations":
+            return await locations(settings, args.words, as_json=args.json)
     except (LeadBotError, OSError) as exc:
         _err(command, str(exc))
         return 2
@@ -165,6 +171,8 @@ async def serve(settings: Settings, host: str, port: int, *, role: str = "all") 
     gc.freeze()
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
+    # SIGHUP re-reads LEAD_BOT_LOCATIONS_FILE; a file that fails the check leaves the old settings in force.
+    loop.add_signal_handler(signal.SIGHUP, service.reload_locations)
     try:
         app = create_app(settings, service=service)
         config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", proxy_headers=False,
@@ -175,6 +183,7 @@ async def serve(settings: Settings, host: str, port: int, *, role: str = "all") 
              f"(role {role}, Redis {redis_at}, time scale {settings.time_scale:g})")
         await server.serve(sockets=[sock])
     finally:
+        loop.remove_signal_handler(signal.SIGHUP)
         # A second signal during shutdown is noted, not fatal: stopping is already under way.
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stopping.set)
@@ -187,16 +196,69 @@ async def serve(settings: Settings, host: str, port: int, *, role: str = "all") 
     return 0
 
 
+# -- locations -------------------------------------------------------------------------------------
+
+
+def install_url(settings: Settings) -> int:
+    """``lead-bot install-url``: the consent URL (Marketplace mode)."""
+    from ghl_real_estate_ai.integrations.oauth import consent_url
+
+    if not settings.ghl_oauth_client_id:
+        raise ConfigurationError("GHL_OAUTH_CLIENT_ID", "is not set; install-url is for Marketplace mode")
+    if not settings.oauth_redirect_uri:
+        raise ConfigurationError("LEAD_BOT_PUBLIC_URL", "is not set; the consent URL redirects to "
+                                 "LEAD_BOT_PUBLIC_URL/oauth/callback")
+    _out(consent_url(settings.ghl_oauth_client_id, settings.oauth_redirect_uri))
+    return 0
+
+
+def check_locations(words: list[str]) -> int:
+    """``lead-bot locations check FILE``: 0 and a summary when the file is good, else one line and 2."""
+    from ghl_real_estate_ai.locations_config import check_locations_file
+
+    if len(words) != 2:
+        raise InvalidEventError("usage: lead-bot locations check FILE")
+    checked = check_locations_file(words[1], Settings.from_env().quiet_hours)
+    _out(f"{words[1]}: ok ({len(checked.locations)} location(s) and the defaults)")
+    return 0
+
+
+async def locations(settings: Settings, words: list[str], *, as_json: bool) -> int:
+    """``lead-bot locations [--json]``: one row per location."""
+    if words:
+        raise InvalidEventError(f"unknown locations command {words[0]!r}; use `lead-bot locations` or "
+                                "`lead-bot locations check FILE`")
+    async with _service(settings) as service:
+        rows = await service.location_rows()
+    if as_json:
+        _out(json.dumps(rows, indent=2))
+        return 0
+    _out(f"{'LOCATION':<28} {'STATE':<19} {'TOKEN EXPIRES':<21} {'SENDS TODAY':>11} {'429s/1h':>8}  LEADS")
+    for row in rows:
+        leads = ", ".join(f"{k} {v}" for k, v in row["leads"].items()) or "-"
+        _out(f"{row['location_id']:<28} {row['state']:<19} {row['token_expires_at'] or '-':<21} "
+             f"{row['sends_today']:>11} {row['rate_limited_last_hour']:>8}  {leads}")
+        if row.get("reason"):
+            _out(f"{'':<28} ({row['reason']})")
+    return 0
+
+
 # -- operator actions ------------------------------------------------------------------------------
 
 
-async def act(settings: Settings, action: str, contact_id: str, *, reason: str | None, wait: bool) -> int:
-    """Queue an operator action on the intake stream; by default wait for the service to apply it."""
+async def act(settings: Settings, action: str, contact_id: str, *, reason: str | None, wait: bool,
+              location: str | None = None) -> int:
+    """Queue an operator action on the intake stream; by default wait for the service to apply it.
+    ``location``: Marketplace mode's enroll names the contact's location."""
     from ghl_real_estate_ai.api.routes.leads import operator_event
 
+    event = operator_event(action, reason)  # type: ignore[arg-type]
+    if location:
+        if action != "enroll" or not settings.marketplace:
+            raise InvalidEventError("--location is for `enroll` in Marketplace mode")
+        event["location_id"] = location
     async with _service(settings) as service:
-        queued = await service.intake.request(contact_id, operator_event(action, reason),  # type: ignore[arg-type]
-                                              source="operator")
+        queued = await service.intake.request(contact_id, event, source="operator")
         if not wait:
             _out(f"{action} queued for {contact_id} (request {queued.request_id})")
             return 0

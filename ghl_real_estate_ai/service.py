@@ -29,7 +29,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -50,6 +50,7 @@ from ghl_real_estate_ai.config import Settings
 from ghl_real_estate_ai.errors import (
     ConfigurationError,
     IntegrationError,
+    InvalidEventError,
     LeadNotFoundError,
     PermanentIntegrationError,
     SendBlockedError,
@@ -64,6 +65,7 @@ from ghl_real_estate_ai.integrations.models import (
     SendResult,
     VoiceCaller,
 )
+from ghl_real_estate_ai.integrations.oauth import LocationUnavailableError
 from ghl_real_estate_ai.sequence import iso, parse_time
 from ghl_real_estate_ai.services.lead_sequence_scheduler import SCHEDULER_SOURCE
 
@@ -82,6 +84,7 @@ SERVE_ROLES: dict[str, frozenset[str]] = {
 }
 PREFIX = "lead-bot"
 HUMAN_OUTBOUND_GUARD = "human_outbound"  # the guard webhooks_ghl puts on OutboundMessage events
+UNINSTALL_REASON = "app uninstalled"
 BOT_MESSAGE_TTL_SECONDS = 30 * 86400
 
 # Events that only mean something for a lead that exists; for an unknown contact they are answered
@@ -178,10 +181,12 @@ class RecordingCrm:
     to the node, so before the lead's lock is released). Remembering is best effort: a Redis error there
     is logged, never turned into a failed send (the message went out)."""
 
-    def __init__(self, inner: Crm, bot_messages: BotMessages, metrics: Metrics) -> None:
+    def __init__(self, inner: Crm, bot_messages: BotMessages, metrics: Metrics,
+                 on_sent: Callable[[], Awaitable[None]] | None = None) -> None:
         self.inner = inner
         self._bot_messages = bot_messages
         self._metrics = metrics
+        self._on_sent = on_sent
 
     async def _sent(self, channel: str, send: Awaitable[SendResult]) -> SendResult:
         try:
@@ -190,6 +195,11 @@ class RecordingCrm:
             self._metrics.send(channel, _send_outcome(exc))
             raise
         self._metrics.send(channel, "sent")
+        if self._on_sent is not None:
+            try:
+                await self._on_sent()
+            except Exception as exc:
+                log.warning("could not count a send: %s", exc)
         try:
             await self._bot_messages.remember(result.message_id)
         except Exception as exc:
@@ -396,6 +406,11 @@ class LeadBotService:
         self.scheduler: Any = None
         self.worker: IntakeWorker | None = None
         self.started = False
+        self.locations: Any = None  # the LocationsFile in force
+        self.router: Any = None  # Marketplace mode: the LocationRouter
+        self.installations: Any = None  # Marketplace mode: Installations
+        self.stats: Any = None  # LocationStats
+        self._base_rules: Rules | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -428,6 +443,7 @@ class LeadBotService:
         settings = self.settings
         if self.role == "serve":
             self._check_serve_settings()
+        self.locations = self._load_locations()
         await self._open_redis()
         self.intake = IntakeStream(self.redis, prefix=PREFIX, partitions=settings.intake_partitions)
         self._stack.push_async_callback(self.intake.aclose)
@@ -435,6 +451,11 @@ class LeadBotService:
         await self._open_timebase()
         await self._open_graph()
         self.index = self._make_index()
+        from ghl_real_estate_ai.services.locations import LocationStats
+
+        self.stats = LocationStats(self.redis, prefix=PREFIX, now=self.now)
+        if self.settings.marketplace:
+            self._open_vault()
         if self.role == "operator":
             self.runner = self._make_runner(self._operator_context(), hooks=[])
             return
@@ -449,12 +470,20 @@ class LeadBotService:
             self._observe_run, self._update_index,
         ]
         self.runner = self._make_runner(context, hooks=hooks, lock=lock)
+        if self.router is not None:
+            self.runner.context_for = self.router.context_for
         if self.run_scheduler or self.run_worker:
             self._make_scheduler()
         if self.run_worker:
+            router = self.router
             worker = IntakeWorker(
                 self.intake, self.handle_entry, consumer=self.instance,
-                concurrency=settings.intake_concurrency,
+                # Marketplace mode: at most 4 entries of one location hold a slot (the others wait
+                # outside), so locations out of GHL budget never take every slot from those with budget.
+                concurrency=max(settings.intake_concurrency, 256) if router is not None
+                else settings.intake_concurrency,
+                group_of=(lambda entry: router.location_of(entry.contact_id)) if router is not None else None,
+                group_concurrency=4,
                 claim_idle=settings.intake_claim_idle_seconds, is_permanent=default_is_permanent,
                 observer=self.metrics, lease_seconds=settings.intake_lease_seconds,
             )
@@ -472,9 +501,17 @@ class LeadBotService:
 
     def _check_serve_settings(self) -> None:
         settings = self.settings
-        if self._crm_override is None and not settings.ghl_api_token:
+        if self._crm_override is None and not settings.ghl_api_token and not settings.marketplace:
             raise ConfigurationError("GHL_API_TOKEN", "is not set; `lead-bot serve` needs the location's "
-                                     "Private Integration token (or an OAuth access token)")
+                                     "Private Integration token (or an OAuth access token), or "
+                                     "GHL_OAUTH_CLIENT_ID and GHL_OAUTH_CLIENT_SECRET for Marketplace mode")
+        if settings.marketplace and self._crm_override is None:
+            from ghl_real_estate_ai.integrations.oauth import fernet_from_keys
+
+            if not settings.secret_key:
+                raise ConfigurationError("LEAD_BOT_SECRET_KEY", "is not set; Marketplace mode encrypts the "
+                                         "stored OAuth tokens with it")
+            fernet_from_keys(settings.secret_key)
         # Load the configured webhook keys now: a malformed PEM is a startup error, not a failure per request.
         from ghl_real_estate_ai.api.signatures import (
             GHL_ED25519_PUBLIC_KEY_PEM,
@@ -499,9 +536,11 @@ class LeadBotService:
         try:
             # A standalone server gets a blocking pool: under a burst, requests wait (up to 5 s) for a
             # connection instead of failing with "Too many connections". A cluster node gets a cluster
-            # client (one pool per node, found from this one).
+            # client (one pool per node, found from this one). Marketplace mode runs up to 256 entries at
+            # once (4 per location): 4 connections each.
             client = await aconnect(
-                url, connection_pool_class=aioredis.BlockingConnectionPool, max_connections=256, timeout=5,
+                url, connection_pool_class=aioredis.BlockingConnectionPool,
+                max_connections=1024 if self.settings.marketplace else 256, timeout=5,
                 socket_connect_timeout=3, socket_timeout=10, health_check_interval=30,
             )
         except ValueError as exc:
@@ -556,38 +595,206 @@ class LeadBotService:
 
     async def _serve_context(self) -> Context:
         from ghl_real_estate_ai.comps import comps_from_settings
+        from ghl_real_estate_ai.services.locations import location_rules
         from ghl_real_estate_ai.services.send_ledger import RedisSendLedger
 
         settings = self.settings
-        crm = self._crm_override or await self._ghl_client()
+        marketplace = settings.marketplace and self._crm_override is None
+        location = settings.ghl_location_id or "default"
+        if marketplace:
+            crm: Crm = OperatorCrm()  # never used: every run gets its location's context
+        else:
+            crm = RecordingCrm(self._crm_override or await self._ghl_client(), self.bot_messages,
+                               self.metrics, on_sent=lambda: self.stats.sent(location))
         voice = self._voice_override or await self._retell_client()
         comps = comps_from_settings(settings, self.redis)
         if hasattr(comps, "aclose"):
             self._stack.push_async_callback(comps.aclose)
-        return Context(
-            crm=RecordingCrm(crm, self.bot_messages, self.metrics),
+        self._base_rules = Rules(
+            quiet_hours=settings.quiet_hours,
+            program_name=settings.program_name,
+            agent_name=settings.agent_name,
+            agent_contact=settings.agent_contact,
+            human_takeover_days=settings.human_takeover_days,
+            send_margin=send_margin(settings.time_scale),
+        )
+        own = self.locations.for_location(location)
+        context = Context(
+            crm=crm,
             voice=RecordingVoice(voice, self.metrics),
             clock=self.timebase.clock,
             ledger=RedisSendLedger(self.redis, prefix=PREFIX),
-            rules=Rules(
-                quiet_hours=settings.quiet_hours,
-                program_name=settings.program_name,
-                agent_name=settings.agent_name,
-                agent_contact=settings.agent_contact,
-                human_takeover_days=settings.human_takeover_days,
-                send_margin=send_margin(settings.time_scale),
-            ),
-            responder=self._responder(),
+            rules=self._base_rules if marketplace else location_rules(self._base_rules, own),
+            responder=self._responder(own),
             comps=comps,
             readback_delay_seconds=self.waits.readback_delay,
         )
+        if marketplace:
+            self._open_router(context)
+        return context
 
-    def _responder(self) -> Any:
+    def _responder(self, own: Any = None) -> Any:
         from ghl_real_estate_ai.conversation import responders
 
-        if self.settings.llm:
+        llm_on = own is None or own.llm_responder is not False
+        if self.settings.llm and llm_on:
             return responders.LLMResponder(responders.build_chat_model(self.settings.llm))
         return responders.RuleResponder()
+
+    # -- locations ---------------------------------------------------------------------------------
+
+    def _load_locations(self) -> Any:
+        from ghl_real_estate_ai.locations_config import LocationsFile, check_locations_file
+
+        path = self.settings.locations_file
+        if path is None:
+            return LocationsFile()
+        return check_locations_file(path, self.settings.quiet_hours)
+
+    def reload_locations(self) -> bool:
+        """SIGHUP: check the locations file again and use it; on any problem keep the settings in force."""
+        from ghl_real_estate_ai.services.locations import location_rules
+
+        try:
+            fresh = self._load_locations()
+        except Exception as exc:
+            log.error("the locations file was not reloaded, the previous settings stay: %s", exc)
+            self.metrics.error("locations_reload")
+            return False
+        self.locations = fresh
+        if self.router is not None:
+            self.router.reload(fresh)
+        elif self.runner is not None and self._base_rules is not None:
+            own = fresh.for_location(self.settings.ghl_location_id or "default")
+            self.runner.context = replace(self.runner.context, rules=location_rules(self._base_rules, own),
+                                          responder=self._responder(own))
+        log.warning("locations file reloaded: %d location(s)", len(fresh.locations))
+        return True
+
+    def _open_vault(self) -> None:
+        from ghl_real_estate_ai.integrations.oauth import (
+            MarketplaceApp,
+            RedisRefreshLock,
+            TokenVault,
+            fernet_from_keys,
+        )
+        from ghl_real_estate_ai.integrations.rate_limit import RedisSlidingWindowLimiter
+        from ghl_real_estate_ai.services.installations import Installations
+
+        settings = self.settings
+        assert settings.ghl_oauth_client_id and settings.ghl_oauth_client_secret
+        self.vault = TokenVault(self.redis, fernet_from_keys(settings.secret_key or ""), prefix=PREFIX)
+        self.oauth_app = MarketplaceApp(settings.ghl_api_base_url, settings.ghl_oauth_client_id,
+                                        settings.ghl_oauth_client_secret, timeout=self.waits.send_timeout,
+                                        retry_policy=self.waits.retry)
+        self._stack.push_async_callback(self.oauth_app.aclose)
+        self.refresh_lock = RedisRefreshLock(self.redis, prefix=PREFIX)
+        self.rate_limiter = RedisSlidingWindowLimiter(self.redis, window=settings.ghl_rate_window_seconds,
+                                                      key_prefix=f"{PREFIX}:ghl-rate")
+        self.installations = Installations(
+            self.vault, self.oauth_app, self.refresh_lock, company_limiter=self.rate_limiter,
+            redirect_uri=settings.oauth_redirect_uri, on_uninstall=self._cancel_location_leads)
+
+    def _open_router(self, base: Context) -> None:
+        import httpx
+
+        from ghl_real_estate_ai.integrations.ghl import GHLClient
+        from ghl_real_estate_ai.services.locations import CountingTransport, LocationRouter
+
+        settings = self.settings
+        voices: dict[tuple[str | None, str | None], Any] = {}
+
+        def make_crm(location_id: str, provider: Any) -> Crm:
+            transport = CountingTransport(httpx.AsyncHTTPTransport(), self.stats, location_id)
+            client = GHLClient(settings.ghl_api_base_url, provider, location_id,
+                               rate_limiter=self.rate_limiter, transport=transport,
+                               timeout=self.waits.send_timeout, read_timeout=self.waits.read_timeout,
+                               retry_policy=self.waits.retry)
+            self._stack.push_async_callback(client.aclose)
+            return RecordingCrm(client, self.bot_messages, self.metrics,
+                                on_sent=lambda: self.stats.sent(location_id))
+
+        def make_voice(own: Any) -> Any:
+            from ghl_real_estate_ai.integrations.retell import RetellClient
+
+            agent = own.retell_agent_id or settings.retell_agent_id
+            number = own.retell_from_number or settings.retell_from_number
+            if (agent, number) == (settings.retell_agent_id, settings.retell_from_number) \
+                    or self._voice_override is not None or not (settings.retell_api_key and number):
+                return base.voice
+            if (agent, number) not in voices:
+                client = RetellClient(settings.retell_api_base_url, settings.retell_api_key, number, agent,
+                                      timeout=self.waits.call_timeout, retry_policy=self.waits.retry)
+                self._stack.push_async_callback(client.aclose)
+                voices[(agent, number)] = RecordingVoice(client, self.metrics)
+            return voices[(agent, number)]
+
+        def refreshed(location_id: str) -> None:
+            self.metrics.oauth_refreshes.labels(location_id).inc()
+
+        self.router = LocationRouter(
+            redis=self.redis, prefix=PREFIX, vault=self.vault, app=self.oauth_app, lock=self.refresh_lock,
+            base_context=base, base_rules=base.rules, make_crm=make_crm, make_voice=make_voice,
+            make_responder=self._responder, locations=self.locations, on_refresh=refreshed)
+
+    async def _cancel_location_leads(self, location_id: str) -> int:
+        """UNINSTALL: cancel every lead of the location ("app uninstalled"); their state stays for audit.
+        The cancel run's after-run hook removes each lead's scheduler job."""
+        if self.router is None or self.runner is None:
+            return 0
+        cancelled = 0
+        for contact_id in await self.router.leads_of(location_id):
+            values = await self.runner.dispatch(contact_id, {"type": "cancel", "reason": UNINSTALL_REASON,
+                                                             "source": "uninstall"})
+            if values.get("route") == "cancel":
+                cancelled += 1
+        return cancelled
+
+    async def location_rows(self) -> list[dict[str, Any]]:
+        """``lead-bot locations``: per location, install state, token expiry, leads by status, sends today
+        and GHL 429s in the last hour."""
+        rows: list[dict[str, Any]] = []
+        if self.settings.marketplace:
+            states = await self.vault.states()
+            for location_id in sorted(states):
+                state = states[location_id]
+                record = await self.vault.load("location", location_id)
+                leads = [c.decode() if isinstance(c, bytes) else c for c in
+                         await self.redis.smembers(f"{PREFIX}:location-leads:{location_id}")]
+                rows.append(await self._location_row(location_id, state.get("state", "?"),
+                                                     record.expires_at if record else None, leads,
+                                                     reason=state.get("reason"),
+                                                     company_id=state.get("company_id")))
+        else:
+            location_id = self.settings.ghl_location_id or "default"
+            rows.append(await self._location_row(location_id, "private integration", None,
+                                                 await self.index.all_ids()))
+        return rows
+
+    async def _location_row(self, location_id: str, state: str, expires_at: float | None, leads: list[str],
+                            **extra: Any) -> dict[str, Any]:
+        by_status: dict[str, int] = {}
+        for contact_id in leads:
+            summary = await self.index.get(contact_id)
+            status = (summary or {}).get("status") or "unknown"
+            by_status[status] = by_status.get(status, 0) + 1
+        return {
+            "location_id": location_id,
+            "state": state,
+            "token_expires_at": iso(datetime.fromtimestamp(expires_at, UTC)) if expires_at else None,
+            "leads": dict(sorted(by_status.items())),
+            "sends_today": await self.stats.sends_today(location_id),
+            "rate_limited_last_hour": await self.stats.rate_limited_last_hour(location_id),
+            **{k: v for k, v in extra.items() if v},
+        }
+
+    async def locations_needing_reinstall(self) -> list[str]:
+        if not self.settings.marketplace:
+            return []
+        from ghl_real_estate_ai.integrations.oauth import NEEDS_REINSTALL
+
+        return sorted(loc for loc, state in (await self.vault.states()).items()
+                      if state.get("state") == NEEDS_REINSTALL)
 
     async def _ghl_client(self) -> Crm:
         from ghl_real_estate_ai.integrations.auth import OAuthTokenProvider, RedisTokenStore, TokenPair
@@ -610,7 +817,8 @@ class LeadBotService:
             tokens = provider
         client = GHLClient(
             settings.ghl_api_base_url, tokens, location,
-            rate_limiter=RedisSlidingWindowLimiter(self.redis, key_prefix=f"{PREFIX}:ghl-rate"),
+            rate_limiter=RedisSlidingWindowLimiter(self.redis, window=settings.ghl_rate_window_seconds,
+                                                   key_prefix=f"{PREFIX}:ghl-rate"),
             timeout=self.waits.send_timeout, read_timeout=self.waits.read_timeout,
             retry_policy=self.waits.retry,
         )
@@ -652,6 +860,8 @@ class LeadBotService:
             self.runner, redis=self.redis, redis_url=self.redis_url, timebase=self.timebase,
             index=self.index, prefix=PREFIX, owner=self.instance, lock_retry_seconds=self.waits.lock_retry,
             intake=self.intake,
+            location_retry_seconds=max(0.2, min(30.0, 600.0 / self.settings.time_scale)),
+            max_concurrency=256 if self.router is not None else 16,
         )
         self.runner.after_run.append(scheduler.after_run)
         self.scheduler = scheduler
@@ -705,6 +915,15 @@ class LeadBotService:
                 return {"applied": False, "reason": "the bot's own message"}
         try:
             values = await self.runner.dispatch(cid, event)
+        except InvalidEventError as exc:  # Marketplace mode: a lead whose location is unknown
+            return {"ok": False, "error": str(exc)} if entry.request_id else {"applied": False,
+                                                                               "reason": str(exc)}
+        except LocationUnavailableError as exc:
+            if exc.state in ("needs_reinstall", "without tokens"):
+                raise  # the entry waits for the reinstall (the intake worker does not count it a failure)
+            # uninstalled, or never installed: nothing to do for this location's leads
+            return {"ok": False, "error": str(exc)} if entry.request_id else {"applied": False,
+                                                                               "reason": str(exc)}
         except IntegrationError as exc:
             if entry.request_id and not exc.transient:
                 # An operator's request that cannot succeed (an unknown contact): tell them; no dead letter.
@@ -803,6 +1022,16 @@ class LeadBotService:
             metrics.partitions_owned.set(len(self.worker.partitions))
         metrics.intake_pending.set(await self.intake.pending())
         metrics.dead_letters.set(await self.intake.dead_letter_count())
+        if self.settings.marketplace and self.role == "serve":
+            counts: dict[str, int] = {}
+            states = await self.vault.states()
+            for location_id, state in states.items():
+                name = state.get("state", "unknown")
+                counts[name] = counts.get(name, 0) + 1
+                waiting = 1 if name == "needs_reinstall" else 0
+                metrics.location_needs_reinstall.labels(location_id).set(waiting)
+            for name in ("installed", "pending", "needs_reinstall", "uninstalled"):
+                metrics.locations.labels(name).set(counts.get(name, 0))
         scheduler = self.scheduler
         if scheduler is not None and self.run_scheduler:
             metrics.scheduler_leader.set(1 if scheduler.is_leader else 0)

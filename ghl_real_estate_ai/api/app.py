@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ghl_real_estate_ai import __version__
 from ghl_real_estate_ai.api.deps import ApiError
-from ghl_real_estate_ai.api.routes import health, leads, webhooks_ghl, webhooks_retell
+from ghl_real_estate_ai.api.routes import health, leads, oauth, webhooks_ghl, webhooks_retell
 from ghl_real_estate_ai.config import Settings
 from ghl_real_estate_ai.errors import InvalidEventError
 from ghl_real_estate_ai.service import LeadBotService
@@ -122,4 +122,5 @@ def create_app(settings: Settings, *, service: LeadBotService | None = None) -> 
     app.include_router(webhooks_retell.router)
     app.include_router(leads.router)
     app.include_router(health.router)
+    app.include_router(oauth.router)
     return app

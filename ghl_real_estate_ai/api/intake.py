@@ -804,9 +804,12 @@ def default_is_permanent(exc: BaseException) -> bool:
 
 
 def _not_a_failure(exc: BaseException) -> bool:
-    """Redis unreachable, or the lead busy (its lock held by a run elsewhere, or by a crashed process
-    until the lock's TTL ends): the entry waits, and these do not count towards dead-lettering."""
-    return isinstance(exc, (*REDIS_DOWN, LockTimeoutError))
+    """Redis unreachable, the lead busy (its lock held by a run elsewhere, or by a crashed process until
+    the lock's TTL ends), or its location waiting for a reinstall: the entry waits, and these do not count
+    towards dead-lettering."""
+    from ghl_real_estate_ai.integrations.oauth import LocationUnavailableError
+
+    return isinstance(exc, (*REDIS_DOWN, LockTimeoutError, LocationUnavailableError))
 
 
 class IntakeObserver:
@@ -828,7 +831,9 @@ class IntakeWorker:
     ``consumer`` is this process's name in the consumer groups and in the membership set: stable across a
     restart (``lead-bot serve``: host name and port), so a restarted process takes its partitions back at
     once; never shared by two live processes. ``lease_seconds`` bounds how long a crashed process's
-    partitions wait for a new owner.
+    partitions wait for a new owner. ``group_of`` (Marketplace mode: the entry's location) caps how many
+    entries of one group hold a slot at once (``group_concurrency``); the others wait outside the slots,
+    so a group whose entries are slow (a location out of GHL budget) never takes every slot.
     """
 
     def __init__(
@@ -847,6 +852,8 @@ class IntakeWorker:
         block_ms: int = 1000,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         handover_grace: float = 30.0,
+        group_of: Callable[[IntakeEntry], Awaitable[str | None]] | None = None,
+        group_concurrency: int = 4,
         is_permanent: Callable[[BaseException], bool] = default_is_permanent,
         observer: IntakeObserver | None = None,
     ) -> None:
@@ -866,6 +873,9 @@ class IntakeWorker:
         self.observer = observer or IntakeObserver()
         self._lease_ms = max(1, int(lease_seconds * 1000))
         self._slots = asyncio.Semaphore(concurrency)
+        self._group_of = group_of
+        self._group_concurrency = group_concurrency
+        self._group_slots: dict[str, asyncio.Semaphore] = {}
         self._lanes: dict[str, _Lane] = {}
         self._in_flight: dict[str, IntakeEntry] = {}
         self._room = asyncio.Event()
@@ -1145,9 +1155,14 @@ class IntakeWorker:
     async def _process(self, entry: IntakeEntry) -> bool:
         """Run ``entry`` until it is acknowledged or dead-lettered (True), or the worker stops (False)."""
         down_delay = 0.1
+        group: contextlib.AbstractAsyncContextManager[Any] = contextlib.nullcontext()
+        if self._group_of is not None:
+            name = await self._group_of(entry)
+            if name:
+                group = self._group_slots.setdefault(name, asyncio.Semaphore(self._group_concurrency))
         while True:
             started = time.monotonic()
-            async with self._slots:
+            async with group, self._slots:
                 try:
                     result = await self.handler(entry)
                 except asyncio.CancelledError:

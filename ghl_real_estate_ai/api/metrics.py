@@ -77,6 +77,14 @@ class Metrics(IntakeObserver):
         self.scheduler_runs = Gauge(
             "lead_bot_scheduler_runs", "Scheduler job runs since start, by outcome", ["outcome"], registry=r
         )
+        self.locations = Gauge("lead_bot_locations", "Marketplace locations by install state", ["state"],
+                               registry=r)
+        self.location_needs_reinstall = Gauge(
+            "lead_bot_location_needs_reinstall",
+            "1 for a location whose tokens cannot be refreshed: its sends wait for a reinstall", ["location"],
+            registry=r)
+        self.oauth_refreshes = Counter("lead_bot_oauth_refreshes", "OAuth token refreshes by location",
+                                       ["location"], registry=r)
         self.up = Gauge("lead_bot_up", "1 when Redis and the scheduler are up", registry=r)
 
     # -- IntakeObserver

@@ -12,7 +12,8 @@ import importlib
 import json
 import logging
 import re
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 from langchain_core.language_models.chat_models import BaseChatModel
@@ -46,6 +47,7 @@ class Turn:
     agent_name: str = "your agent"
     agent_contact: str = ""  # phone or email of a human
     property_address: str | None = None
+    words: Mapping[str, Any] = field(default_factory=dict)  # the location's own templates
 
     @property
     def lead_text(self) -> str:
@@ -167,32 +169,32 @@ class RuleResponder:
 
     def text_for(self, turn: Turn, intent: Intent, meeting_hint: str | None = None) -> str:
         """The template text for ``intent``; ``""`` for a repeated opt-out (one confirmation only)."""
-        name, agent = turn.first_name, turn.agent_name
+        name, agent, w = turn.first_name, turn.agent_name, turn.words
         match intent:
             case Intent.OPT_OUT:
                 if _opt_out_already_confirmed(turn.history):
                     return ""
                 return templates.opt_out_confirmation(turn.program_name, turn.channel)
             case Intent.OPT_IN:
-                return templates.opt_in_confirmation(turn.program_name)
+                return templates.opt_in_confirmation(turn.program_name, w)
             case Intent.HELP:
                 return templates.help_reply(
-                    turn.program_name, agent, turn.agent_contact, frequency=self.help_frequency
+                    turn.program_name, agent, turn.agent_contact, frequency=self.help_frequency, words=w
                 )
             case Intent.INTERESTED:
-                return templates.handoff_confirmation(name, agent, meeting_hint)
+                return templates.handoff_confirmation(name, agent, meeting_hint, w)
             case Intent.HOME_VALUE:
-                return templates.home_value_ack(name, turn.property_address)
+                return templates.home_value_ack(name, turn.property_address, w)
             case Intent.NOT_INTERESTED:
-                return templates.not_interested_close(name)
+                return templates.not_interested_close(name, w)
             case Intent.HAS_AGENT:
-                return templates.has_agent_close(name)
+                return templates.has_agent_close(name, w)
             case Intent.ALREADY_SOLD:
-                return templates.already_sold_close(name)
+                return templates.already_sold_close(name, w)
             case Intent.QUESTION:
-                return templates.question_reply(name, agent, turn.property_address)
+                return templates.question_reply(name, agent, turn.property_address, w)
             case _:
-                return templates.other_reply(name, agent)
+                return templates.other_reply(name, agent, w)
 
 
 # --------------------------------------------------------------------------------------------------

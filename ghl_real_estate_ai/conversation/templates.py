@@ -14,7 +14,9 @@ from __future__ import annotations
 import html
 import re
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from ghl_real_estate_ai.conversation.cma import Valuation
 
@@ -89,6 +91,14 @@ CMA_SIZE_HINT = " Send your home's square footage for a sharper number."
 CMA_EMAIL_SUBJECT = "Your home value estimate: about {value}"
 
 
+Words = Mapping[str, Any]
+"""A location's own templates by name (``locations_config.TEMPLATE_FIELDS``); missing ones are built in."""
+
+
+def _t(words: Words | None, name: str, builtin: str) -> str:
+    return str((words or {}).get(name) or builtin)
+
+
 @dataclass(frozen=True)
 class EmailContent:
     """An email ready for GHL: ``subject`` and ``text`` are plain text, ``html`` is escaped markup."""
@@ -135,12 +145,14 @@ def is_opt_out_confirmation(text: str) -> bool:
     return text.startswith("You're unsubscribed from ") and "Reply START to resubscribe." in text
 
 
-def opt_in_confirmation(program: str) -> str:
+def opt_in_confirmation(program: str, words: Words | None = None) -> str:
     """Sent after START: texts are allowed again (the sequence is not restarted, so nothing is promised)."""
-    return fit_sms(OPT_IN_CONFIRMATION.format(program=clean(program, PROGRAM_LIMIT) or "these"))
+    template = _t(words, "opt_in_confirmation", OPT_IN_CONFIRMATION)
+    return fit_sms(template.format(program=clean(program, PROGRAM_LIMIT) or "these"))
 
 
-def help_reply(program: str, agent: str, contact: str = "", *, frequency: str = DEFAULT_FREQUENCY) -> str:
+def help_reply(program: str, agent: str, contact: str = "", *, frequency: str = DEFAULT_FREQUENCY,
+               words: Words | None = None) -> str:
     """The HELP/INFO answer: program, a human to reach, frequency, rates, and how to opt out."""
     agent_text = clean(agent, AGENT_LIMIT) or "your agent"
     contact_text = clean(contact, CONTACT_LIMIT)
@@ -151,7 +163,7 @@ def help_reply(program: str, agent: str, contact: str = "", *, frequency: str = 
     else:
         reach = HELP_REACH_PHONE.format(contact=contact_text)
     return fit_sms(
-        HELP_REPLY.format(
+        _t(words, "help_reply", HELP_REPLY).format(
             program=clean(program, PROGRAM_LIMIT) or "Lead Bot",
             agent=agent_text,
             reach=reach,
@@ -160,50 +172,55 @@ def help_reply(program: str, agent: str, contact: str = "", *, frequency: str = 
     )
 
 
-def handoff_confirmation(first_name: str, agent: str, meeting_hint: str | None = None) -> str:
+def handoff_confirmation(first_name: str, agent: str, meeting_hint: str | None = None,
+                         words: Words | None = None) -> str:
     """Tells a lead who wants to talk or meet that a human will follow up (and when, if they said)."""
     hint = clean(meeting_hint, HINT_LIMIT)
     when = f"to confirm {hint}" if hint else "shortly"
     return fit_sms(
-        HANDOFF_CONFIRMATION.format(first_name=_name(first_name), agent=clean(agent, AGENT_LIMIT), when=when)
+        _t(words, "handoff_confirmation", HANDOFF_CONFIRMATION).format(
+            first_name=_name(first_name), agent=clean(agent, AGENT_LIMIT), when=when)
     )
 
 
-def home_value_ack(first_name: str, address: str | None = None) -> str:
+def home_value_ack(first_name: str, address: str | None = None, words: Words | None = None) -> str:
     """The quick answer to "what's my house worth?" while the CMA is prepared and sent separately."""
     place = clean(address, ADDRESS_LIMIT) or "you"
-    return fit_sms(HOME_VALUE_ACK.format(first_name=_name(first_name), place=place))
+    template = _t(words, "home_value_ack", HOME_VALUE_ACK)
+    return fit_sms(template.format(first_name=_name(first_name), place=place))
 
 
-def cma_by_agent(first_name: str, agent: str, address: str | None = None) -> str:
+def cma_by_agent(first_name: str, agent: str, address: str | None = None, words: Words | None = None) -> str:
     """The answer when no automatic estimate can be made: a human will send one (a task was created)."""
     place = clean(address, ADDRESS_LIMIT) or "you"
-    return fit_sms(CMA_BY_AGENT.format(first_name=_name(first_name), place=place,
+    return fit_sms(_t(words, "cma_by_agent", CMA_BY_AGENT).format(first_name=_name(first_name), place=place,
                                        agent=clean(agent, AGENT_LIMIT) or "your agent"))
 
 
-def cma_ask_address(first_name: str) -> str:
+def cma_ask_address(first_name: str, words: Words | None = None) -> str:
     """The answer to "what's my house worth?" when the bot does not know which house."""
-    return fit_sms(CMA_ASK_ADDRESS.format(first_name=_name(first_name)))
+    return fit_sms(_t(words, "cma_ask_address", CMA_ASK_ADDRESS).format(first_name=_name(first_name)))
 
 
-def not_interested_close(first_name: str) -> str:
-    return fit_sms(NOT_INTERESTED_CLOSE.format(first_name=_name(first_name)))
+def not_interested_close(first_name: str, words: Words | None = None) -> str:
+    template = _t(words, "not_interested_close", NOT_INTERESTED_CLOSE)
+    return fit_sms(template.format(first_name=_name(first_name)))
 
 
-def has_agent_close(first_name: str) -> str:
-    return fit_sms(HAS_AGENT_CLOSE.format(first_name=_name(first_name)))
+def has_agent_close(first_name: str, words: Words | None = None) -> str:
+    return fit_sms(_t(words, "has_agent_close", HAS_AGENT_CLOSE).format(first_name=_name(first_name)))
 
 
-def already_sold_close(first_name: str) -> str:
-    return fit_sms(ALREADY_SOLD_CLOSE.format(first_name=_name(first_name)))
+def already_sold_close(first_name: str, words: Words | None = None) -> str:
+    return fit_sms(_t(words, "already_sold_close", ALREADY_SOLD_CLOSE).format(first_name=_name(first_name)))
 
 
-def question_reply(first_name: str, agent: str, address: str | None = None) -> str:
+def question_reply(first_name: str, agent: str, address: str | None = None,
+                   words: Words | None = None) -> str:
     """A generic answer to a question the rules cannot answer: promises the details, asks one question."""
     place = clean(address, ADDRESS_LIMIT)
     return fit_sms(
-        QUESTION_REPLY.format(
+        _t(words, "question_reply", QUESTION_REPLY).format(
             first_name=_name(first_name),
             agent=clean(agent, AGENT_LIMIT) or "your agent",
             about=f" on {place}" if place else "",
@@ -211,10 +228,11 @@ def question_reply(first_name: str, agent: str, address: str | None = None) -> s
     )
 
 
-def other_reply(first_name: str, agent: str) -> str:
+def other_reply(first_name: str, agent: str, words: Words | None = None) -> str:
     agent_text = clean(agent, AGENT_LIMIT) or "your agent"
     agent_text = agent_text[:1].upper() + agent_text[1:]
-    return fit_sms(OTHER_REPLY.format(first_name=_name(first_name), agent=agent_text))
+    template = _t(words, "other_reply", OTHER_REPLY)
+    return fit_sms(template.format(first_name=_name(first_name), agent=agent_text))
 
 
 def reply_subject(program: str, address: str | None = None) -> str:
@@ -223,11 +241,11 @@ def reply_subject(program: str, address: str | None = None) -> str:
     return f"Re: {place}" if place else f"Re: your message to {clean(program, PROGRAM_LIMIT) or 'us'}"
 
 
-def cma_sms(valuation: Valuation, *, first_name: str, agent_name: str) -> str:
+def cma_sms(valuation: Valuation, *, first_name: str, agent_name: str, words: Words | None = None) -> str:
     """A short text with the estimate and its range; the full report goes by email."""
     address = clean(valuation.subject.address, ADDRESS_LIMIT)
     return fit_sms(
-        CMA_SMS.format(
+        _t(words, "cma_sms", CMA_SMS).format(
             first_name=_name(first_name),
             subject=f"homes like {address}" if address else "homes like yours",
             value=money(valuation.value),
@@ -241,7 +259,8 @@ def cma_sms(valuation: Valuation, *, first_name: str, agent_name: str) -> str:
 
 
 def cma_email(
-    valuation: Valuation, *, first_name: str, agent_name: str, program_name: str, agent_contact: str = ""
+    valuation: Valuation, *, first_name: str, agent_name: str, program_name: str, agent_contact: str = "",
+    words: Words | None = None,
 ) -> EmailContent:
     """The full CMA: estimate, range, how it was made, and a table of the comparable sales.
 
@@ -253,7 +272,8 @@ def cma_email(
     program = clean(program_name, 80) or "Lead Bot"
     address = clean(valuation.subject.address, 120)
     value, low, high = money(valuation.value), money(valuation.low), money(valuation.high)
-    subject = clean(CMA_EMAIL_SUBJECT.format(value=value) + (f" for {address}" if address else ""), 150)
+    subject_line = _t(words, "cma_email_subject", CMA_EMAIL_SUBJECT).format(value=value)
+    subject = clean(subject_line + (f" for {address}" if address else ""), 150)
     if valuation.confidence and valuation.method == "price_per_sqft":  # the appraisal's estimate
         how = (
             f"{len(valuation.comps)} comparable sales nearby (median {money(valuation.price_per_sqft_median)}"

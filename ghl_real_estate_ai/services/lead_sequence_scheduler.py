@@ -31,12 +31,13 @@ keyed to the step occurrence, so it survives restarts and lost jobs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import pickle
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -56,6 +57,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ghl_real_estate_ai.errors import LeadNotFoundError, LockTimeoutError
+from ghl_real_estate_ai.integrations.oauth import UNINSTALLED, LocationUnavailableError
 from ghl_real_estate_ai.persistence.fastpath import FastScript
 from ghl_real_estate_ai.persistence.redis_client import connect
 from ghl_real_estate_ai.sequence import TIMED_STATUSES
@@ -563,6 +565,7 @@ class SchedulerStats:
     failed: int = 0  # leads marked failed by the scheduler
     lock_timeouts: int = 0  # due steps put back because another run held the lead
     queued: int = 0  # due steps handed to the intake (the workers of every process run them)
+    location_waits: int = 0  # due steps put back because their location needs a reinstall
     handed_back: int = 0  # submitted jobs put back (lock timeout, lost lease, clock moved)
     reconciles: int = 0
     restored: int = 0
@@ -601,6 +604,10 @@ class LeadSequenceScheduler:
         max_concurrency: due steps run at once in this process. Keep ``concurrency x ~4`` below the
             connection limits of the Redis clients (redis-py's async pool raises at 100 by default).
         lock_retry_seconds: real delay before a step whose lead was busy is tried again.
+        partition, partition_concurrency: Marketplace mode: the lead's location (``partition(contact_id)``)
+            and how many of one location's steps may hold a slot at once. A location out of GHL budget
+            then holds at most that many slots while its steps wait in the rate limiter, and the other
+            locations' steps keep the rest (with ``max_concurrency`` >= locations x that, none starves).
         shutdown_grace_seconds: how long :meth:`stop` lets running steps finish.
         reconcile_concurrency, reconcile_batch: checkpoint reads in flight, leads per repair batch.
         intake: the ``IntakeStream``: a due job is then queued there as a ``step_due`` entry (source
@@ -625,6 +632,9 @@ class LeadSequenceScheduler:
         poll_interval: float | None = None,
         max_concurrency: int = 16,
         lock_retry_seconds: float = 1.0,
+        location_retry_seconds: float = 30.0,
+        partition: Callable[[str], Awaitable[str | None]] | None = None,
+        partition_concurrency: int = 4,
         shutdown_grace_seconds: float = 10.0,
         reconcile_concurrency: int = 32,
         reconcile_batch: int = 500,
@@ -643,6 +653,7 @@ class LeadSequenceScheduler:
         self.poll_interval = poll_interval
         self.max_concurrency = max_concurrency
         self.lock_retry_seconds = lock_retry_seconds
+        self.location_retry_seconds = location_retry_seconds
         self.shutdown_grace_seconds = shutdown_grace_seconds
         self.reconcile_concurrency = reconcile_concurrency
         self.reconcile_batch = reconcile_batch
@@ -661,6 +672,9 @@ class LeadSequenceScheduler:
         self.counters = SchedulerStats()
         self._aps: AsyncIOScheduler | None = None
         self._slots = asyncio.Semaphore(max_concurrency)
+        self._partition = partition
+        self._partition_concurrency = partition_concurrency
+        self._partition_slots: dict[str, asyncio.Semaphore] = {}
         self._in_flight: Counter[str] = Counter()  # leads whose job APScheduler submitted here
         self._tasks: set[asyncio.Task[Any]] = set()
         self._tick_task: asyncio.Task[None] | None = None
@@ -932,13 +946,22 @@ class LeadSequenceScheduler:
             return
         if early > 0:  # float rounding of real <-> virtual; the graph would skip a step "not due yet"
             await asyncio.sleep(early)
-        async with self._slots:
+        if self.intake is not None:
+            async with self._slots:
+                if not self.is_leader:
+                    # The lease went away after APScheduler submitted the job: the next leader fires it.
+                    await self._hand_back(contact_id, step, due_at, attempt, self.timebase.to_real(due))
+                    return
+                await self._enqueue(contact_id, step, due_at, attempt)
+            return
+        part = await self._partition(contact_id) if self._partition is not None else None
+        gate: contextlib.AbstractAsyncContextManager[Any] = contextlib.nullcontext()
+        if part:
+            gate = self._partition_slots.setdefault(part, asyncio.Semaphore(self._partition_concurrency))
+        async with gate, self._slots:
             if not self.is_leader:
                 # The lease went away after APScheduler submitted the job: the next leader fires it.
                 await self._hand_back(contact_id, step, due_at, attempt, self.timebase.to_real(due))
-                return
-            if self.intake is not None:
-                await self._enqueue(contact_id, step, due_at, attempt)
                 return
             try:
                 await self.run_due(contact_id, step, due_at, attempt)
@@ -986,6 +1009,9 @@ class LeadSequenceScheduler:
             log.warning("lead %s has no state any more; its job for %s is dropped", contact_id, step)
             await self.jobs.drop(contact_id)
             return None
+        except LocationUnavailableError as exc:
+            await self._location_unavailable(contact_id, step, due_at, attempt, exc)
+            return None
         except Exception as exc:
             if isinstance(exc, RedisConnectionError | RedisTimeoutError) and self.intake is not None:
                 raise  # the intake entry waits for Redis and runs the step again
@@ -993,6 +1019,20 @@ class LeadSequenceScheduler:
             return None
         self.counters.fired += 1
         return values
+
+    async def _location_unavailable(self, contact_id: str, step: str, due_at: str, attempt: int,
+                                    exc: LocationUnavailableError) -> None:
+        """The lead's location cannot be served: an uninstalled one cancels the lead ("app uninstalled");
+        otherwise (tokens need a reinstall) the step waits, tried again every ``location_retry_seconds``:
+        never dropped, never sent with another location's token."""
+        if exc.state == UNINSTALLED:
+            await self.runner.dispatch(contact_id, {"type": "cancel", "reason": "app uninstalled",
+                                                    "source": "uninstall"})
+            return
+        self.counters.location_waits += 1
+        log.info("lead %s: %s waits, %s", contact_id, step, exc.detail)
+        run_at = datetime.now(UTC) + timedelta(seconds=self.location_retry_seconds)
+        await self._hand_back(contact_id, step, due_at, attempt, run_at)
 
     async def _step_failed(self, contact_id: str, step: str, due_at: str, exc: Exception) -> None:
         """Retry a transient failure (+5/+15/+30 virtual minutes), else mark the lead failed."""

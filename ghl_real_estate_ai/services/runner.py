@@ -23,6 +23,7 @@ from ghl_real_estate_ai.errors import LeadNotFoundError
 log = logging.getLogger(__name__)
 
 AfterRun = Callable[[str, dict[str, Any]], Awaitable[None]]
+ContextFor = Callable[[str, Any], Awaitable[Context]]
 
 
 class LeadLock(Protocol):
@@ -80,9 +81,12 @@ class LeadBotRunner:
         lock: LeadLock | None = None,
         after_run: Sequence[AfterRun] = (),
         durability: Durability = "exit",
+        context_for: ContextFor | None = None,
     ) -> None:
         self.graph = graph
         self.context = context
+        # Marketplace mode: the context of the lead's location, resolved per run (under the lead's lock).
+        self.context_for = context_for
         self.lock = lock or LocalLeadLock()
         self.after_run = list(after_run)
         # "exit" (the default, the service's): one checkpoint per run, written when the run ends. A run is
@@ -104,10 +108,11 @@ class LeadBotRunner:
             raise ValueError("contact_id is required")
         async with self.lock.hold(contact_id):
             run_input: dict[str, Any] = {"contact_id": contact_id, "event": event}
+            context = self.context if self.context_for is None else await self.context_for(contact_id, event)
             values = await self.graph.ainvoke(
                 run_input,
                 self.config(contact_id),
-                context=self.context,
+                context=context,
                 durability=self.durability,
             )
             for hook in self.after_run:

@@ -29,6 +29,18 @@ The read side, for reading back a send whose answer never came (``conversations`
   (``subject`` there is [assumed] and left out with ``email_subject_in_list=False``, as in the spec).
 * ``GET /conversations/messages/email/{emailMessageId}`` -> the email with its ``subject`` (bare object).
 
+Marketplace installs (OAuth, ``Version: 2021-07-28``, form bodies): ``authorize(location_id)`` (a
+sub-account install) or ``authorize(company_id=, locations=[...])`` (an agency bulk install) returns the
+single-use ``code`` the redirect carries; ``POST /oauth/token`` exchanges it for a Location token, or for a
+Company token with ``isBulkInstallation`` and ``approvedLocations``; refresh tokens rotate and are
+single-use (a reuse within ``refresh_reuse_window`` seconds, 30 like GHL, gets the same answer; 0 makes them
+strictly single-use); ``POST /oauth/locationToken`` (Company bearer, ``companyId``/``locationId``) mints a
+Location pair; ``GET /oauth/installedLocations?companyId=&appId=&skip=&limit=`` lists ``{_id, name, ...}``
+with ``count``. Agency calls count against the company's own rate window. ``uninstall``,
+``lose_refresh_tokens`` and ``expire_access_tokens`` break tokens; ``emit(url, payload)`` delivers a signed
+webhook (``testing.webhooks.app_install`` / ``app_uninstall`` build INSTALL and UNINSTALL). The error bodies
+of refused codes and agency calls are [assumed].
+
 Every message a ``POST /conversations/messages`` stored is readable, including one whose answer a
 ``Fault(delay=...)`` held back (the request is handled before the delay).
 
@@ -104,9 +116,10 @@ _MESSAGE_TYPES = {
 
 @dataclass
 class _Token:
-    location_id: str
+    location_id: str  # for a Company token: the company id
     oauth: bool = False
     expired: bool = False
+    user_type: str = "Location"
 
 
 def _unprocessable(*messages: str) -> JSONResponse:
@@ -173,9 +186,15 @@ class FakeGHLServer(FakeHTTPServer):
         self._now = now
         self._state_lock = threading.RLock()
         self._tokens: dict[str, _Token] = {token: _Token(location_id)}
-        self._refresh_tokens: dict[str, str] = {}
+        self._refresh_tokens: dict[str, tuple[str, str]] = {}
         self._recent_refreshes: dict[str, tuple[dict[str, Any], float]] = {}
         self.refresh_count = 0
+        self.refreshes: dict[str, int] = {}
+        self.refresh_reuse_window = 30.0  # GHL: a refresh token reused within 30 s gets the same answer
+        self.company_id = "LeadBotTestCompany01"
+        self._grants: dict[str, dict[str, Any]] = {}
+        self._installed: dict[str, set[str]] = {}  # company id -> locations where the app is installed
+        self._location_company: dict[str, str] = {}
         self._windows: dict[str, deque[float]] = {}
         self._daily: dict[str, int] = {}
         self._contacts: dict[str, dict[str, Any]] = {}
@@ -198,23 +217,96 @@ class FakeGHLServer(FakeHTTPServer):
         with self._state_lock:
             return self._mint(location_id or self.location_id, expires_in)
 
-    def _mint(self, location_id: str, expires_in: int = 86399) -> dict[str, Any]:
+    def _mint(self, location_id: str, expires_in: int = 86399, *, user_type: str = "Location",
+              company_id: str | None = None) -> dict[str, Any]:
         access = f"at-{self.new_id(32)}"
         refresh = f"rt-{self.new_id(32)}"
-        self._tokens[access] = _Token(location_id, oauth=True)
-        self._refresh_tokens[refresh] = location_id
-        return {
+        self._tokens[access] = _Token(location_id, oauth=True, user_type=user_type)
+        self._refresh_tokens[refresh] = (location_id, user_type)
+        answer: dict[str, Any] = {
             "access_token": access,
             "token_type": "Bearer",
             "expires_in": expires_in,
             "refresh_token": refresh,
             "scope": "contacts.readonly contacts.write conversations/message.readonly "
                      "conversations/message.write",
-            "userType": "Location",
-            "companyId": "LeadBotTestCompany01",
-            "locationId": location_id,
+            "userType": user_type,
+            "companyId": company_id or self._location_company.get(location_id, self.company_id),
             "userId": "LeadBotTestUser00001",
         }
+        if user_type == "Location":
+            answer["locationId"] = location_id
+        else:
+            answer["companyId"] = location_id
+        return answer
+
+    # -- Marketplace installs ----------------------------------------------------------------------
+
+    def authorize(self, location_id: str | None = None, *, company_id: str | None = None,
+                  locations: Iterable[str] = ()) -> str:
+        """A user approved the app: returns the one-time ``code`` the redirect carries. With
+        ``location_id`` a sub-account install (the exchange yields a Location token); otherwise an agency
+        bulk install of ``locations`` under ``company_id`` (the exchange yields a Company token)."""
+        company = company_id or self.company_id
+        code = f"code-{self.new_id(24)}"
+        with self._state_lock:
+            if location_id is not None:
+                self._install(company, [location_id])
+                self._grants[code] = {"location_id": location_id, "company_id": company}
+            else:
+                chosen = list(locations)
+                self._install(company, chosen)
+                self._grants[code] = {"company_id": company, "locations": chosen}
+        return code
+
+    def _install(self, company: str, locations: Iterable[str]) -> None:
+        for location in locations:
+            self._installed.setdefault(company, set()).add(location)
+            self._location_company[location] = company
+
+    def installed_locations(self, company_id: str | None = None) -> list[str]:
+        with self._state_lock:
+            return sorted(self._installed.get(company_id or self.company_id, set()))
+
+    def uninstall(self, location_id: str) -> None:
+        """The app was removed from a location: its tokens stop working."""
+        with self._state_lock:
+            for members in self._installed.values():
+                members.discard(location_id)
+            for token in self._tokens.values():
+                if token.oauth and token.user_type == "Location" and token.location_id == location_id:
+                    token.expired = True
+            self._drop_refresh_tokens(location_id)
+
+    def lose_refresh_tokens(self, location_id: str) -> int:
+        """Every refresh token of ``location_id`` becomes invalid (as if revoked); returns how many."""
+        with self._state_lock:
+            return self._drop_refresh_tokens(location_id)
+
+    def _drop_refresh_tokens(self, location_id: str) -> int:
+        lost = [rt for rt, (owner, _) in self._refresh_tokens.items() if owner == location_id]
+        for rt in lost:
+            del self._refresh_tokens[rt]
+            self._recent_refreshes.pop(rt, None)
+        return len(lost)
+
+    def location_tokens(self, location_id: str) -> list[str]:
+        """Access tokens ever minted for ``location_id`` (OAuth, Location)."""
+        with self._state_lock:
+            return [t for t, v in self._tokens.items()
+                    if v.oauth and v.user_type == "Location" and v.location_id == location_id]
+
+    def requests_by_token(self) -> dict[str, str]:
+        """Bearer token of every authenticated API request -> the location it belonged to (for tests)."""
+        with self._state_lock:
+            return {t: v.location_id for t, v in self._tokens.items()}
+
+    def emit(self, url: str, payload: Mapping[str, Any], **sign: Any) -> Any:
+        """POST ``payload`` to ``url`` signed with the test keys (as GHL delivers INSTALL/UNINSTALL)."""
+        import httpx
+
+        signed = webhooks.sign_ghl_webhook(payload, **sign)
+        return httpx.post(url, content=signed.body, headers=signed.headers, timeout=30)
 
     def expire_access_tokens(self, location_id: str | None = None) -> int:
         """Make every OAuth access token (of one location, or all) answer 401 from now on; returns count."""
@@ -374,6 +466,8 @@ class FakeGHLServer(FakeHTTPServer):
             if fault is not None and fault.status is not None:
                 return self._fault_response(fault, {})
             return self._oauth_token(record)
+        if path.rstrip("/") in ("/oauth/locationToken", "/oauth/installedLocations"):
+            return self._agency_call(record, path.rstrip("/"))
         family = "conversations" if path.startswith("/conversations") else (
             "locations" if path.startswith("/locations") else "contacts")
         route = self._route(method, path)
@@ -836,6 +930,44 @@ class FakeGHLServer(FakeHTTPServer):
             view["meta"] = {"email": meta}
         return view
 
+    def _agency_call(self, record: RecordedRequest, path: str) -> Response:
+        header = record.header("authorization") or ""
+        scheme, _, token = header.partition(" ")
+        with self._state_lock:
+            known = self._tokens.get(token.strip()) if scheme.lower() == "bearer" else None
+        if known is None or known.expired:
+            return JSONResponse(UNAUTHORIZED_BODY, status_code=401)
+        if known.user_type != "Company":
+            return JSONResponse({"statusCode": 401, "message": "This route is not yet supported by the IAM "
+                                 "Service", "error": "Unauthorized"}, status_code=401)  # [assumed]
+        company = known.location_id
+        allowed, rate_headers = self._count(company)  # the agency's own bucket
+        if not allowed:
+            return JSONResponse(RATE_LIMITED_BODY, status_code=429, headers=rate_headers)
+        record.extra["location_id"] = company
+        if path == "/oauth/installedLocations":
+            query = _query(record)
+            if query.get("companyId") != company:
+                return _unprocessable("companyId does not match the token")
+            if query.get("appId") != self.oauth_client_id.split("-")[0]:
+                return _unprocessable("appId is invalid")
+            skip, limit = int(query.get("skip") or 0), int(query.get("limit") or 20)
+            with self._state_lock:
+                members = sorted(self._installed.get(company, set()))
+            page = [{"_id": loc, "name": f"Location {loc}", "address": "", "isInstalled": True}
+                    for loc in members[skip:skip + limit]]
+            return JSONResponse({"locations": page, "count": len(members), "installToFutureLocations": False},
+                                headers=rate_headers)
+        form = {k: v[0] for k, v in parse_qs(record.body.decode("utf-8", "replace")).items()}
+        location = form.get("locationId") or ""
+        if form.get("companyId") != company:
+            return _unprocessable("companyId does not match the token")
+        with self._state_lock:
+            if location not in self._installed.get(company, set()):
+                return _bad_request("The app is not installed on this location")  # [assumed]
+            answer = self._mint(location, company_id=company)
+        return JSONResponse(answer, headers=rate_headers)
+
     def _oauth_token(self, record: RecordedRequest) -> Response:
         content_type = (record.header("content-type") or "").split(";")[0].strip().lower()
         if content_type == "application/json":
@@ -852,23 +984,36 @@ class FakeGHLServer(FakeHTTPServer):
         now = self.clock()
         with self._state_lock:
             if grant == "authorization_code":
-                if not form.get("code"):
+                code = form.get("code")
+                if not code:
                     return _unprocessable("code should not be empty")
-                return JSONResponse(self._mint(self.location_id))
+                grant_data = self._grants.pop(code, None)
+                if grant_data is None:  # unknown or already used: codes are single-use
+                    return JSONResponse({"statusCode": 400, "error": "invalid_grant",  # [assumed]
+                                         "message": "Invalid grant: authorization code is invalid"},
+                                        status_code=400)
+                if "location_id" in grant_data:
+                    return JSONResponse(self._mint(grant_data["location_id"],
+                                                   company_id=grant_data["company_id"]))
+                answer = self._mint(grant_data["company_id"], user_type="Company")
+                answer.update(isBulkInstallation=True, approvedLocations=grant_data["locations"],
+                              installToFutureLocations=False, approveAllLocations=False)
+                return JSONResponse(answer)
             if grant != "refresh_token":
                 return _unprocessable("grant_type must be one of: authorization_code, refresh_token, "
                                       "client_credentials")
             refresh = str(form.get("refresh_token") or "")
             recent = self._recent_refreshes.get(refresh)
-            if recent is not None and now - recent[1] <= 30.0:
+            if recent is not None and now - recent[1] <= self.refresh_reuse_window:
                 return JSONResponse(copy.deepcopy(recent[0]))  # GHL: same answer within 30 s
-            location = self._refresh_tokens.pop(refresh, None)
-            if location is None:
+            owner = self._refresh_tokens.pop(refresh, None)
+            if owner is None:
                 return JSONResponse({"statusCode": 400, "message": "Invalid grant: refresh token is invalid",
                                      "error": "invalid_grant"}, status_code=400)  # [assumed]
-            answer = self._mint(location)
+            answer = self._mint(owner[0], user_type=owner[1])
             self._recent_refreshes[refresh] = (copy.deepcopy(answer), now)
             self.refresh_count += 1
+            self.refreshes[owner[0]] = self.refreshes.get(owner[0], 0) + 1
             return JSONResponse(answer)
 
 

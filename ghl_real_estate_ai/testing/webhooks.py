@@ -276,6 +276,32 @@ def contact_tag_update(
 # -- Retell ----------------------------------------------------------------------------------------
 
 
+def app_install(app_id: str, *, company_id: str, location_id: str | None = None,
+                timestamp: datetime | str | None = None, webhook_id: str | None = None,
+                **extra: Any) -> dict[str, Any]:
+    """An ``INSTALL`` event: location-level with ``location_id``; agency-level (only ``companyId``)
+    without."""
+    payload: dict[str, Any] = {"type": "INSTALL", "appId": app_id, "companyId": company_id,
+                               "userId": "LeadBotTestUser00001", "planId": "", "installType":
+                               "location" if location_id else "agency"}
+    if location_id:
+        payload["locationId"] = location_id
+    return _finish(payload, timestamp, webhook_id, extra)
+
+
+def app_uninstall(app_id: str, *, location_id: str | None = None, company_id: str | None = None,
+                  timestamp: datetime | str | None = None, webhook_id: str | None = None,
+                  **extra: Any) -> dict[str, Any]:
+    """An ``UNINSTALL`` event: ``{type, appId, locationId}``, or agency-level
+    ``{type, appId, companyId}``."""
+    payload: dict[str, Any] = {"type": "UNINSTALL", "appId": app_id}
+    if location_id:
+        payload["locationId"] = location_id
+    else:
+        payload["companyId"] = company_id
+    return _finish(payload, timestamp, webhook_id, extra)
+
+
 def retell_call(
     call_id: str | None = None,
     *,

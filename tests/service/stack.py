@@ -27,6 +27,9 @@ from ghl_real_estate_ai.testing.redis_server import RedisServer, free_port
 from ghl_real_estate_ai.testing.retell_server import DEFAULT_FROM_NUMBER, FakeRetellServer
 
 API_TOKEN = "test-operator-token-0123456789"
+SECRET_KEY = "Vh0bG7e7mV9Yy3m1mS2yJ8R8o0C1O0rKq3oN2y1S5xQ="  # a Fernet key for the tests' token vault
+
+
 def intake_backlog(client: redis.Redis, partitions: int = 16) -> int:
     """Entries the service accepted and has not finished, over every intake partition."""
     return sum(int(client.xlen(f"lead-bot:{{intake:{p}}}")) for p in range(partitions))
@@ -121,13 +124,19 @@ class Stack:
     time_scale: float = 86400.0
     extra_env: dict[str, str] = field(default_factory=dict)
     serve: ServeProcess | None = None
+    marketplace: bool = False  # GHL_OAUTH_CLIENT_ID/_SECRET instead of GHL_API_TOKEN (many locations)
 
     def env(self) -> dict[str, str]:
+        if self.marketplace:
+            ghl = {"GHL_OAUTH_CLIENT_ID": self.ghl.oauth_client_id,
+                   "GHL_OAUTH_CLIENT_SECRET": self.ghl.oauth_client_secret,
+                   "LEAD_BOT_SECRET_KEY": SECRET_KEY, "LEAD_BOT_PUBLIC_URL": "https://bot.example.com"}
+        else:
+            ghl = {"GHL_API_TOKEN": self.ghl.token, "GHL_LOCATION_ID": self.ghl.location_id}
         return base_env(
             REDIS_URL=self.redis.url,
             GHL_API_BASE_URL=self.ghl.base_url,
-            GHL_API_TOKEN=self.ghl.token,
-            GHL_LOCATION_ID=self.ghl.location_id,
+            **ghl,
             GHL_WEBHOOK_PUBLIC_KEY=keys.TEST_ED25519_PUBLIC_PEM,
             GHL_WEBHOOK_RSA_PUBLIC_KEY=keys.rsa_public_pem(),
             RETELL_API_BASE_URL=self.retell.base_url,
@@ -205,12 +214,13 @@ class Stack:
 
 @contextlib.contextmanager
 def running_stack(*, time_scale: float = 86400.0, appendonly: bool = False, start: bool = True,
-                  ghl_kwargs: dict[str, Any] | None = None, **extra_env: str) -> Iterator[Stack]:
+                  ghl_kwargs: dict[str, Any] | None = None, marketplace: bool = False,
+                  **extra_env: str) -> Iterator[Stack]:
     """A fresh stack: its own Redis, fakes and service (torn down afterwards, logs kept on failure)."""
     workdir = Path(tempfile.mkdtemp(prefix="lead-bot-service-test-"))
     with RedisServer(workdir / "redis", appendonly=appendonly) as redis, \
             FakeGHLServer(**(ghl_kwargs or {})) as ghl, FakeRetellServer() as retell:
-        stack = Stack(redis, ghl, retell, workdir, time_scale, dict(extra_env))
+        stack = Stack(redis, ghl, retell, workdir, time_scale, dict(extra_env), marketplace=marketplace)
         try:
             if start:
                 stack.start()

@@ -122,3 +122,32 @@ def test_without_redis_url_serve_and_commands_share_the_embedded_redis(tmp_path:
                 (tmp_path / ".lead-bot" / "redis").iterdir())
         finally:
             assert serve.stop() == 0
+
+
+def test_locations_in_single_location_mode_and_install_url(stack: Stack) -> None:
+    cid = stack.add_lead(first_name="Loc")
+    assert lead_bot(stack, "enroll", cid).returncode == 0
+    listed = lead_bot(stack, "locations", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert [row["location_id"] for row in rows] == [stack.ghl.location_id]
+    assert rows[0]["state"] == "private integration" and rows[0]["leads"].get("active", 0) >= 1
+    table = lead_bot(stack, "locations")
+    assert table.returncode == 0 and stack.ghl.location_id in table.stdout
+    assert "GHL_OAUTH_CLIENT_ID" in one_line_error(lead_bot(stack, "install-url"))
+    marketplace = base_env(GHL_OAUTH_CLIENT_ID="app123-abc", LEAD_BOT_PUBLIC_URL="https://bot.example.com")
+    url = lead_bot(None, "install-url", env=marketplace, cwd=stack.workdir)
+    assert url.returncode == 0, url.stderr
+    assert url.stdout.strip().startswith("https://marketplace.gohighlevel.com/v2/oauth/chooselocation?")
+    assert "redirect_uri=https%3A%2F%2Fbot.example.com%2Foauth%2Fcallback" in url.stdout
+    assert "in Marketplace mode" in one_line_error(lead_bot(stack, "enroll", cid, "--location", "X"))
+
+
+def test_serve_in_marketplace_mode_needs_the_secret_key(tmp_path: Path) -> None:
+    env = base_env(GHL_OAUTH_CLIENT_ID="app123-abc", GHL_OAUTH_CLIENT_SECRET="s3cret")
+    result = lead_bot(None, "serve", "--port", "0", env=env, cwd=tmp_path)
+    assert "LEAD_BOT_SECRET_KEY: is not set" in one_line_error(result)
+    bad = lead_bot(None, "serve", "--port", "0", env={**env, "LEAD_BOT_SECRET_KEY": "nope"}, cwd=tmp_path)
+    assert "LEAD_BOT_SECRET_KEY: key 1 is not a Fernet key" in one_line_error(bad)
+    neither = lead_bot(None, "serve", "--port", "0", env=base_env(), cwd=tmp_path)
+    assert "GHL_OAUTH_CLIENT_ID and GHL_OAUTH_CLIENT_SECRET" in one_line_error(neither)

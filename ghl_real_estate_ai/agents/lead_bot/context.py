@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ghl_real_estate_ai.clock import Clock, SystemClock
 from ghl_real_estate_ai.integrations.models import Crm, VoiceCaller
@@ -31,6 +32,8 @@ class Rules:
     # or Retell inside it. ``lead-bot serve`` sets it from the time scale (a real instant is long in
     # virtual time); 0 checks only the instant of the decision.
     send_margin: timedelta = timedelta(0)
+    # A location's own templates by name (``locations_config.TEMPLATE_FIELDS``); empty: the built-in words.
+    words: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass

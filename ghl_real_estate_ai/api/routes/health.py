@@ -1,4 +1,5 @@
-"""``GET /healthz`` (Redis, scheduler and intake worker up, with the service's virtual now) and
+"""``GET /healthz`` (Redis, scheduler and intake worker up, with the service's virtual now; in Marketplace
+mode also ``needs_reinstall``: the locations whose tokens cannot be refreshed) and
 ``GET /metrics`` (Prometheus text)."""
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ async def healthz(service: ServiceDep) -> JSONResponse:
     problems = await service.health_problems()
     now = iso(service.now())
     details = await service.health()
+    if service.settings.marketplace:
+        # A location waiting for a reinstall is not the service being down: it is listed, status stays ok.
+        details["needs_reinstall"] = await service.locations_needing_reinstall()
     if problems:
         return JSONResponse({"status": "unavailable", "now": now, "error": "; ".join(problems), **details},
                             status_code=503)

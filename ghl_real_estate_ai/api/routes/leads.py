@@ -35,6 +35,8 @@ class ActionBody(BaseModel):
 
     reason: str | None = Field(default=None, max_length=500, description="kept in the lead's timeline")
     until: str | None = Field(default=None, description="pause only: resume by itself at this virtual time")
+    location_id: str | None = Field(default=None, max_length=100,
+                                    description="enroll in Marketplace mode: the contact's GHL location")
 
     @field_validator("until")
     @classmethod
@@ -73,6 +75,13 @@ async def get_lead(contact_id: ContactId, _auth: ApiToken, service: ServiceDep) 
 async def _act(action: Action, contact_id: str, body: ActionBody | None, wait: float,
                service: ServiceDep) -> JSONResponse:
     event = operator_event(action, body.reason if body else None, body.until if body else None)
+    if body is not None and body.location_id and action == "enroll":
+        if not service.settings.marketplace:
+            raise ApiError(400, "location_id is for Marketplace mode; this service serves one location")
+        state = (await service.vault.state(body.location_id) or {}).get("state")
+        if state != "installed":
+            raise ApiError(403, f"location {body.location_id!r} has not installed the app")
+        event["location_id"] = body.location_id
     try:
         queued = await service.intake.request(contact_id, event, source="operator")
     except IntakeUnavailableError as exc:

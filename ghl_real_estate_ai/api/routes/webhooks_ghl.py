@@ -32,7 +32,7 @@ from fastapi.responses import JSONResponse
 from ghl_real_estate_ai.api.deps import ApiError, ApiToken, GHLVerified, RawBody, ServiceDep
 from ghl_real_estate_ai.api.intake import IntakeUnavailableError
 from ghl_real_estate_ai.api.signatures import SignatureError, check_timestamp
-from ghl_real_estate_ai.errors import InvalidEventError
+from ghl_real_estate_ai.errors import IntegrationError, InvalidEventError, TransientIntegrationError
 
 router = APIRouter(tags=["webhooks"])
 
@@ -162,7 +162,15 @@ async def ghl_webhook(verified: GHLVerified) -> JSONResponse:
                 metrics.webhook("ghl", str(payload.get("type"))[:40], "stale")
                 raise ApiError(401, str(exc)) from None
             raise InvalidEventError(exc.detail) from None
-        translated = translate_ghl_event(payload, verified.raw, service.settings.ghl_location_id)
+        location: str | None = None
+        if service.settings.marketplace:
+            if payload.get("type") in ("INSTALL", "UNINSTALL"):
+                return await _lifecycle(service, payload)
+            location = await _installed_location(service, payload)
+        translated = translate_ghl_event(payload, verified.raw,
+                                         None if location else service.settings.ghl_location_id)
+        if location and translated.ignored is None:
+            translated.event["location_id"] = location
     except InvalidEventError as exc:
         metrics.webhook("ghl", "-", "invalid")
         raise ApiError(400, str(exc)) from None
@@ -187,6 +195,45 @@ async def ghl_webhook(verified: GHLVerified) -> JSONResponse:
     return JSONResponse({"status": "accepted", "id": result.entry_id})
 
 
+def event_location(payload: dict[str, Any]) -> str | None:
+    """Where an event belongs: ``locationId``, else (agency events) ``companyId``."""
+    for key in ("locationId", "companyId"):
+        value = payload.get(key)
+        if isinstance(value, str) and value:
+            return value[:100]
+    return None
+
+
+async def _installed_location(service: Any, payload: dict[str, Any]) -> str:
+    """Marketplace mode: the event's location, which must have installed the app (else 403, stored
+    nowhere). A location waiting for a reinstall still receives its events (they wait with its steps)."""
+    location = event_location(payload)
+    if location is None:
+        raise InvalidEventError("the event names no locationId")
+    state = (await service.vault.state(location) or {}).get("state")
+    if state not in ("installed", "needs_reinstall"):
+        service.metrics.webhook("ghl", str(payload.get("type"))[:40], "not_installed")
+        raise ApiError(403, f"location {location!r} has not installed the app")
+    return location
+
+
+async def _lifecycle(service: Any, payload: dict[str, Any]) -> JSONResponse:
+    """INSTALL / UNINSTALL (signature verified): applied at once; GHL retries only after a 429."""
+    kind = str(payload.get("type"))
+    handler = service.installations.on_install if kind == "INSTALL" else service.installations.on_uninstall
+    try:
+        outcome = await handler(payload)
+    except TransientIntegrationError as exc:
+        service.metrics.webhook("ghl", kind, "unavailable")
+        raise ApiError(429, f"cannot apply {kind} right now ({exc}); redeliver later",
+                       headers={"Retry-After": "30"}) from None
+    except IntegrationError as exc:
+        service.metrics.webhook("ghl", kind, "invalid")
+        raise ApiError(400, str(exc)) from None
+    service.metrics.webhook("ghl", kind, "accepted")
+    return JSONResponse({"status": "applied", "detail": outcome})
+
+
 @router.post("/webhooks/ghl/workflow")
 async def ghl_workflow_webhook(_auth: ApiToken, body: RawBody, service: ServiceDep) -> JSONResponse:
     """A GHL workflow "Webhook" action enrolling a contact: snake_case ``contact_id`` and ``location.id``."""
@@ -201,13 +248,18 @@ async def ghl_workflow_webhook(_auth: ApiToken, body: RawBody, service: ServiceD
         service.metrics.webhook("workflow", "enroll", "invalid")
         raise ApiError(400, str(exc)) from None
     configured = service.settings.ghl_location_id
-    if configured and location_id and location_id != configured:
+    event: dict[str, Any] = {"type": "enroll", "source": "workflow"}
+    if service.settings.marketplace:
+        if not location_id:
+            service.metrics.webhook("workflow", "enroll", "invalid")
+            raise ApiError(400, "location.id is required in Marketplace mode")
+        event["location_id"] = await _installed_location(service, {"locationId": location_id})
+    elif configured and location_id and location_id != configured:
         service.metrics.webhook("workflow", "enroll", "ignored")
         reason = f"location {location_id!r} is not {configured!r}"
         return JSONResponse({"status": "ignored", "reason": reason})
     try:
-        result = await service.intake.append(contact_id, {"type": "enroll", "source": "workflow"},
-                                             source="workflow")
+        result = await service.intake.append(contact_id, event, source="workflow")
     except IntakeUnavailableError as exc:
         service.metrics.webhook("workflow", "enroll", "unavailable")
         raise ApiError(429, f"cannot store the enrollment right now ({exc.detail}); retry later",

@@ -115,6 +115,7 @@ async def converse(state: LeadState, runtime: Runtime[Context]) -> dict[str, Any
             agent_name=ctx.rules.agent_name,
             agent_contact=ctx.rules.agent_contact,
             property_address=contact.get("address"),
+            words=ctx.rules.words,
         )
     )
     eng = state.get("engagement", {})
@@ -339,15 +340,15 @@ async def _cma_turn(
                               "stall": {"attempts": 0, "last_variant": None}}
     timeline: list[Any] = []
     if valuation is not None:
-        text = templates.home_value_ack(first_name, subject.address)
+        text = templates.home_value_ack(first_name, subject.address, ctx.rules.words)
     elif not subject.address:
-        text = templates.cma_ask_address(first_name)
+        text = templates.cma_ask_address(first_name, ctx.rules.words)
         cma_update["awaiting_address"] = True
         timeline.append(entry(now, "cma", "deferred", "no property address: asked the lead for it"))
     else:
         timeline.append(await _cma_handoff(state, runtime, subject, why, message_id))
         cma_update.update(handed_off_at=iso(now), outcome=f"handed to the agent: {why}")
-        text = templates.cma_by_agent(first_name, ctx.rules.agent_name, subject.address)
+        text = templates.cma_by_agent(first_name, ctx.rules.agent_name, subject.address, ctx.rules.words)
     subject_line = reply.subject if channel == "email" else None
     outcome, reply_why = await _send_reply(runtime, state, reply_key, channel, text, subject_line,
                                            purpose="reply")
@@ -377,10 +378,12 @@ async def _deliver_cma(
     first_name = contact.get("first_name") or "there"
     if contact.get("email"):
         mail = templates.cma_email(valuation, first_name=first_name, agent_name=ctx.rules.agent_name,
-                                   program_name=ctx.rules.program_name, agent_contact=ctx.rules.agent_contact)
+                                   program_name=ctx.rules.program_name, agent_contact=ctx.rules.agent_contact,
+                                   words=ctx.rules.words)
         message = Message("email", cid, subject=mail.subject, html=mail.html, purpose="cma")
     else:
-        text = templates.cma_sms(valuation, first_name=first_name, agent_name=ctx.rules.agent_name)
+        text = templates.cma_sms(valuation, first_name=first_name, agent_name=ctx.rules.agent_name,
+                                 words=ctx.rules.words)
         message = Message("sms", cid, text=text, purpose="cma")
     result = await deliver_once(runtime, f"{cid}|cma|{message_id}", message)
     outcome, why = {

@@ -188,12 +188,14 @@ def _choose_channel(step: Step, contact: Contact) -> tuple[str | None, str]:
 
 
 def _compose(
-    step: Step, channel: str, contact: Contact, values: dict[str, str], variant: int, key: str
+    step: Step, channel: str, contact: Contact, values: dict[str, str], variant: int, key: str,
+    words: messages.Words | None = None,
 ) -> Message:
     if channel == "sms":
-        return Message("sms", contact.id, text=messages.sms_for(step, values, variant), purpose=step.value)
+        return Message("sms", contact.id, text=messages.sms_for(step, values, variant, words),
+                       purpose=step.value)
     if channel == "email":
-        mail = messages.email_for(step, values)
+        mail = messages.email_for(step, values, words)
         return Message("email", contact.id, subject=mail.subject, html=mail.html, purpose=step.value)
     return Message(
         "call",
@@ -300,7 +302,8 @@ async def run_step(state: LeadState, runtime: Runtime[Context], step: Step) -> d
     if step is Step.STALL_BREAKER:
         variant = (
             choose_stall_breaker(
-                cid, stall.get("attempts", 0), stall.get("last_variant"), len(messages.STALL_BREAKER_SMS)
+                cid, stall.get("attempts", 0), stall.get("last_variant"),
+                messages.stall_breaker_count(ctx.rules.words),
             )
             or 0
         )
@@ -311,7 +314,8 @@ async def run_step(state: LeadState, runtime: Runtime[Context], step: Step) -> d
     values = messages.fields(
         update["contact"], agent_name=ctx.rules.agent_name, program_name=ctx.rules.program_name
     )
-    outcome = await deliver_once(runtime, key, _compose(step, channel, contact, values, variant, key), check)
+    message = _compose(step, channel, contact, values, variant, key, ctx.rules.words)
+    outcome = await deliver_once(runtime, key, message, check)
     if outcome.kind == "deferred":
         return _deferred(update, step, now_of(runtime), locale, eng, ctx.rules.send_margin, due,
                          outcome.reason)
