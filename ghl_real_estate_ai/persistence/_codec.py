@@ -57,8 +57,15 @@ naming the serde type tag (``1`` msgpack, ``2`` null, ``3`` bytes, ``4`` bytearr
   one; that blob may be a reference too, always to a still later version. A put that stores a list
   extending the previous version's list, or a value equal to the previous version's, rewrites the
   previous blob into such a reference, so an append-only channel (the timeline) or one rewritten with
-  the same value (the contact snapshot) costs one full copy per thread, not one per kept version. The
-  load script follows the chain and returns ``9`` + u32 ``n`` + the full blob.
+  the same value (the contact snapshot) costs one full copy per thread, not one per kept version.
+* ``10`` + u16 length + field name + typed patch: a *patch reference*. The channel's value at this
+  version is the dict in blob ``field`` (a later version) with the patch applied: the patch is
+  ``[{key: value this version had}, [keys this version lacked]]``. A put whose dict differs from the
+  previous version's in a few keys stores the previous one so (when that is smaller).
+
+References form chains from older to newer versions, ending at a full blob. The load script follows a
+chain and returns ``11`` + u16 count + each link (u32 length + the reference blob) + the full blob;
+``resolve_blob`` applies the links from the newest back to the oldest.
 
 Pending-writes pack (one hash field per checkpoint): task groups ``>HHH`` (len task_id,
 len task_path, number of writes) + task_id + task_path, each followed by its writes ``>iHI`` (idx,
@@ -100,6 +107,9 @@ COMPRESS_MIN = 256
 """Blobs this long (typed bytes) or longer are zlib-compressed when that makes them smaller."""
 _REF_HEAD = struct.Struct(">BI")
 REF_WHOLE = 0xFFFFFFFF
+PATCH = 10
+_RESOLVED = 11
+_U32 = struct.Struct(">I")
 _CODE_TAGS = {code: tag for tag, code in _TAG_CODES.items()}
 _TAG_PREFIX = {tag: bytes([code]) for tag, code in _TAG_CODES.items()}
 
@@ -166,8 +176,19 @@ def extension_ref(count: int, field: bytes) -> bytes:
     return _REF_HEAD.pack(REF, count) + field
 
 
+def patch_ref(field: bytes, patch_typed: bytes) -> bytes:
+    """The blob of a dict version that is the dict in blob ``field`` with ``patch_typed`` applied."""
+    return bytes((PATCH,)) + _U16.pack(len(field)) + field + patch_typed
+
+
+def dict_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Any]:
+    """What turns ``new`` back into ``old``: ``[{key: old value}, [keys old lacks]]``."""
+    changed = {k: v for k, v in old.items() if k not in new or new[k] != v or type(new[k]) is not type(v)}
+    return [changed, [k for k in new if k not in old]]
+
+
 def is_ref(raw: bytes) -> bool:
-    return raw[:1] == b"\x09"
+    return raw[:1] in (b"\x09", b"\x0a")
 
 
 def typed_from_bytes(raw: bytes) -> tuple[str, bytes]:
@@ -719,20 +740,40 @@ def decode_checkpoint(
 
 
 def load_blob(loads: Any, raw: bytes) -> Any:
-    """A channel value from its blob as the load script returns it (a resolved extension reference:
-    ``9`` + u32 count + the full blob it ends at)."""
-    if raw[:1] == b"\x09":
-        try:
-            _, count = _REF_HEAD.unpack_from(raw, 0)
-        except struct.error as exc:
-            raise CodecError("truncated extension reference") from exc
-        full = loads(typed_from_bytes(raw[_REF_HEAD.size :]))
-        if count == REF_WHOLE:
-            return full
-        if not isinstance(full, list) or len(full) < count:
-            raise CodecError("extension reference points at a value that is not a long enough list")
-        return full[:count]
-    return loads(typed_from_bytes(raw))
+    """A channel value from its blob as the load script returns it (a resolved chain of references:
+    ``11`` + u16 count + the links + the full blob they end at, see the module docstring)."""
+    if raw[:1] != bytes((_RESOLVED,)):
+        return loads(typed_from_bytes(raw))
+    try:
+        (count,) = _U16.unpack_from(raw, 1)
+        pos = 3
+        links: list[bytes] = []
+        for _ in range(count):
+            (n,) = _U32.unpack_from(raw, pos)
+            links.append(raw[pos + 4 : pos + 4 + n])
+            pos += 4 + n
+    except struct.error as exc:
+        raise CodecError("truncated chain of references") from exc
+    value = loads(typed_from_bytes(raw[pos:]))
+    for link in reversed(links):
+        code = link[:1]
+        if code == b"\x09":
+            (n,) = _U32.unpack_from(link, 1)
+            if n == REF_WHOLE:
+                continue
+            if not isinstance(value, list) or len(value) < n:
+                raise CodecError("extension reference points at a value that is not a long enough list")
+            value = value[:n]
+        elif code == b"\x0a":
+            if not isinstance(value, dict):
+                raise CodecError("patch reference points at a value that is not a dict")
+            (n,) = _U16.unpack_from(link, 1)
+            changed, lacked = loads(typed_from_bytes(link[3 + n :]))
+            value = {k: v for k, v in value.items() if k not in lacked}
+            value.update(changed)
+        else:
+            raise CodecError(f"unknown reference code {link[:1]!r}")
+    return value
 
 
 # --------------------------------------------------------------------------------------- writes

@@ -20,7 +20,18 @@ import hashlib
 # Helpers shared by every script. `struct` and `bit` are part of Redis' Lua environment.
 _PRELUDE = r"""
 local FORK, DELTA = 1, 2
-local REF = 9
+local REF, PATCH = 9, 10
+
+-- The blob field a reference points into, or nil for a full blob (see _codec.py).
+local function ref_target(v)
+  local b = string.byte(v, 1)
+  if b == REF then return string.sub(v, 6) end
+  if b == PATCH then
+    local n = struct.unpack('>H', v, 2)
+    return string.sub(v, 4, 3 + n)
+  end
+  return nil
+end
 
 -- A list of strings stored as u16 length + bytes each (the event index, field 'e').
 local function unpack_list(s)
@@ -43,9 +54,9 @@ end
 -- `field` itself); `reached` doubles as the set of fields already followed.
 local function follow_refs(h, field, reached)
   local v = redis.call('HGET', h, field)
-  while v and string.byte(v, 1) == REF do
-    field = string.sub(v, 6)
-    if reached[field] then return end
+  while v do
+    field = ref_target(v)
+    if not field or reached[field] then return end
     reached[field] = true
     v = redis.call('HGET', h, field)
   end
@@ -215,8 +226,8 @@ end
 # unless it is gone or a reference already (another branch extended it first: it stays valid).
 # Events (keep_events > 0): a checkpoint starts an event (a graph run, an update, a fork) unless it is
 # a "loop" checkpoint whose parent is the previous put and whose step is the next one. Field 'e' holds
-# the last put's id and step, then the ids starting the kept events; the checkpoints older than the
-# oldest kept event are pruned. A namespace with checkpoints but no 'e' (written before events were
+# the last put's id and step, then (the first 20 characters of) the ids starting the kept events; the
+# checkpoints older than the oldest kept event are pruned. A namespace with checkpoints but no 'e' (written before events were
 # kept) gets nothing written and the reply 'M': the caller indexes its events (INDEX_EVENTS), then
 # puts again.
 PUT = r"""
@@ -266,7 +277,7 @@ for i = 0, nblobs - 1 do
 end
 for i = 0, nrefs - 1 do
   local old = redis.call('HGET', h, ARGV[rp + 1 + 2 * i])
-  if old and string.byte(old, 1) ~= REF then
+  if old and not ref_target(old) then
     redis.call('HSET', h, ARGV[rp + 1 + 2 * i], ARGV[rp + 2 + 2 * i])
   end
 end
@@ -287,7 +298,9 @@ if kev > 0 and bit.band(newflags, DELTA) == 0 then
   local first = {}
   for i = 3, #ev do first[#first + 1] = ev[i] end
   if starts then
-    first[#first + 1] = cid
+    -- the first 20 characters of the id are enough to cut at: every id below the prefix is below
+    -- the id, so a prefix can only keep more, never less (a uuid6 id's time fills them)
+    first[#first + 1] = string.sub(cid, 1, 20)
     table.sort(first)
   end
   if #first > kev then
@@ -409,11 +422,18 @@ for _, c in ipairs(cids) do
     local vals = redis.call('HMGET', h, 'w' .. c, unpack(fields))
     for i = 2, #vals do
       local v = vals[i]
-      if v and string.byte(v, 1) == REF then
-        -- an extension reference: the reference's head, then the full list blob its chain ends at
-        local head, t = string.sub(v, 1, 5), v
-        while t and string.byte(t, 1) == REF do t = redis.call('HGET', h, string.sub(t, 6)) end
-        if t then vals[i] = head .. t else vals[i] = false end
+      local target = v and ref_target(v)
+      if target then
+        -- a chain of references: its links, then the full blob it ends at (see _codec.py)
+        local parts, n = {}, 0
+        while v and target do
+          n = n + 1
+          parts[n] = struct.pack('>I', #v) .. v
+          v = redis.call('HGET', h, target)
+          target = v and ref_target(v)
+        end
+        if v then vals[i] = string.char(11) .. struct.pack('>H', n) .. table.concat(parts) .. v
+        else vals[i] = false end
       end
     end
     out[#out + 1] = {c, rec, vals}

@@ -83,11 +83,13 @@ from ghl_real_estate_ai.persistence._codec import (
     build_record,
     decode_checkpoint,
     decode_metadata,
+    dict_patch,
     extension_ref,
     is_ref,
     iter_writes,
     pack_writes,
     parse_header,
+    patch_ref,
     prepare_checkpoint,
     typed_from_bytes,
     typed_to_bytes,
@@ -669,6 +671,11 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
                     refs.append((old_field, extension_ref(len(old), field)))
             elif type(value) is type(old) and value == old:
                 refs.append((old_field, extension_ref(REF_WHOLE, field)))
+            elif type(value) is dict and type(old) is dict:
+                patch = typed_to_bytes(self.serde.dumps_typed(dict_patch(old, value)))
+                # worth it only when clearly smaller than a full value
+                if 4 * len(patch) < 3 * len(new_blobs[channel]):
+                    refs.append((old_field, patch_ref(field, patch)))
         return refs
 
     def _remember_lists(
@@ -724,7 +731,7 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
         yield _Eval(
             SCRIPTS["index_events"],
             [keys.nset, *keys.ns_keys(ns)],
-            [keys.base, ns, self.keep_events or 0, last_cid, last_step, *sorted(starts)],
+            [keys.base, ns, self.keep_events or 0, last_cid, last_step, *sorted(c[:20] for c in starts)],
         )
 
     def _op_put_writes(
