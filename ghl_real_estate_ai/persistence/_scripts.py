@@ -227,9 +227,9 @@ end
 # Events (keep_events > 0): a checkpoint starts an event (a graph run, an update, a fork) unless it is
 # a "loop" checkpoint whose parent is the previous put and whose step is the next one. Field 'e' holds
 # the last put's id and step, then (the first 20 characters of) the ids starting the kept events; the
-# checkpoints older than the oldest kept event are pruned. A namespace with checkpoints but no 'e' (written before events were
-# kept) gets nothing written and the reply 'M': the caller indexes its events (INDEX_EVENTS), then
-# puts again.
+# checkpoints older than the oldest kept event are pruned. A namespace with checkpoints but no 'e'
+# (written before events were kept) gets nothing written and the reply 'M': the caller indexes its
+# events (INDEX_EVENTS), then puts again.
 PUT = r"""
 local nset, h, ik = KEYS[1], KEYS[2], KEYS[3]
 local base, ns, cid, parent = ARGV[1], ARGV[2], ARGV[3], ARGV[4]

@@ -78,20 +78,18 @@ def build_graph(
     context_schema: type[Any] = Context,
     wrap_node: NodeWrapper | None = None,
     then: tuple[str, Callable[..., Awaitable[Any]], tuple[str, ...]] | None = None,
-    state_schema: type[Any] = LeadState,
 ) -> StateGraph[LeadState, Any]:
     """The lead bot's ``StateGraph`` (uncompiled). By default its nodes take their services from a
     ``Context``; a graph whose context is something else (Studio's JSON settings) passes that
     ``context_schema`` and a ``wrap_node`` that builds the ``Context`` for each node. ``then`` is
     ``(name, node, destinations)``: a node every action node goes to instead of ``END``, which ends the run
     or sends it on with a ``Command`` (Studio's ``due_now`` runs what has come due, as the scheduler
-    would). ``state_schema`` is ``LeadState`` but for ``benchmarks/memory.py``, which also runs the
-    unbounded state of earlier releases to compare."""
+    would)."""
 
     def node_for(name: str, node: AnyNode) -> Any:
         return wrap_node(name, node) if wrap_node is not None else node
 
-    builder: StateGraph[LeadState, Any] = StateGraph(state_schema, context_schema=context_schema)
+    builder: StateGraph[LeadState, Any] = StateGraph(LeadState, context_schema=context_schema)
     targets = (*IO_NODES, *PURE_NODES)
     builder.add_node("determine_path", node_for("determine_path", sequence.determine_path),
                      destinations=targets)

@@ -16,7 +16,7 @@ bounded however old the lead gets:
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Annotated, Any, Literal, NotRequired
 
@@ -153,7 +153,9 @@ def _is_summary(item: dict[str, Any]) -> bool:
     return item.get("action") == SUMMARY_ACTION and bool((item.get("detail") or {}).get("summary"))
 
 
-def summarise(entries: Sequence[dict[str, Any]], previous: dict[str, Any] | None = None) -> TimelineEntry:
+def summarise(
+    entries: Sequence[Mapping[str, Any]], previous: Mapping[str, Any] | None = None
+) -> TimelineEntry:
     """One summary entry for ``entries`` (folded into ``previous``, an earlier summary, if given)."""
     old = (previous or {}).get("detail") or {}
     actions: Counter[str] = Counter(old.get("actions") or {})
@@ -167,7 +169,8 @@ def summarise(entries: Sequence[dict[str, Any]], previous: dict[str, Any] | None
     count = int(old.get("entries") or 0) + len(entries)
     first_s = first.isoformat() if first else None
     last_s = last.isoformat() if last else None
-    counts = ", ".join(f"{n} {action}" for action, n in sorted(actions.items(), key=lambda kv: (-kv[1], kv[0])))
+    by_count = sorted(actions.items(), key=lambda kv: (-kv[1], kv[0]))
+    counts = ", ".join(f"{n} {action}" for action, n in by_count)
     return {
         "at": last_s or "",
         "action": SUMMARY_ACTION,
@@ -213,8 +216,8 @@ def bounded_timeline(
 
 def recent_messages(current: list[AnyMessage] | None, new: Any) -> list[AnyMessage]:
     """``add_messages``, keeping the last ``MESSAGES_KEPT`` messages."""
-    merged = add_messages(current or [], new or [])
-    return list(merged[-MESSAGES_KEPT:])
+    merged: list[AnyMessage] = add_messages(list(current or []), new or [])  # type: ignore[arg-type,assignment]
+    return merged[-MESSAGES_KEPT:]
 
 
 class LeadState(TypedDict):
