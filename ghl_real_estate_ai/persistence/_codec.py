@@ -167,7 +167,7 @@ def compressed(typed: bytes) -> bytes:
     """``typed`` (from :func:`typed_to_bytes`) zlib-compressed when it is long and that saves space."""
     if len(typed) < COMPRESS_MIN:
         return typed
-    packed = bytes((_ZLIB,)) + zlib.compress(typed, 6)
+    packed = bytes((_ZLIB,)) + zlib.compress(typed, 1)  # level 6 saves under 1% more here, at twice the time
     return packed if len(packed) < len(typed) else typed
 
 

@@ -239,9 +239,12 @@ local nrefs = tonumber(ARGV[rp])
 local ep = rp + 1 + 2 * nrefs
 local kev = tonumber(ARGV[ep])
 local d = redis.call('HGET', h, 'n')
-if kev > 0 and bit.band(flags_of(d), DELTA) == 0 and ARGV[8] ~= '1'
-    and redis.call('HEXISTS', h, 'e') == 0 and redis.call('ZCARD', ik) > 0 then
-  return 'M'
+local e = false
+if kev > 0 then
+  e = redis.call('HGET', h, 'e')
+  if not e and bit.band(flags_of(d), DELTA) == 0 and ARGV[8] ~= '1' and redis.call('ZCARD', ik) > 0 then
+    return 'M'
+  end
 end
 local had_hash = d ~= false
 local known = tonumber(ARGV[10])
@@ -291,7 +294,6 @@ end
 if kev > 0 and bit.band(newflags, DELTA) == 0 then
   local step = ARGV[ep + 2]
   local ev = {}
-  local e = redis.call('HGET', h, 'e')
   if e then ev = unpack_list(e) end
   local starts = ev[1] == nil or ARGV[ep + 1] ~= '1' or parent ~= ev[1]
     or tonumber(step) == nil or tonumber(ev[2]) == nil or tonumber(step) ~= tonumber(ev[2]) + 1

@@ -131,6 +131,7 @@ _TOUCH_CACHE_MAX = 100_000
 _NAMES_CACHE_MAX = 50_000
 _WRITTEN_CACHE_MAX = 4096  # threads whose last-written record is kept (a few KB each)
 _LISTS_CACHE_ITEMS = 50_000  # list items kept to spot a put that extends the previous version's list
+_PATCH_MIN = 160  # a dict blob shorter than this is stored whole: its patch would save too little
 _PUT_ATTEMPTS = 5
 _DELTA_METADATA_KEYS = ("counters_since_delta_snapshot", "delta_writes_versioned")
 PRUNE_STRATEGIES = ("keep_latest", "delete")
@@ -671,7 +672,7 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
                     refs.append((old_field, extension_ref(len(old), field)))
             elif type(value) is type(old) and value == old:
                 refs.append((old_field, extension_ref(REF_WHOLE, field)))
-            elif type(value) is dict and type(old) is dict:
+            elif type(value) is dict and type(old) is dict and len(new_blobs[channel]) >= _PATCH_MIN:
                 patch = typed_to_bytes(self.serde.dumps_typed(dict_patch(old, value)))
                 # worth it only when clearly smaller than a full value
                 if 4 * len(patch) < 3 * len(new_blobs[channel]):
@@ -818,9 +819,12 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
         tuples = self._rows_to_tuples(keys, thread_id, ns, reply)
         if not tuples:
             return None
-        if not cid:  # the latest: the next put (the next graph turn's) may extend its lists
+        written = self._written.get((keys.base, ns))
+        record = reply[1][1]
+        # the latest, unless this saver wrote it (then it remembered its values at the put): the next
+        # put (the next graph turn's) may repeat or extend them
+        if not cid and (written is None or written.record != record):
             names = self._names.get((keys.base, ns))
-            record = reply[1][1]
             if names is not None:
                 try:
                     fields = _record_blob_fields(record, names)
