@@ -33,7 +33,7 @@ local function ref_target(v)
   return nil
 end
 
--- A list of strings stored as u16 length + bytes each (the event index, field 'e').
+-- A list of strings stored as u16 length + bytes each (the event index, fields 'e' and 's').
 local function unpack_list(s)
   local out, p = {}, 1
   while p <= #s do
@@ -222,12 +222,12 @@ end
 # (0 and a fresh epoch when the caller knows none). If it does not, nothing is written and the current
 # dictionary is returned ("" if none) for the caller to rebuild the record. Otherwise `new_names` is
 # appended and the reply is 1 if the thread already existed, else 0 (the caller then registers it).
-# Each `old_field` (a blob the new list blob extends) is rewritten into its extension reference `ref`
-# unless it is gone or a reference already (another branch extended it first: it stays valid).
+# Each `old_field` (a blob the new blob repeats or extends) is rewritten into its reference `ref`
+# unless it is gone.
 # Events (keep_events > 0): a checkpoint starts an event (a graph run, an update, a fork) unless it is
 # a "loop" checkpoint whose parent is the previous put and whose step is the next one. Field 'e' holds
-# the last put's id and step, then (the first 20 characters of) the ids starting the kept events; the
-# checkpoints older than the oldest kept event are pruned. A namespace with checkpoints but no 'e'
+# the last put's id and step, field 's' (the first 20 characters of) the ids starting the kept events;
+# the checkpoints older than the oldest kept event are pruned. A namespace with checkpoints but no 'e'
 # (written before events were kept) gets nothing written and the reply 'M': the caller indexes its
 # events (INDEX_EVENTS), then puts again.
 PUT = r"""
@@ -279,8 +279,9 @@ for i = 0, nblobs - 1 do
   redis.call('HSETNX', h, ARGV[14 + 2 * i], ARGV[15 + 2 * i])
 end
 for i = 0, nrefs - 1 do
-  local old = redis.call('HGET', h, ARGV[rp + 1 + 2 * i])
-  if old and not ref_target(old) then
+  -- (a blob that is a reference already, into another branch's later version, may be pointed here
+  -- instead: this version holds it as well; a blob pruned meanwhile stays gone)
+  if redis.call('HEXISTS', h, ARGV[rp + 1 + 2 * i]) == 1 then
     redis.call('HSET', h, ARGV[rp + 1 + 2 * i], ARGV[rp + 2 + 2 * i])
   end
 end
@@ -297,25 +298,25 @@ if kev > 0 and bit.band(newflags, DELTA) == 0 then
   if e then ev = unpack_list(e) end
   local starts = ev[1] == nil or ARGV[ep + 1] ~= '1' or parent ~= ev[1]
     or tonumber(step) == nil or tonumber(ev[2]) == nil or tonumber(step) ~= tonumber(ev[2]) + 1
-  local first = {}
-  for i = 3, #ev do first[#first + 1] = ev[i] end
   if starts then
+    local first = {}
+    local s = redis.call('HGET', h, 's')
+    if s then first = unpack_list(s) end
     -- the first 20 characters of the id are enough to cut at: every id below the prefix is below
     -- the id, so a prefix can only keep more, never less (a uuid6 id's time fills them)
     first[#first + 1] = string.sub(cid, 1, 20)
     table.sort(first)
+    if #first > kev then
+      local cut = first[#first - kev + 1]
+      local kept = {}
+      for i = #first - kev + 1, #first do kept[#kept + 1] = first[i] end
+      first = kept
+      local old = redis.call('ZRANGEBYLEX', ik, '-', '(' .. cut)
+      if #old > 0 then remove_checkpoints(nset, ns, h, ik, old, false) end
+    end
+    redis.call('HSET', h, 's', pack_list(first))
   end
-  if #first > kev then
-    local cut = first[#first - kev + 1]
-    local kept = {}
-    for i = #first - kev + 1, #first do kept[#kept + 1] = first[i] end
-    first = kept
-    local old = redis.call('ZRANGEBYLEX', ik, '-', '(' .. cut)
-    if #old > 0 then remove_checkpoints(nset, ns, h, ik, old, false) end
-  end
-  local out = {cid, step}
-  for _, c in ipairs(first) do out[#out + 1] = c end
-  redis.call('HSET', h, 'e', pack_list(out))
+  redis.call('HSET', h, 'e', pack_list({cid, step}))
 end
 -- h and ik existed before this call if the dictionary and a latest checkpoint did
 refresh_due(base, nset, h, tonumber(ARGV[6]), not (had_hash and latest))
@@ -543,9 +544,7 @@ if #first > kev then
   if #old > 0 then remove_checkpoints(nset, ARGV[2], h, ik, old, false) end
 end
 if redis.call('EXISTS', h) == 1 then
-  local out = {ARGV[4], ARGV[5]}
-  for _, c in ipairs(first) do out[#out + 1] = c end
-  redis.call('HSET', h, 'e', pack_list(out))
+  redis.call('HSET', h, 'e', pack_list({ARGV[4], ARGV[5]}), 's', pack_list(first))
 end
 return 1
 """
