@@ -20,16 +20,21 @@ Storage (key layout and byte formats in ``_codec.py``, scripts in ``_scripts.py`
   inlines primitives in its JSONB column.
 * Values are the serde type tag and the raw serde bytes, no base64 or JSON wrapping.
 * Every ``put``/``put_writes`` is one Lua call (one round trip): it also refreshes the expiry of every
-  key the thread uses (``ttl_seconds``) and prunes checkpoints beyond ``keep_last`` together with their
-  writes and the blobs only they read. All keys of a thread are refreshed together, so a write that
-  creates no key skips the refresh when the thread's keys were refreshed in the last second (ttl/100
-  for a ttl under 100 s): the eight writes of a graph turn refresh once, and every write still leaves
-  every key at least ``ttl_seconds`` minus that slack to live. ``get_tuple`` is one round trip returning
+  key the thread uses (``ttl_seconds``) and prunes checkpoints older than the last ``keep_events``
+  events (or beyond ``keep_last`` checkpoints) together with their writes and the blobs only they
+  read. All keys of a thread are refreshed together, so a write that creates no key skips the refresh
+  when the thread's keys were refreshed in the last second (ttl/100 for a ttl under 100 s): the eight
+  writes of a graph turn refresh once, and every write still leaves every key at least
+  ``ttl_seconds`` minus that slack to live. ``get_tuple`` is one round trip returning
   checkpoint, blobs and pending writes: a Lua call that parses the record to find its blobs, or, for
   the latest checkpoint when it is the one this saver instance last wrote there (the next graph turn's
   read), plain commands in one MULTI/EXEC, since the saver kept the record's blob fields and decoded
   form at the put. If another writer wrote since, that read sees it and the Lua call follows (a second
   round trip).
+* A blob a later put repeats or extends (an append-only list, an unchanged section) is rewritten into a
+  reference into the later one, a dict that changed in a few keys into a patch back from it, and blobs
+  of 256 bytes or more are zlib-compressed (``_codec.py``), so a lead's size does not grow with the
+  number of versions of its timeline.
 * ``list(None)`` walks a registry ZSET ``<prefix>:threads`` (thread id -> time of last touch). A saver
   touches a thread there at most once per ``ttl_seconds / 10`` (per process), in the same round trip as
   a put; entries older than ``1.25 * ttl_seconds`` are trimmed then, and the registry key itself

@@ -56,7 +56,7 @@ async def test_by_default_a_scheduled_step_or_an_inbound_turn_writes_one_checkpo
     config = sim.runner.config(cid)
     await sim.enroll_all()
     await sim.run_until(START + timedelta(hours=1))
-    await sim.dispatch(cid, {"type": "inbound_message", "text": "Thanks, any new listings?", "channel": "sms"})
+    await sim.dispatch(cid, {"type": "inbound_message", "text": "Any new listings?", "channel": "sms"})
     await sim.dispatch(cid, {"type": "pause", "source": "operator", "reason": "test"})
 
     history = [snap async for snap in sim.graph.aget_state_history(config)]
