@@ -184,9 +184,25 @@ def patch_ref(field: bytes, patch_typed: bytes) -> bytes:
     return bytes((PATCH,)) + _U16.pack(len(field)) + field + patch_typed
 
 
+def same(a: Any, b: Any) -> bool:
+    """``a == b`` with the same types all the way down (``1`` and ``1.0``, ``True`` and ``1`` differ),
+    so a value rebuilt from a reference serializes as the original did. Identical objects (what a
+    list that only grew shares with its previous version) cost one comparison."""
+    if a is b:
+        return True
+    ta = type(a)
+    if ta is not type(b):
+        return False
+    if ta is dict:
+        return len(a) == len(b) and all(k in b and same(v, b[k]) for k, v in a.items())
+    if ta is list or ta is tuple:
+        return len(a) == len(b) and all(map(same, a, b))
+    return bool(a == b)
+
+
 def dict_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Any]:
     """What turns ``new`` back into ``old``: ``[{key: old value}, [keys old lacks]]``."""
-    changed = {k: v for k, v in old.items() if k not in new or new[k] != v or type(new[k]) is not type(v)}
+    changed = {k: v for k, v in old.items() if k not in new or not same(new[k], v)}
     return [changed, [k for k in new if k not in old]]
 
 

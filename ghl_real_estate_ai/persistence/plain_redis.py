@@ -96,6 +96,7 @@ from ghl_real_estate_ai.persistence._codec import (
     parse_header,
     patch_ref,
     prepare_checkpoint,
+    same,
     typed_from_bytes,
     typed_to_bytes,
 )
@@ -673,9 +674,9 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
             value = values.get(channel)
             old_field, old = known
             if type(value) is list and type(old) is list:
-                if len(value) >= len(old) and value[: len(old)] == old:
+                if len(value) >= len(old) and all(map(same, value, old)):
                     refs.append((old_field, extension_ref(len(old), field)))
-            elif type(value) is type(old) and value == old:
+            elif same(value, old):
                 refs.append((old_field, extension_ref(REF_WHOLE, field)))
             elif type(value) is dict and type(old) is dict and len(new_blobs[channel]) >= _PATCH_MIN:
                 patch = typed_to_bytes(self.serde.dumps_typed(dict_patch(old, value)))

@@ -20,6 +20,9 @@ import redis.asyncio as aioredis
 from langchain_core.messages import HumanMessage
 from langgraph.checkpoint.base import copy_checkpoint
 from langgraph.checkpoint.base.id import uuid6
+from langgraph.graph import START as GRAPH_START
+from langgraph.graph import StateGraph
+from typing_extensions import TypedDict
 
 from ghl_real_estate_ai.agents.lead_bot.state import (
     MESSAGES_KEPT,
@@ -344,3 +347,38 @@ async def test_every_key_a_lead_writes_has_a_ttl(redis_url: str, key_prefix: str
         assert no_ttl == []
     finally:
         await client.aclose()
+
+
+# ----------------------------------------------------------------------- references are exact
+
+
+class _Values(TypedDict, total=False):
+    section: dict[str, Any]
+    items: list[Any]
+
+
+def _set(state: _Values) -> dict[str, Any]:
+    return {}
+
+
+async def test_a_reference_never_changes_what_an_older_version_reads(saver: AsyncPlainRedisSaver) -> None:
+    """Equal is not enough for a reference: ``1`` and ``1.0`` compare equal but serialize apart."""
+    builder = StateGraph(_Values)
+    builder.add_node("noop", _set)
+    builder.add_edge(GRAPH_START, "noop")
+    graph = builder.compile(checkpointer=saver)
+    cfg = config("c-exact")
+    section = {"n": 1, "flag": True, "nested": {"k": [1, 2]}, "text": "x" * 300}
+    await graph.ainvoke({"section": section, "items": [1, {"a": 1}]}, cfg, durability="exit")
+    await graph.ainvoke({"section": {**section, "n": 1.0, "flag": 1, "nested": {"k": [1.0, 2]}},
+                         "items": [1.0, {"a": 1}, 3]}, cfg, durability="exit")
+    await graph.ainvoke({"section": {**section, "text": "y" * 300}, "items": [1.0, {"a": 1}, 3, 4]}, cfg,
+                        durability="exit")
+    states = [snap.values async for snap in graph.aget_state_history(cfg)]
+    oldest = states[-1]
+    assert oldest["section"] == section and type(oldest["section"]["n"]) is int
+    assert type(oldest["section"]["flag"]) is bool and type(oldest["section"]["nested"]["k"][0]) is int
+    assert oldest["items"] == [1, {"a": 1}] and type(oldest["items"][0]) is int
+    middle = states[-2]
+    assert type(middle["section"]["n"]) is float and middle["items"] == [1.0, {"a": 1}, 3]
+    assert states[0]["section"]["text"] == "y" * 300 and states[0]["items"][-1] == 4
