@@ -112,6 +112,7 @@ _REF_HEAD = struct.Struct(">BI")
 REF_WHOLE = 0xFFFFFFFF
 PATCH = 10
 _RESOLVED = 11
+_RESOLVED_HEAD = bytes((_RESOLVED,))
 _U32 = struct.Struct(">I")
 _CODE_TAGS = {code: tag for tag, code in _TAG_CODES.items()}
 _TAG_PREFIX = {tag: bytes([code]) for tag, code in _TAG_CODES.items()}
@@ -202,7 +203,7 @@ def same(a: Any, b: Any) -> bool:
 
 def dict_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Any]:
     """What turns ``new`` back into ``old``: ``[{key: old value}, [keys old lacks]]``."""
-    changed = {k: v for k, v in old.items() if k not in new or not same(new[k], v)}
+    changed = {k: v for k, v in old.items() if k not in new or (new[k] is not v and not same(new[k], v))}
     return [changed, [k for k in new if k not in old]]
 
 
@@ -761,7 +762,7 @@ def decode_checkpoint(
 def load_blob(loads: Any, raw: bytes) -> Any:
     """A channel value from its blob as the load script returns it (a resolved chain of references:
     ``11`` + u16 count + the links + the full blob they end at, see the module docstring)."""
-    if raw[:1] != bytes((_RESOLVED,)):
+    if raw[:1] != _RESOLVED_HEAD:
         return loads(typed_from_bytes(raw))
     try:
         (count,) = _U16.unpack_from(raw, 1)

@@ -55,6 +55,7 @@ import collections
 import contextlib
 import functools
 import logging
+import operator
 import os
 import random
 import time
@@ -674,9 +675,12 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
             value = values.get(channel)
             old_field, old = known
             if type(value) is list and type(old) is list:
-                if len(value) >= len(old) and all(map(same, value, old)):
+                # a list that only grew shares its items with the previous version (checked in C first)
+                if len(value) >= len(old) and (
+                    all(map(operator.is_, value, old)) or all(map(same, value, old))
+                ):
                     refs.append((old_field, extension_ref(len(old), field)))
-            elif same(value, old):
+            elif value == old and same(value, old):
                 refs.append((old_field, extension_ref(REF_WHOLE, field)))
             elif type(value) is dict and type(old) is dict and len(new_blobs[channel]) >= _PATCH_MIN:
                 patch = typed_to_bytes(self.serde.dumps_typed(dict_patch(old, value)))
