@@ -38,7 +38,8 @@ len + bytes), so records do not repeat them; the flags are FORK (1: history is n
 checks every survivor) and DELTA (2: the thread uses a DeltaChannel, never prune automatically).
 ``kind`` says where the channel's value is: ``0`` in a blob field (``"b"`` + name id + version key),
 ``1`` inline in ``inline_values`` (small primitives: None, bool, int64, float, short
-str, as PostgresSaver inlines primitives), ``2`` no value (the channel was emptied at this version).
+str, as PostgresSaver inlines primitives, and dicts of at most four of them under short str keys),
+``2`` no value (the channel was emptied at this version).
 ``versions_seen`` is a list ``[node id, [channel id, version index, ...], ...]``, ``updated_channels``
 a list of name ids. ``ts`` is stored as integer microseconds when that reproduces the string exactly.
 
@@ -99,6 +100,8 @@ _WRITE_HEAD = struct.Struct(">iHI")
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 _INLINE_STR_MAX = 48
+_INLINE_DICT_KEYS = 4
+_INLINE_KEY_MAX = 16
 _VERSION_INT_WIDTH = 32
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -295,8 +298,7 @@ def version_from_key(key: bytes) -> Any:
     return version
 
 
-def inlinable(value: Any) -> bool:
-    """Small primitives that are cheaper inline in every record than as a blob hash field."""
+def _primitive(value: Any) -> bool:
     t = type(value)
     if value is None or t is bool or t is float:
         return True
@@ -305,6 +307,18 @@ def inlinable(value: Any) -> bool:
     if t is str:
         return len(value) <= _INLINE_STR_MAX
     return False
+
+
+def inlinable(value: Any) -> bool:
+    """Values cheaper inline in every record than as a blob hash field: small primitives, and small
+    flat dicts of them (an event, a counter section: under a hundred bytes, where a hash field costs
+    about as much again in Redis' own overhead). Decided from the value alone, so every record that
+    holds a channel at one version stores it the same way."""
+    if type(value) is dict:
+        return len(value) <= _INLINE_DICT_KEYS and all(
+            type(k) is str and len(k) <= _INLINE_KEY_MAX and _primitive(v) for k, v in value.items()
+        )
+    return _primitive(value)
 
 
 def _ts_out(ts: Any) -> Any:

@@ -17,7 +17,8 @@ Storage (key layout and byte formats in ``_codec.py``, scripts in ``_scripts.py`
   semantics; ``get_next_version`` adds a random suffix (as InMemorySaver and PostgresSaver do), so a
   fork (``update_state`` on an old checkpoint) can never overwrite a value the main line reads. Small
   primitives (None, bool, int64, float, short strings) are inlined in the record, as PostgresSaver
-  inlines primitives in its JSONB column.
+  inlines primitives in its JSONB column, and so are dicts of at most four of them (an event, a
+  counter section), which would cost as much again in Redis' per-field overhead as a blob.
 * Values are the serde type tag and the raw serde bytes, no base64 or JSON wrapping.
 * Every ``put``/``put_writes`` is one Lua call (one round trip): it also refreshes the expiry of every
   key the thread uses (``ttl_seconds``) and prunes checkpoints older than the last ``keep_events``

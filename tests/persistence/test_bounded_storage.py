@@ -35,7 +35,7 @@ from ghl_real_estate_ai.agents.lead_bot.state import (
 from ghl_real_estate_ai.api.metrics import Metrics
 from ghl_real_estate_ai.operator_cli import render_status
 from ghl_real_estate_ai.persistence import DEFAULT_KEEP_EVENTS, AsyncPlainRedisSaver
-from ghl_real_estate_ai.persistence._codec import KIND_BLOB, Keys, parse_header
+from ghl_real_estate_ai.persistence._codec import KIND_BLOB, Keys, inlinable, parse_header
 from ghl_real_estate_ai.persistence._scripts import SCRIPTS
 from ghl_real_estate_ai.sandbox.fakes import make_contact
 from ghl_real_estate_ai.sandbox.simulation import Simulation
@@ -382,3 +382,42 @@ async def test_a_reference_never_changes_what_an_older_version_reads(saver: Asyn
     middle = states[-2]
     assert type(middle["section"]["n"]) is float and middle["items"] == [1.0, {"a": 1}, 3]
     assert states[0]["section"]["text"] == "y" * 300 and states[0]["items"][-1] == 4
+
+
+@pytest.mark.parametrize(
+    ("value", "inline"),
+    [
+        ({"type": "step_due", "step": "nurture", "source": "scheduler"}, True),
+        ({"attempts": 2, "last_variant": None}, True),
+        ({}, True),
+        ({"a": 1, "b": 2, "c": 3, "d": 4, "e": 5}, False),  # too many keys
+        ({"a": [1]}, False),  # not flat
+        ({"a": "x" * 49}, False),  # a long string
+        ({"a_key_longer_than_16": 1}, False),
+        ({1: "a"}, False),  # not a str key
+        ("x" * 48, True),
+        ([1, 2], False),
+    ],
+)
+def test_small_flat_dicts_are_inlined_in_the_record(value: Any, inline: bool) -> None:
+    assert inlinable(value) is inline
+
+
+async def test_an_inlined_section_reads_back_at_every_version(
+    saver: AsyncPlainRedisSaver, redis_url: str, key_prefix: str
+) -> None:
+    builder = StateGraph(_Values)
+    builder.add_node("noop", _set)
+    builder.add_edge(GRAPH_START, "noop")
+    graph = builder.compile(checkpointer=saver)
+    cfg = config("c-inline")
+    for n in range(3):
+        section = {"n": n, "f": n / 2, "ok": bool(n), "s": None}
+        await graph.ainvoke({"section": section}, cfg, durability="exit")
+    sections = [snap.values["section"] async for snap in graph.aget_state_history(cfg)]
+    assert sections == [{"n": n, "f": n / 2, "ok": bool(n), "s": None} for n in (2, 1, 0)]
+    assert [type(s["f"]) for s in sections] == [float] * 3
+    client = redis.Redis.from_url(redis_url)
+    stored, _ = blob_state(client, key_prefix, "c-inline")
+    assert stored == set()  # no blob field at all: the sections live in the records
+    client.close()
