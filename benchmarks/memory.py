@@ -22,8 +22,8 @@ Workloads (``--leads`` leads each, 20 by default):
 Layouts:
 
 * ``default``: the saver's defaults (events kept: ``DEFAULT_KEEP_EVENTS``; compressed blobs; extension
-  references) and the bounded state (``bounded_timeline``, ``recent_messages``), scheduled steps run
-  with ``durability="exit"`` (``LeadBotRunner.durability_for``).
+  references) and the bounded state (``bounded_timeline``, ``recent_messages``), every run with
+  ``durability="exit"`` (``LeadBotRunner``'s default, the service's).
 * ``earlier``: the storage layout of earlier releases: ``keep_last=200``, no event bound, no
   compression, no extension references, and ``durability="sync"`` for every run. The state is this
   release's (the graph has one state schema): within two years its timeline is the earlier one, since
@@ -140,7 +140,8 @@ async def run_layout(
     with redis_for(redis_url) as (url, prefix):
         client = redis.Redis.from_url(url)
         async with open_saver(layout, url, prefix) as saver:
-            durability = "sync" if layout == "earlier" else None
+            # the earlier layout with the durability of earlier releases; the others as serve runs
+            durability = "sync" if layout == "earlier" else "exit"
             sim = Simulation(DEMO_START, checkpointer=saver, durability=durability)
             ids = [sim.add_lead(generated_contact(f"mem-{workload}-{i:03d}")) for i in range(leads)]
             for i in chatty_leads(workload, leads):

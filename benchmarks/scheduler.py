@@ -39,10 +39,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
 import logging
+import os
 import signal
+import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -62,6 +66,7 @@ from apscheduler.jobstores.redis import RedisJobStore  # noqa: E402
 from apscheduler.schedulers.asyncio import AsyncIOScheduler  # noqa: E402
 
 from ghl_real_estate_ai.agents.lead_bot import Context, build_graph  # noqa: E402
+from ghl_real_estate_ai.api.intake import IntakeEntry, IntakeStream, IntakeWorker  # noqa: E402
 from ghl_real_estate_ai.persistence import AsyncPlainRedisSaver  # noqa: E402
 from ghl_real_estate_ai.services.lead_sequence_scheduler import (  # noqa: E402
     LeadJob,
@@ -149,8 +154,9 @@ async def put_jobs(client: aioredis.Redis, scheduler: LeadSequenceScheduler, job
 class Bot:
     """An in-process bot on the benchmark's Redis (the same wiring as ``worker_main.open_stack``)."""
 
-    def __init__(self, url: str, prefix: str, *, concurrency: int) -> None:
+    def __init__(self, url: str, prefix: str, *, concurrency: int, intake: bool = False) -> None:
         self.url, self.prefix, self.concurrency = url, prefix, concurrency
+        self.use_intake = intake
 
     async def __aenter__(self) -> Bot:
         # redis-py's async pool raises at 100 connections instead of waiting; a burst runs concurrency x
@@ -176,6 +182,8 @@ class Bot:
         self.lock = RedisLeadLock(self.redis, prefix=self.prefix, ttl_seconds=30, wait_seconds=30)
         self.runner = LeadBotRunner(self.graph, context, lock=self.lock)
         self.index = LeadSequenceStateService(self.redis, prefix=self.prefix)
+        # With the intake (as ``lead-bot serve`` runs): the leader queues due steps, workers run them.
+        self.intake = IntakeStream(self.redis, prefix=self.prefix) if self.use_intake else None
         self.scheduler = LeadSequenceScheduler(
             self.runner,
             redis=self.redis,
@@ -188,6 +196,7 @@ class Bot:
             max_concurrency=self.concurrency,
             reconcile_interval=None,
             reconcile_concurrency=self.concurrency,
+            intake=self.intake,
         )
 
         async def index_hook(contact_id: str, values: dict[str, Any]) -> None:
@@ -198,6 +207,8 @@ class Bot:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.scheduler.stop()
+        if self.intake is not None:
+            await self.intake.aclose()
         await self.lock.aclose()
         await self._saver_client.aclose()
         await self.timebase.stop()
@@ -563,6 +574,134 @@ async def memory(url: str, n: int) -> Row:
     )
 
 
+# --------------------------------------------------------------------------------------- scale-out
+
+WORKER_READY = "worker ready"
+
+
+async def worker_process(url: str, prefix: str, n: int, concurrency: int, *, lead: bool) -> None:
+    """One process of the scale-out section (``--worker``): what ``lead-bot serve --role worker`` runs (the
+    intake worker on its share of the partitions; due steps through ``run_due``, the Redis saver, lock,
+    ledger and hooks), with the in-process ``FakeCrm``; with ``lead`` also the scheduler (``--role all``),
+    which takes the lease and queues the due steps. Prints ``worker ready``, waits for a line on stdin,
+    starts, runs until SIGTERM, then prints the contact ids it sent to as JSON."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    async with Bot(url, prefix, concurrency=concurrency, intake=True) as bot:
+        for i in range(n):
+            bot.crm.add_contact(make_contact(f"s{i:06d}"))
+
+        async def handle(entry: IntakeEntry) -> dict[str, Any]:
+            event = entry.event
+            await bot.scheduler.run_due(entry.contact_id, event["step"], event["due_at"],
+                                        int(event.get("attempt") or 0))
+            return {}
+
+        assert bot.intake is not None
+        worker = IntakeWorker(bot.intake, handle, consumer=f"bench-{os.getpid()}", concurrency=concurrency,
+                              lease_seconds=30, block_ms=200)
+        await worker.start()
+        print(WORKER_READY, flush=True)
+        await asyncio.to_thread(sys.stdin.readline)  # "go": every worker has its partitions
+        settle_heap()
+        cpu = time.process_time()
+        if lead:
+            await bot.scheduler.start()
+        await stop.wait()
+        cpu = time.process_time() - cpu
+        await worker.stop()
+        print(json.dumps({"sent": [sent.contact_id for sent in bot.crm.sent], "cpu": cpu}), flush=True)
+
+
+async def scale_out(url: str, n: int, concurrency: int, workers: int) -> Row:
+    """The burst as ``lead-bot serve`` runs it, in worker processes (:func:`worker_process`): the first
+    also runs the scheduler (its leader queues every due step in the intake), the others only work. This
+    process enrolls the leads, then only watches: timed from "go" until every due job has fired and the
+    intake is empty; the sends are counted in the workers."""
+    client = aioredis.Redis.from_url(url)
+    await client.flushdb()
+    await client.aclose()
+    prefix = f"scale{workers}"
+    async with Bot(url, prefix, concurrency=concurrency, intake=True) as bot:
+        ids = [f"s{i:06d}" for i in range(n)]
+        await bot.enroll(ids)
+        procs = [
+            subprocess.Popen(  # noqa: ASYNC220 (started once, before the measurement)
+                [sys.executable, __file__, "--worker", "--url", url, "--prefix", prefix, "--burst", str(n),
+                 "--concurrency", str(concurrency), *(["--lead"] if k == 0 else [])],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            )
+            for k in range(workers)
+        ]
+        sent: list[str] = []
+        cpu = 0.0
+        try:
+            for proc in procs:
+                assert proc.stdout is not None
+                line = await asyncio.to_thread(proc.stdout.readline)
+                assert line.strip() == WORKER_READY, f"worker did not start: {line!r}"
+            assert bot.intake is not None
+            intake = bot.intake
+            await until(lambda: _partitions_owned(intake, workers), within=60, step=0.1)
+            started = time.perf_counter()
+            for proc in procs:
+                assert proc.stdin is not None
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+            async def done() -> bool:
+                # Every lead's day_3 ran: the lead index (written by each run's hook) has no lead due now
+                # any more; and nothing is left queued or in flight.
+                soon = bot.timebase.now() + timedelta(hours=1)
+                return not await bot.index.due_before(soon, limit=1) and await intake.backlog() == 0
+
+            await until(done, within=3600, step=0.02)
+            seconds = time.perf_counter() - started
+        finally:
+            for proc in procs:
+                proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                out, _ = proc.communicate(timeout=120)
+                lines = out.strip().splitlines()
+                report = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
+                sent.extend(report.get("sent", []))
+                cpu += report.get("cpu", 0.0)
+    assert sorted(sent) == ids, f"{len(sent)} sends for {n} leads ({len(set(sent))} distinct)"
+    label = "1 process (scheduler + worker)" if workers == 1 else f"{workers} processes (one + worker)"
+    return Row(f"burst via the intake, {label}", n, seconds,
+               f"{n / seconds:,.0f} steps/s, {1000 * cpu / n:.1f} ms cpu/step")
+
+
+async def scale_out_rows(url: str, n: int, concurrency: int) -> list[Row]:
+    """The issue's targets, side by side in one run: the LangGraph-alone ceiling, the burst through the
+    intake with one process and with two worker processes, and their ratios."""
+    progress("scale-out: ceiling")
+    ceiling = await langgraph_ceiling(n, concurrency)
+    progress("scale-out: 1 process")
+    one = await scale_out(url, n, concurrency, 1)
+    progress("scale-out: 2 worker processes")
+    two = await scale_out(url, n, concurrency, 2)
+    ceiling_rate, one_rate, two_rate = (n / r.seconds for r in (ceiling, one, two))
+    return [
+        ceiling,
+        one,
+        two,
+        Row("  ratio: 1 process / ceiling", n, 0.0, f"{one_rate / ceiling_rate:.2f}x", ">= 0.60x",
+            one_rate / ceiling_rate >= 0.6),
+        Row("  ratio: 2 processes / 1 process", n, 0.0, f"{two_rate / one_rate:.2f}x", ">= 1.60x",
+            two_rate / one_rate >= 1.6),
+    ]
+
+
+async def _partitions_owned(intake: IntakeStream, workers: int) -> bool:
+    """Every partition has an owner and the workers split them evenly (no hand-over in the measurement)."""
+    owners = await intake.owners()
+    counts = Counter(owner for owner in owners.values() if owner)
+    return sum(counts.values()) == intake.partitions and len(counts) == workers and (
+        max(counts.values()) - min(counts.values()) <= 1
+    )
+
+
 # ------------------------------------------------------------------------------------------- main
 
 
@@ -602,10 +741,12 @@ async def run(args: argparse.Namespace) -> list[Row]:
     only = (
         set(args.only.split(","))
         if args.only
-        else {"bare", "burst", "breakdown", "startup", "reconcile", "memory"}
+        else {"bare", "burst", "breakdown", "scaleout", "startup", "reconcile", "memory"}
     )
     rows: list[Row] = []
     with RedisServer() as server:
+        if "scaleout" in only:
+            rows.extend(await scale_out_rows(server.url, burst_n, args.concurrency))
         if "bare" in only:
             progress("apscheduler_bare")
             rows.append(await apscheduler_bare(server.url, burst_n))
@@ -644,9 +785,24 @@ def main(argv: list[str] | None = None) -> int:
         "--no-gc-freeze", action="store_true", help="do not gc.freeze() the start-up heap before the bursts"
     )
     parser.add_argument(
-        "--only", default="", help="comma list of: bare,burst,breakdown,startup,reconcile,memory"
+        "--only", default="", help="comma list of: bare,burst,breakdown,scaleout,startup,reconcile,memory"
     )
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a scale-out worker
+    parser.add_argument("--url", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--prefix", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--lead", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker:
+        logging.basicConfig(level=logging.ERROR)
+        work = worker_process(args.url, args.prefix, args.burst, args.concurrency, lead=args.lead)
+        if os.environ.get("BENCH_WORKER_PROFILE"):  # cProfile the worker into this file (diagnosis)
+            import cProfile
+
+            cProfile.runctx("asyncio.run(work)", globals(), {"work": work, "asyncio": asyncio},
+                            f"{os.environ['BENCH_WORKER_PROFILE']}.{os.getpid()}")
+        else:
+            asyncio.run(work)
+        return 0
     global GC_FREEZE
     GC_FREEZE = not args.no_gc_freeze
     logging.basicConfig(level=logging.ERROR)

@@ -42,6 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the webhook API, intake worker and scheduler")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--role", choices=["all", "web", "worker", "scheduler"], default="all",
+        help="which parts this process runs: the routes (web), the intake worker (worker), the scheduler "
+        "lease (scheduler), or all three (default)",
+    )
 
     for name, text in (
         ("enroll", "start the sequence for a contact"),

@@ -27,6 +27,15 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _partitions(env: Mapping[str, str]) -> int:
+    """``LEAD_BOT_INTAKE_PARTITIONS``: how many intake streams; every process must use the same number."""
+    value = _float(env, "LEAD_BOT_INTAKE_PARTITIONS", 16)
+    if value != int(value) or not 1 <= value <= 1024:
+        raise ConfigurationError("LEAD_BOT_INTAKE_PARTITIONS", f"must be a whole number from 1 to 1024, got "
+                                 f"{env.get('LEAD_BOT_INTAKE_PARTITIONS')!r}")
+    return int(value)
+
+
 def _optional(env: Mapping[str, str], name: str) -> str | None:
     value = env.get(name)
     return value if value not in (None, "") else None
@@ -62,6 +71,8 @@ class Settings:
     llm: str | None = None
     intake_concurrency: int = 32
     intake_claim_idle_seconds: float = 60.0
+    intake_partitions: int = 16
+    intake_lease_seconds: float = 10.0
     operator_wait_seconds: float = 30.0
     comps: str = "demo"
     reso_url: str | None = None
@@ -147,5 +158,7 @@ class Settings:
             llm=_optional(env, "LEAD_BOT_LLM"),
             intake_concurrency=max(1, int(_float(env, "LEAD_BOT_INTAKE_CONCURRENCY", 32))),
             intake_claim_idle_seconds=_float(env, "LEAD_BOT_INTAKE_CLAIM_IDLE_SECONDS", 60.0),
+            intake_partitions=_partitions(env),
+            intake_lease_seconds=_float(env, "LEAD_BOT_INTAKE_LEASE_SECONDS", 10.0),
             operator_wait_seconds=_float(env, "LEAD_BOT_OPERATOR_WAIT_SECONDS", 30.0),
         )

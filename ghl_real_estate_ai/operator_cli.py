@@ -59,7 +59,7 @@ async def run(args: argparse.Namespace) -> int:
     try:
         settings = Settings.from_env()
         if command == "serve":
-            return await serve(settings, args.host, args.port)
+            return await serve(settings, args.host, args.port, role=args.role)
         if command in ACTIONS:
             return await act(settings, command, _contact_id(args.contact_id), reason=args.reason,
                              wait=not args.no_wait)
@@ -136,7 +136,7 @@ def _server_class() -> Any:
     return Server
 
 
-async def serve(settings: Settings, host: str, port: int) -> int:
+async def serve(settings: Settings, host: str, port: int, *, role: str = "all") -> int:
     """``lead-bot serve``: the port, then the service (one-line errors), then serve until a signal.
 
     The port is bound first because it makes the instance's identity (host name and port) exclusive: only
@@ -152,7 +152,8 @@ async def serve(settings: Settings, host: str, port: int) -> int:
         log.info("serving on asyncio's default event loop; on uvloop the webhook throughput roughly doubles")
     sock = _bind(host, port)
     bound = sock.getsockname()
-    service = LeadBotService(settings, role="serve", instance=f"{socket.gethostname()}:{bound[1]}")
+    service = LeadBotService(settings, role="serve", instance=f"{socket.gethostname()}:{bound[1]}",
+                             serve_role=role)
     try:
         await service.start()
     except BaseException:
@@ -169,8 +170,9 @@ async def serve(settings: Settings, host: str, port: int) -> int:
         config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", proxy_headers=False,
                                 timeout_graceful_shutdown=20, server_header=False)
         server = _server_class()(config)
+        redis_at = service.redis_url.rpartition("@")[2]
         _out(f"lead-bot serve: listening on http://{bound[0]}:{bound[1]} "
-             f"(Redis {service.redis_url.rpartition('@')[2]}, time scale {settings.time_scale:g})")
+             f"(role {role}, Redis {redis_at}, time scale {settings.time_scale:g})")
         await server.serve(sockets=[sock])
     finally:
         # A second signal during shutdown is noted, not fatal: stopping is already under way.

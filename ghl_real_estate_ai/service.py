@@ -12,11 +12,14 @@ Start order (``start``); ``stop`` undoes it in reverse:
 3. The checkpointer and the compiled graph.
 4. (serve) GHL and Retell clients, the send ledger, the responder and comps, and the runner with the Redis
    per-lead lock and its after-run hooks (due-lag metric, lead index, scheduler reschedule).
-5. (serve) The scheduler (takes the leader lease when free and reconciles the jobs).
-6. (serve) The intake worker.
+5. (serve, worker role) The intake worker: takes its share of the intake partitions and runs their
+   entries (webhook events, operator requests and the due steps the scheduler queued).
+6. (serve, scheduler role) The scheduler (takes the leader lease when free, reconciles the jobs, and queues
+   each job in the intake as it comes due).
 
-So ``stop`` first lets the intake worker finish the entries it holds, then stops the scheduler (running
-steps finish, the lease is released), persists virtual time and closes clients and Redis. ``lead-bot
+So ``stop`` first stops the scheduler (nothing more is queued, the lease is released), then lets the
+intake worker finish the entries it holds and hand its partitions back, persists virtual time and closes
+clients and Redis. ``lead-bot
 serve`` closes the HTTP listener (finishing in-flight requests) before it calls ``stop``.
 """
 
@@ -62,10 +65,21 @@ from ghl_real_estate_ai.integrations.models import (
     VoiceCaller,
 )
 from ghl_real_estate_ai.sequence import iso, parse_time
+from ghl_real_estate_ai.services.lead_sequence_scheduler import SCHEDULER_SOURCE
 
 log = logging.getLogger(__name__)
 
 Role = Literal["serve", "operator"]
+# ``lead-bot serve --role``: which parts one process runs. "web" answers the routes (webhooks go to the
+# intake); "worker" consumes its share of the intake partitions (webhook events and due steps); "scheduler"
+# competes for the scheduler lease and, holding it, queues due steps. Every process answers /healthz and
+# /metrics.
+SERVE_ROLES: dict[str, frozenset[str]] = {
+    "all": frozenset({"web", "worker", "scheduler"}),
+    "web": frozenset({"web"}),
+    "worker": frozenset({"worker"}),
+    "scheduler": frozenset({"scheduler"}),
+}
 PREFIX = "lead-bot"
 HUMAN_OUTBOUND_GUARD = "human_outbound"  # the guard webhooks_ghl puts on OutboundMessage events
 BOT_MESSAGE_TTL_SECONDS = 30 * 86400
@@ -355,16 +369,21 @@ class LeadBotService:
         run_worker: bool = True,
         run_scheduler: bool = True,
         instance: str | None = None,
+        serve_role: str = "all",
     ) -> None:
+        if serve_role not in SERVE_ROLES:
+            raise ConfigurationError("--role", f"must be one of {', '.join(SERVE_ROLES)}, got {serve_role!r}")
         self.settings = settings
         self.role = role
+        self.serve_role = serve_role
+        self.parts = SERVE_ROLES[serve_role]
         self.instance = instance
         self.waits = RealWaits.for_scale(settings.time_scale)
         self.metrics = Metrics()
         self._crm_override = crm
         self._voice_override = voice
-        self.run_worker = run_worker and role == "serve"
-        self.run_scheduler = run_scheduler and role == "serve"
+        self.run_worker = run_worker and role == "serve" and "worker" in self.parts
+        self.run_scheduler = run_scheduler and role == "serve" and "scheduler" in self.parts
         self._stack = contextlib.AsyncExitStack()
         self.redis: aioredis.Redis
         self.redis_url = ""
@@ -410,7 +429,7 @@ class LeadBotService:
         if self.role == "serve":
             self._check_serve_settings()
         await self._open_redis()
-        self.intake = IntakeStream(self.redis, prefix=PREFIX)
+        self.intake = IntakeStream(self.redis, prefix=PREFIX, partitions=settings.intake_partitions)
         self._stack.push_async_callback(self.intake.aclose)
         self.bot_messages = BotMessages(self.redis, prefix=PREFIX)
         await self._open_timebase()
@@ -430,20 +449,26 @@ class LeadBotService:
             self._observe_run, self._update_index,
         ]
         self.runner = self._make_runner(context, hooks=hooks, lock=lock)
-        if self.run_scheduler:
-            await self._start_scheduler()
+        if self.run_scheduler or self.run_worker:
+            self._make_scheduler()
         if self.run_worker:
             worker = IntakeWorker(
                 self.intake, self.handle_entry, consumer=self.instance,
                 concurrency=settings.intake_concurrency,
                 claim_idle=settings.intake_claim_idle_seconds, is_permanent=default_is_permanent,
-                observer=self.metrics,
+                observer=self.metrics, lease_seconds=settings.intake_lease_seconds,
             )
             await worker.start()
             self._stack.push_async_callback(worker.stop)
             self.worker = worker
-        log.info("Lead Bot service started (Redis %s, time scale %s)", _safe_url(self.redis_url),
-                 settings.time_scale)
+        if self.run_scheduler:
+            # Started after the worker, so stopped before it: no step is queued once the worker drains.
+            await self.scheduler.start()
+            self._stack.push_async_callback(self.scheduler.stop)
+        for part in ("web", "worker", "scheduler"):
+            self.metrics.role.labels(part).set(1 if part in self.parts else 0)
+        log.info("Lead Bot service started (role %s, Redis %s, time scale %s)", self.serve_role,
+                 _safe_url(self.redis_url), settings.time_scale)
 
     def _check_serve_settings(self) -> None:
         settings = self.settings
@@ -611,16 +636,18 @@ class LeadBotService:
 
         return LeadSequenceStateService(self.redis, prefix=PREFIX)
 
-    async def _start_scheduler(self) -> None:
+    def _make_scheduler(self) -> None:
+        """The scheduler: started (a candidate for the lease, which queues due steps in the intake) in the
+        scheduler role; in a worker-only process it is not started, and only runs the due steps this
+        process's worker takes from the intake and keeps each lead's job in step after its runs."""
         from ghl_real_estate_ai.services.lead_sequence_scheduler import LeadSequenceScheduler
 
         scheduler = LeadSequenceScheduler(
             self.runner, redis=self.redis, redis_url=self.redis_url, timebase=self.timebase,
             index=self.index, prefix=PREFIX, owner=self.instance, lock_retry_seconds=self.waits.lock_retry,
+            intake=self.intake,
         )
         self.runner.after_run.append(scheduler.after_run)
-        await scheduler.start()
-        self._stack.push_async_callback(scheduler.stop)
         self.scheduler = scheduler
 
     async def reconcile_once(self) -> str:
@@ -660,6 +687,8 @@ class LeadBotService:
 
         event = dict(entry.event)
         cid = entry.contact_id
+        if entry.source == SCHEDULER_SOURCE and event.get("type") == "step_due":
+            return await self._run_due(cid, event)
         if event.get("type") in _NEEDS_LEAD and not await self._has_thread(cid):
             return {"applied": False, "reason": str(LeadNotFoundError(cid)), "not_found": True}
         if entry.guard == HUMAN_OUTBOUND_GUARD and event.get("message_id"):
@@ -682,6 +711,20 @@ class LeadBotService:
             "reason": values.get("route_reason", ""),
             "lead": summary_from_state(cid, values),
         }
+
+    async def _run_due(self, contact_id: str, event: Mapping[str, Any]) -> dict[str, Any]:
+        """A due step the scheduler's leader queued: run it here (retries and failures as the scheduler
+        handles them; a busy lead or Redis away is raised, and the entry waits)."""
+        from ghl_real_estate_ai.services.runner import summary_from_state
+
+        values = await self.scheduler.run_due(
+            contact_id, str(event.get("step") or ""), str(event.get("due_at") or ""),
+            int(event.get("attempt") or 0),
+        )
+        if values is None:
+            return {"applied": False, "reason": "the step failed; retried or recorded by the scheduler"}
+        return {"applied": values.get("route") != "skip", "route": values.get("route"),
+                "reason": values.get("route_reason", ""), "lead": summary_from_state(contact_id, values)}
 
     async def _has_thread(self, contact_id: str) -> bool:
         """Whether the contact has a graph thread: one checkpoint read, far cheaper than the full state
@@ -711,6 +754,24 @@ class LeadBotService:
         Raises ``LeadNotFoundError`` for a contact that was never enrolled."""
         return lead_view(contact_id, await self.runner.state(contact_id), self.now())
 
+    async def health(self) -> dict[str, Any]:
+        """What ``/healthz`` adds to its status: this process's role and partitions, and the intake's queue
+        depth and lag per partition (partitions with a backlog only)."""
+        out: dict[str, Any] = {"role": self.serve_role, "instance": self.instance}
+        if self.worker is not None:
+            out["partitions"] = self.worker.partitions
+        try:
+            stats = await self.intake.partition_stats()
+        except Exception as exc:
+            out["intake"] = {"error": f"{type(exc).__name__}: {exc}"}
+            return out
+        out["intake"] = {
+            "queue_depth": sum(s["backlog"] for s in stats),
+            "max_lag_seconds": max((s["lag_seconds"] for s in stats), default=0.0),
+            "partitions": [s for s in stats if s["backlog"]],
+        }
+        return out
+
     async def health_problems(self) -> list[str]:
         """What is down (empty when healthy): Redis, the scheduler, the intake worker."""
         problems = []
@@ -727,11 +788,17 @@ class LeadBotService:
 
     async def refresh_metrics(self, metrics: Metrics) -> None:
         """Update the gauges read on demand (backlog, dead letters, scheduler)."""
-        metrics.intake_backlog.set(await self.intake.backlog())
+        stats = await self.intake.partition_stats()
+        metrics.intake_backlog.set(sum(s["backlog"] for s in stats))
+        for s in stats:
+            metrics.partition_backlog.labels(str(s["partition"])).set(s["backlog"])
+            metrics.partition_lag.labels(str(s["partition"])).set(s["lag_seconds"])
+        if self.worker is not None:
+            metrics.partitions_owned.set(len(self.worker.partitions))
         metrics.intake_pending.set(await self.intake.pending())
         metrics.dead_letters.set(await self.intake.dead_letter_count())
         scheduler = self.scheduler
-        if scheduler is not None:
+        if scheduler is not None and self.run_scheduler:
             metrics.scheduler_leader.set(1 if scheduler.is_leader else 0)
             metrics.scheduler_jobs.set(await scheduler.jobs.count())
             for outcome, value in scheduler.stats.items():

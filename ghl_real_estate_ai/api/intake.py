@@ -1,14 +1,19 @@
 """The durable intake: every event from outside (GHL and Retell webhooks, workflow enrollments, operator
-commands) is appended to one Redis Stream before it is acknowledged, and a consumer-group worker applies
-it to the lead's graph.
+commands) and every due step the scheduler fires is appended to a Redis Stream before it is acknowledged,
+and consumer-group workers in every ``lead-bot serve`` process apply it to the lead's graph.
 
-Keys (prefix ``lead-bot`` by default)::
+The intake is ``partitions`` streams (default 16), and a lead's events all go to the partition its contact
+id hashes to (CRC-32), so a lead's events keep their order while no single stream (or, on a Redis Cluster,
+no single node) carries all the traffic. Keys (prefix ``lead-bot`` by default; ``{...}`` is the hash tag, so
+each partition and its companions live in one cluster slot)::
 
-    {p}:intake               the stream; an entry is deleted once it was processed (so XLEN = backlog)
-    {p}:intake:dead          dead letters: entries that failed ``max_attempts`` times, with their error
-    {p}:intake:failures      hash: entry id -> failures so far (survives a crash of the worker)
-    {p}:intake:seen:{key}    dedupe marker of a webhook (webhookId, messageId, Retell call_id+event)
-    {p}:intake:result:{rid}  what became of an operator request (``lead-bot pause ... `` waits for it)
+    {p}:{intake:N}                   partition N; an entry is deleted once processed (so XLEN = backlog)
+    {p}:{intake:N}:dead              dead letters: entries that failed ``max_attempts`` times, and why
+    {p}:{intake:N}:failures          hash: entry id -> failures so far (survives a crash of the worker)
+    {p}:{intake:N}:seen:{key}        dedupe marker of a webhook (webhookId, messageId, Retell call_id+event)
+    {p}:{intake:N}:owner             the lease of the process consuming partition N
+    {p}:intake:members               ZSET of live worker processes (member -> lease expiry, ms)
+    {p}:intake:result:{rid}          what became of an operator request (``lead-bot pause ... `` waits for it)
 
 Contracts:
 
@@ -16,15 +21,21 @@ Contracts:
   are one Lua script, so a duplicate is never appended and a first delivery is never lost between the two.
   Redis being unreachable raises :class:`IntakeUnavailableError` (the webhook routes answer 429 to it, the
   only status GHL redelivers on).
+* Each partition is consumed by exactly one process at a time, the holder of its lease. The live workers
+  register in ``{p}:intake:members`` and split the partitions evenly among themselves (partition N goes to
+  the (N mod members)-th live member in name order), so adding or removing a process needs no
+  configuration: the others hand over (finishing what they hold first) within a lease renewal. A process
+  that takes a partition takes over the entries its previous owner left unacknowledged; a crashed owner's
+  lease expires after ``lease_seconds`` (a restart under the same stable name takes it back at once).
 * :class:`IntakeWorker` processes entries of different leads concurrently (``concurrency`` at a time) and
   the entries of one lead strictly in stream order. An entry is XACKed (and deleted) only after its
   handler returned. A failure is retried with backoff, the lead's later entries waiting behind it; after
   ``max_attempts`` failures, or at once for a failure retrying cannot fix, the entry moves to the dead
   letters (one atomic step) and the lead's queue moves on. Redis being unreachable, or the lead's lock
   being held elsewhere (``LockTimeoutError``), is not counted as a failure: the entry simply waits.
-  Entries left pending by a crashed worker are reclaimed with XAUTOCLAIM once idle for ``claim_idle``
-  seconds; a live worker keeps its own entries fresh (XCLAIM JUSTID) so a slow graph run is never stolen
-  by another process.
+  Entries a lane of this process gave up on are swept up again once idle for ``claim_idle`` seconds.
+* Entries of the single stream of earlier versions (``{p}:intake``, ``{p}:intake:dead``) are moved into
+  their partitions when a worker starts (:meth:`IntakeStream.migrate_legacy`).
 """
 
 from __future__ import annotations
@@ -38,6 +49,7 @@ import os
 import socket
 import time
 import uuid
+import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -60,6 +72,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "lead-bot"
 GROUP = "lead-bot-workers"
+DEFAULT_PARTITIONS = 16
+DEFAULT_LEASE_SECONDS = 10.0
 DEFAULT_DEDUPE_TTL_SECONDS = 7 * 86400  # GHL redelivers for ~70 minutes, Retell for minutes
 RESULT_TTL_SECONDS = 3600
 MAX_ATTEMPTS = 5
@@ -186,6 +200,61 @@ redis.call('XDEL', KEYS[2], ARGV[1])
 return id
 """
 
+# KEYS[1] stream, KEYS[2] failures hash; ARGV[1] group, ARGV[2..] entry ids: done with these entries.
+_ACK = """
+local ids = {unpack(ARGV, 2)}
+redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
+redis.call('XDEL', KEYS[1], unpack(ids))
+redis.call('HDEL', KEYS[2], unpack(ids))
+return #ids
+"""
+
+# KEYS[1] members ZSET; ARGV[1] member ('' = only read), ARGV[2] lease ms. Returns the live members, in
+# name order, on the server's clock (so hosts with skewed clocks agree on who is alive).
+_HEARTBEAT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if ARGV[1] ~= '' then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local members = redis.call('ZRANGE', KEYS[1], 0, -1)
+table.sort(members)
+return members
+"""
+
+# KEYS[1] lease; ARGV[1] owner, ARGV[2] ttl ms: take a free lease, or our own (a restart under the same
+# name); 1 when held now.
+_TAKE_LEASE = """
+local current = redis.call('GET', KEYS[1])
+if current == false or current == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# KEYS[1] lease; ARGV[1] owner, ARGV[2] ttl ms: extend our own lease (0: it is not ours any more).
+_RENEW_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+# KEYS[1] lease; ARGV[1] owner: give our own lease back.
+_DROP_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def partition_of(contact_id: str, partitions: int) -> int:
+    """The partition a lead's events go to (stable across processes, versions and restarts)."""
+    return zlib.crc32(contact_id.encode("utf-8")) % partitions
+
 
 def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
@@ -205,9 +274,17 @@ class IntakeEntry:
     request_id: str = ""
     dedupe: str = ""
     received_at_ms: int = 0
+    partition: int = 0  # the partition it was read from (not stored)
+
+    @property
+    def ref(self) -> str:
+        """Unique across partitions (each stream numbers its entries on its own)."""
+        return f"{self.partition}/{self.id}"
 
     @classmethod
-    def from_fields(cls, entry_id: Any, fields: Mapping[Any, Any] | None) -> IntakeEntry:
+    def from_fields(
+        cls, entry_id: Any, fields: Mapping[Any, Any] | None, partition: int = 0
+    ) -> IntakeEntry:
         """Parse stored fields; raises ``InvalidEventError`` for an entry that cannot be processed."""
         data = {_text(k): _text(v) for k, v in (fields or {}).items()}
         try:
@@ -229,6 +306,7 @@ class IntakeEntry:
             request_id=data.get("request_id", ""),
             dedupe=data.get("dedupe", ""),
             received_at_ms=received,
+            partition=partition,
         )
 
     def fields(self) -> dict[str, str]:
@@ -297,7 +375,8 @@ class DeadLetter:
 
 
 class IntakeStream:
-    """The stream and its companions on one ``redis.asyncio.Redis`` client (owned by the caller)."""
+    """The partitioned stream and its companions on one ``redis.asyncio`` client (plain or cluster; owned
+    by the caller)."""
 
     def __init__(
         self,
@@ -306,20 +385,47 @@ class IntakeStream:
         prefix: str = DEFAULT_PREFIX,
         dedupe_ttl_seconds: int = DEFAULT_DEDUPE_TTL_SECONDS,
         group: str = GROUP,
+        partitions: int = DEFAULT_PARTITIONS,
     ) -> None:
+        if partitions < 1:
+            raise ValueError(f"partitions must be at least 1, not {partitions}")
         self.redis = client
         self.prefix = prefix
         self.group = group
+        self.partitions = partitions
         self.dedupe_ttl = dedupe_ttl_seconds
-        self.stream_key = f"{prefix}:intake"
-        self.dead_key = f"{prefix}:intake:dead"
-        self.failures_key = f"{prefix}:intake:failures"
+        self.members_key = f"{prefix}:intake:members"
+        self.legacy_stream_key = f"{prefix}:intake"
+        self.legacy_dead_key = f"{prefix}:intake:dead"
+        self.legacy_failures_key = f"{prefix}:intake:failures"
         self._commits = _GroupCommit(client, _APPEND_ONCE, _APPEND)
         self._dead_letter = client.register_script(_DEAD_LETTER)
         self._requeue = client.register_script(_REQUEUE)
+        self._ack = client.register_script(_ACK)
+        self._heartbeat = client.register_script(_HEARTBEAT)
+        self._take_lease = client.register_script(_TAKE_LEASE)
+        self._renew_lease = client.register_script(_RENEW_LEASE)
+        self._drop_lease = client.register_script(_DROP_LEASE)
 
-    def seen_key(self, dedupe: str) -> str:
-        return f"{self.prefix}:intake:seen:{dedupe}"
+    # -- keys --------------------------------------------------------------------------------------
+
+    def partition_of(self, contact_id: str) -> int:
+        return partition_of(contact_id, self.partitions)
+
+    def stream_key(self, partition: int) -> str:
+        return f"{self.prefix}:{{intake:{partition}}}"
+
+    def dead_key(self, partition: int) -> str:
+        return f"{self.stream_key(partition)}:dead"
+
+    def failures_key(self, partition: int) -> str:
+        return f"{self.stream_key(partition)}:failures"
+
+    def lease_key(self, partition: int) -> str:
+        return f"{self.stream_key(partition)}:owner"
+
+    def seen_key(self, dedupe: str, contact_id: str) -> str:
+        return f"{self.stream_key(self.partition_of(contact_id))}:seen:{dedupe}"
 
     def result_key(self, request_id: str) -> str:
         return f"{self.prefix}:intake:result:{request_id}"
@@ -336,11 +442,13 @@ class IntakeStream:
         guard: str = "",
         request_id: str | None = None,
     ) -> AppendResult:
-        """Store one event durably (see the module docstring). ``dedupe`` makes the append happen at most
-        once per key within the dedupe TTL. Raises ``IntakeUnavailableError`` when Redis cannot take it."""
+        """Store one event durably in the lead's partition (see the module docstring). ``dedupe`` makes
+        the append happen at most once per key within the dedupe TTL. Raises ``IntakeUnavailableError``
+        when Redis cannot take it."""
         rid = request_id or ""
         fields = _fields(contact_id, event, source=source, guard=guard, request_id=rid, dedupe=dedupe or "")
-        keys = [self.stream_key, self.seen_key(dedupe)] if dedupe else [self.stream_key]
+        stream = self.stream_key(self.partition_of(contact_id))
+        keys = [stream, self.seen_key(dedupe, contact_id)] if dedupe else [stream]
         args: list[Any] = [self.dedupe_ttl]
         for key, value in fields.items():
             args.extend((key, value))
@@ -378,128 +486,113 @@ class IntakeStream:
 
     # -- consuming ---------------------------------------------------------------------------------
 
-    async def ensure_group(self) -> None:
-        """Create the consumer group at the start of the stream (entries appended before any worker ran
+    async def ensure_group(self, partition: int) -> None:
+        """Create the consumer group at the start of a partition (entries appended before any worker ran
         are processed too)."""
         try:
-            await self.redis.xgroup_create(self.stream_key, self.group, id="0", mkstream=True)
+            await self.redis.xgroup_create(self.stream_key(partition), self.group, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    async def read(self, consumer: str, count: int, block_ms: int) -> list[IntakeEntry | tuple[str, str]]:
-        """New entries for ``consumer``; unreadable ones come back as ``(id, error)`` tuples."""
+    async def read(
+        self, consumer: str, partition: int, count: int, block_ms: int
+    ) -> list[IntakeEntry | tuple[str, str]]:
+        """New entries of one partition for ``consumer``; unreadable ones come back as ``(id, error)``."""
+        key = self.stream_key(partition)
         try:
-            response = await self.redis.xreadgroup(
-                self.group, consumer, {self.stream_key: ">"}, count=count, block=block_ms
-            )
+            response = await self.redis.xreadgroup(self.group, consumer, {key: ">"}, count=count,
+                                                   block=block_ms)
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
-            log.warning("intake consumer group missing (Redis lost its data?); creating it again")
-            await self.ensure_group()
+            log.warning("intake consumer group of partition %d missing (Redis lost its data?); creating "
+                        "it again", partition)
+            await self.ensure_group(partition)
             return []
         out: list[IntakeEntry | tuple[str, str]] = []
         streams: list[Any] = list(response or [])  # [[stream, [(id, fields), ...]]] (RESP2 shape)
         for _stream, items in streams:
-            out.extend(self._parse(items))
+            out.extend(self._parse(items, partition))
         return out
 
-    async def own_pending(self, consumer: str, count: int = 1000) -> list[IntakeEntry | tuple[str, str]]:
-        """Entries delivered to ``consumer`` and never acknowledged: what an earlier incarnation of the
-        same consumer (a restart under a stable name) left unfinished when it died."""
-        out: list[IntakeEntry | tuple[str, str]] = []
-        start = "0"
-        for _ in range(100):  # bounded: at most 100 pages
-            try:
-                response = await self.redis.xreadgroup(
-                    self.group, consumer, {self.stream_key: start}, count=count
-                )
-            except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                await self.ensure_group()
-                return out
-            streams: list[Any] = list(response or [])  # [[stream, [(id, fields), ...]]] (RESP2 shape)
-            items: list[Any] = [item for _stream, batch in streams for item in batch]
-            if not items:
-                return out
-            live = [(i, f) for i, f in items if f]
-            deleted = [_text(i) for i, f in items if not f]
-            out.extend(self._parse(live))
-            if deleted:  # the entry's data is gone: nothing to process, finish acking it
-                await self.redis.xack(self.stream_key, self.group, *deleted)
-            start = _text(items[-1][0])
-        return out
-
-    def _parse(self, items: Iterable[Any]) -> list[IntakeEntry | tuple[str, str]]:
+    def _parse(self, items: Iterable[Any], partition: int) -> list[IntakeEntry | tuple[str, str]]:
         out: list[IntakeEntry | tuple[str, str]] = []
         for entry_id, fields in items:
             try:
-                out.append(IntakeEntry.from_fields(entry_id, fields))
+                out.append(IntakeEntry.from_fields(entry_id, fields, partition))
             except InvalidEventError as exc:
                 out.append((_text(entry_id), str(exc)))
         return out
 
     async def autoclaim(
-        self, consumer: str, min_idle_ms: int, count: int = 100
+        self, consumer: str, partition: int, min_idle_ms: int, count: int = 100
     ) -> list[IntakeEntry | tuple[str, str]]:
-        """Take over entries another (crashed) consumer left pending for at least ``min_idle_ms``."""
+        """Take over entries of a partition left pending (by a crashed owner, or a lane of ours that gave
+        up) for at least ``min_idle_ms``."""
+        key = self.stream_key(partition)
         claimed: list[IntakeEntry | tuple[str, str]] = []
         start = "0-0"
         for _ in range(100):  # bounded: at most 100 pages per sweep
             try:
                 response = await self.redis.xautoclaim(
-                    self.stream_key, self.group, consumer, min_idle_ms, start_id=start, count=count
+                    key, self.group, consumer, min_idle_ms, start_id=start, count=count
                 )
             except ResponseError as exc:
                 if "NOGROUP" in str(exc):
-                    await self.ensure_group()
+                    await self.ensure_group(partition)
                     return claimed
                 raise
             cursor, items = response[0], response[1]
             deleted = [_text(i) for i in (response[2] if len(response) > 2 else [])]
             live = [(i, f) for i, f in items if f is not None]
             deleted.extend(_text(i) for i, f in items if f is None)
-            claimed.extend(self._parse(live))
+            claimed.extend(self._parse(live, partition))
             if deleted:  # the entry's data is gone (XDEL after a crash mid-ack): finish acking it
-                await self.redis.xack(self.stream_key, self.group, *deleted)
+                await self.redis.xack(key, self.group, *deleted)
             start = _text(cursor)
             if start == "0-0":
                 break
         return claimed
 
-    async def touch(self, consumer: str, entry_ids: list[str]) -> None:
-        """Reset the idle time of entries this consumer still holds, so nobody reclaims them."""
-        for i in range(0, len(entry_ids), 500):
-            chunk = entry_ids[i : i + 500]
-            await self.redis.xclaim(self.stream_key, self.group, consumer, 0, list[Any](chunk), justid=True)
+    async def touch(self, consumer: str, entries: Iterable[IntakeEntry]) -> None:
+        """Reset the idle time of entries this consumer still holds, so the sweep leaves them alone."""
+        by_partition: dict[int, list[str]] = {}
+        for entry in entries:
+            by_partition.setdefault(entry.partition, []).append(entry.id)
+        for partition, ids in by_partition.items():
+            for i in range(0, len(ids), 500):
+                chunk = ids[i : i + 500]
+                await self.redis.xclaim(self.stream_key(partition), self.group, consumer, 0,
+                                        list[Any](chunk), justid=True)
 
-    async def ack(self, entry: IntakeEntry | str, result: Mapping[str, Any] | None = None) -> None:
-        """Mark an entry done, atomically: XACK + XDEL, forget its failures, store the request's result."""
+    async def ack(self, entry: IntakeEntry, result: Mapping[str, Any] | None = None) -> None:
+        """Mark an entry done: XACK + XDEL + forget its failures (one script), store the request's result."""
         await self.ack_many([(entry, result)])
 
-    async def ack_many(self, done: list[tuple[IntakeEntry | str, Mapping[str, Any] | None]]) -> None:
-        """:meth:`ack` for several entries in one atomic round trip."""
+    async def ack_many(self, done: list[tuple[IntakeEntry, Mapping[str, Any] | None]]) -> None:
+        """:meth:`ack` for several entries in one round trip: the operator results first (so a result is
+        there whenever its entry is gone), then one atomic script per partition."""
         if not done:
             return
-        ids = [entry if isinstance(entry, str) else entry.id for entry, _ in done]
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.xack(self.stream_key, self.group, *ids)
-        pipe.xdel(self.stream_key, *ids)
-        pipe.hdel(self.failures_key, *ids)
+        pipe = self.redis.pipeline(transaction=False)
+        by_partition: dict[int, list[str]] = {}
         for entry, result in done:
-            if isinstance(entry, IntakeEntry) and entry.request_id and result is not None:
+            by_partition.setdefault(entry.partition, []).append(entry.id)
+            if entry.request_id and result is not None:
                 pipe.set(self.result_key(entry.request_id), json.dumps(dict(result), default=str),
                          ex=RESULT_TTL_SECONDS)
+        for partition, ids in by_partition.items():
+            await self._ack(keys=[self.stream_key(partition), self.failures_key(partition)],
+                            args=[self.group, *ids], client=pipe)
         await pipe.execute()
 
-    async def record_failure(self, entry_id: str) -> int:
-        """Count one more failure of ``entry_id``; returns the failures so far."""
-        return int(await self.redis.hincrby(self.failures_key, entry_id, 1))
+    async def record_failure(self, entry: IntakeEntry) -> int:
+        """Count one more failure of ``entry``; returns the failures so far."""
+        return int(await self.redis.hincrby(self.failures_key(entry.partition), entry.id, 1))
 
     async def dead_letter(self, entry: IntakeEntry, error: str, attempts: int) -> None:
-        """Move ``entry`` to the dead letters with its error, and fail any waiting request."""
+        """Move ``entry`` to its partition's dead letters with its error, and fail any waiting request."""
         fields = entry.fields()
         fields.update({
             "original_id": entry.id,
@@ -510,7 +603,8 @@ class IntakeStream:
         args: list[Any] = [self.group, entry.id]
         for key, value in fields.items():
             args.extend((key, value))
-        await self._dead_letter(keys=[self.stream_key, self.dead_key, self.failures_key], args=args)
+        p = entry.partition
+        await self._dead_letter(keys=[self.stream_key(p), self.dead_key(p), self.failures_key(p)], args=args)
         if entry.request_id:
             await self.redis.set(
                 self.result_key(entry.request_id),
@@ -518,55 +612,168 @@ class IntakeStream:
                 ex=RESULT_TTL_SECONDS,
             )
 
-    async def drop_unreadable(self, entry_id: str, error: str) -> None:
+    async def drop_unreadable(self, partition: int, entry_id: str, error: str) -> None:
         """Dead-letter an entry whose fields cannot even be parsed."""
         args = [self.group, entry_id, "original_id", entry_id, "contact_id", "", "event", "{}",
                 "source", "unknown", "error", error, "attempts", "1",
                 "failed_at_ms", str(int(time.time() * 1000))]
-        await self._dead_letter(keys=[self.stream_key, self.dead_key, self.failures_key], args=args)
+        p = partition
+        await self._dead_letter(keys=[self.stream_key(p), self.dead_key(p), self.failures_key(p)], args=args)
+
+    # -- partition leases and membership -----------------------------------------------------------
+
+    async def heartbeat(self, member: str, lease_ms: int) -> list[str]:
+        """Register ``member`` as live for ``lease_ms`` (``""``: only look); the live members, sorted."""
+        members: list[Any] = await self._heartbeat(keys=[self.members_key], args=[member, lease_ms])
+        return [_text(m) for m in members]
+
+    async def leave(self, member: str) -> None:
+        await self.redis.zrem(self.members_key, member)
+
+    async def take_lease(self, partition: int, owner: str, lease_ms: int) -> bool:
+        return bool(await self._take_lease(keys=[self.lease_key(partition)], args=[owner, lease_ms]))
+
+    async def renew_lease(self, partition: int, owner: str, lease_ms: int) -> bool:
+        return bool(await self._renew_lease(keys=[self.lease_key(partition)], args=[owner, lease_ms]))
+
+    async def drop_lease(self, partition: int, owner: str) -> None:
+        await self._drop_lease(keys=[self.lease_key(partition)], args=[owner])
+
+    async def owners(self) -> dict[int, str | None]:
+        """Partition -> the process holding its lease (None: nobody)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for p in range(self.partitions):
+            pipe.get(self.lease_key(p))
+        return {p: (_text(v) if v is not None else None) for p, v in enumerate(await pipe.execute())}
+
+    # -- earlier versions' single stream -----------------------------------------------------------
+
+    async def migrate_legacy(self, *, batch: int = 500) -> int:
+        """Move the entries (and dead letters) of the single stream earlier versions used into their
+        partitions; returns how many moved. Each entry is added to its partition before it is deleted
+        from the old stream, so a crash in between can at worst process one entry twice (the send ledger
+        keeps that from sending twice), never lose it. Safe to run in several processes at once (a lock
+        lets one do it) and a no-op when there is nothing to move."""
+        # One EXISTS per key: on a cluster the two keys may live on different nodes.
+        legacy = (self.legacy_stream_key, self.legacy_dead_key)
+        if not (await self.redis.exists(legacy[0]) or await self.redis.exists(legacy[1])):
+            return 0
+        lock = f"{self.prefix}:intake:migrating"
+        if not await self.redis.set(lock, "1", nx=True, px=120_000):
+            return 0
+        moved = 0
+        try:
+            for old, dead in ((self.legacy_stream_key, False), (self.legacy_dead_key, True)):
+                while True:
+                    items: list[Any] = list(await self.redis.xrange(old, "-", "+", count=batch) or [])
+                    if not items:
+                        break
+                    for entry_id, raw in items:
+                        fields: dict[Any, Any] = {_text(k): _text(v) for k, v in (raw or {}).items()}
+                        p = self.partition_of(fields.get("contact_id", ""))
+                        if fields:
+                            await self.redis.xadd(self.dead_key(p) if dead else self.stream_key(p), fields)
+                        await self.redis.xdel(old, entry_id)
+                        moved += 1
+                await self.redis.delete(old)
+            await self.redis.delete(self.legacy_failures_key)
+        finally:
+            await self.redis.delete(lock)
+        if moved:
+            log.warning("moved %d entries of the single intake stream of an earlier version into its %d "
+                        "partitions", moved, self.partitions)
+        return moved
 
     # -- inspection --------------------------------------------------------------------------------
 
+    async def partition_stats(self) -> list[dict[str, Any]]:
+        """Per partition: ``backlog`` (entries not yet acknowledged, in flight included) and ``lag_seconds``
+        (age of the oldest of them; 0 when empty)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for p in range(self.partitions):
+            pipe.xlen(self.stream_key(p))
+            pipe.xrange(self.stream_key(p), "-", "+", count=1)
+        replies = await pipe.execute()
+        now_ms = time.time() * 1000
+        out = []
+        for p in range(self.partitions):
+            length, first = replies[2 * p], replies[2 * p + 1]
+            lag = 0.0
+            if first:
+                oldest_ms = int(_text(first[0][0]).split("-")[0])
+                lag = max(0.0, (now_ms - oldest_ms) / 1000)
+            out.append({"partition": p, "backlog": int(length or 0), "lag_seconds": round(lag, 3)})
+        return out
+
     async def backlog(self) -> int:
         """Entries not yet processed (appended and not yet acknowledged, including in-flight ones)."""
-        return int(await self.redis.xlen(self.stream_key))
+        pipe = self.redis.pipeline(transaction=False)
+        for p in range(self.partitions):
+            pipe.xlen(self.stream_key(p))
+        return sum(int(n or 0) for n in await pipe.execute())
 
     async def pending(self) -> int:
         """Entries delivered to a consumer and not yet acknowledged."""
-        try:
-            info = await self.redis.xpending(self.stream_key, self.group)
-        except ResponseError:
-            return 0
-        return int(info.get("pending", 0) if isinstance(info, dict) else 0)
+        total = 0
+        for p in range(self.partitions):
+            try:
+                info = await self.redis.xpending(self.stream_key(p), self.group)
+            except ResponseError:
+                continue
+            total += int(info.get("pending", 0) if isinstance(info, dict) else 0)
+        return total
+
+    async def queued_contacts(self, source: str) -> set[str]:
+        """Contacts with an entry from ``source`` not yet acknowledged (reconcile: steps already fired)."""
+        found: set[str] = set()
+        for p in range(self.partitions):
+            start = "-"
+            while True:
+                items: list[Any] = list(
+                    await self.redis.xrange(self.stream_key(p), start, "+", count=2000) or []
+                )
+                for _, raw in items:
+                    fields = {_text(k): _text(v) for k, v in (raw or {}).items()}
+                    if fields.get("source") == source and fields.get("contact_id"):
+                        found.add(fields["contact_id"])
+                if len(items) < 2000:
+                    break
+                start = "(" + _text(items[-1][0])
+        return found
 
     async def dead_letters(self, count: int = 1000) -> list[DeadLetter]:
-        """The dead letters, oldest first."""
-        items: list[Any] = list(await self.redis.xrange(self.dead_key, "-", "+", count=count) or [])
+        """The dead letters of every partition, oldest first. Their ids are ``"<partition>/<entry id>"``."""
         out = []
-        for entry_id, raw in items:
-            data = {_text(k): _text(v) for k, v in (raw or {}).items()}
-            try:
-                event = json.loads(data.get("event") or "{}")
-            except ValueError:
-                event = {}
-            out.append(DeadLetter(
-                id=_text(entry_id),
-                original_id=data.get("original_id", ""),
-                contact_id=data.get("contact_id", ""),
-                event=event if isinstance(event, dict) else {},
-                source=data.get("source", ""),
-                error=data.get("error", ""),
-                attempts=int(data.get("attempts") or 0),
-                failed_at_ms=int(data.get("failed_at_ms") or 0),
-            ))
-        return out
+        for p in range(self.partitions):
+            items: list[Any] = list(await self.redis.xrange(self.dead_key(p), "-", "+", count=count) or [])
+            for entry_id, raw in items:
+                data = {_text(k): _text(v) for k, v in (raw or {}).items()}
+                try:
+                    event = json.loads(data.get("event") or "{}")
+                except ValueError:
+                    event = {}
+                out.append(DeadLetter(
+                    id=f"{p}/{_text(entry_id)}",
+                    original_id=data.get("original_id", ""),
+                    contact_id=data.get("contact_id", ""),
+                    event=event if isinstance(event, dict) else {},
+                    source=data.get("source", ""),
+                    error=data.get("error", ""),
+                    attempts=int(data.get("attempts") or 0),
+                    failed_at_ms=int(data.get("failed_at_ms") or 0),
+                ))
+        out.sort(key=lambda d: (d.failed_at_ms, d.id))
+        return out[:count]
 
     async def dead_letter_count(self) -> int:
-        return int(await self.redis.xlen(self.dead_key))
+        pipe = self.redis.pipeline(transaction=False)
+        for p in range(self.partitions):
+            pipe.xlen(self.dead_key(p))
+        return sum(int(n or 0) for n in await pipe.execute())
 
     async def retry_dead_letters(self, ids: Iterable[str] | None = None) -> list[tuple[str, str]]:
-        """Requeue dead letters (all when ``ids`` is None) as fresh intake entries; returns
-        ``(dead_letter_id, new_entry_id)`` pairs. Unknown ids raise ``InvalidEventError``."""
+        """Requeue dead letters (all when ``ids`` is None) as fresh intake entries of their partition;
+        returns ``(dead_letter_id, new_entry_id)`` pairs. Unknown ids raise ``InvalidEventError``."""
         letters = {d.id: d for d in await self.dead_letters(count=100_000)}
         wanted = list(letters) if ids is None else list(ids)
         missing = [i for i in wanted if i not in letters]
@@ -578,10 +785,12 @@ class IntakeStream:
             if not letter.contact_id:
                 raise InvalidEventError(f"dead letter {dead_id} is unreadable and cannot be retried")
             fields = _fields(letter.contact_id, letter.event, source=letter.source)
-            args: list[Any] = [dead_id]
+            partition, _, entry_id = dead_id.partition("/")
+            p = int(partition)
+            args: list[Any] = [entry_id]
             for key, value in fields.items():
                 args.extend((key, value))
-            new_id = await self._requeue(keys=[self.stream_key, self.dead_key], args=args)
+            new_id = await self._requeue(keys=[self.stream_key(p), self.dead_key(p)], args=args)
             done.append((dead_id, _text(new_id)))
         return done
 
@@ -614,7 +823,13 @@ class _Lane:
 
 
 class IntakeWorker:
-    """The consumer-group worker (see the module docstring for its guarantees)."""
+    """The consumer-group worker of one process (see the module docstring for its guarantees).
+
+    ``consumer`` is this process's name in the consumer groups and in the membership set: stable across a
+    restart (``lead-bot serve``: host name and port), so a restarted process takes its partitions back at
+    once; never shared by two live processes. ``lease_seconds`` bounds how long a crashed process's
+    partitions wait for a new owner.
+    """
 
     def __init__(
         self,
@@ -630,6 +845,8 @@ class IntakeWorker:
         retry_cap: float = 5.0,
         batch: int = 50,
         block_ms: int = 1000,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        handover_grace: float = 30.0,
         is_permanent: Callable[[BaseException], bool] = default_is_permanent,
         observer: IntakeObserver | None = None,
     ) -> None:
@@ -642,9 +859,12 @@ class IntakeWorker:
         self.retry_cap = retry_cap
         self.batch = batch
         self.block_ms = block_ms
+        self.lease_seconds = lease_seconds
+        self.handover_grace = handover_grace
         self.max_in_flight = max_in_flight
         self.is_permanent = is_permanent
         self.observer = observer or IntakeObserver()
+        self._lease_ms = max(1, int(lease_seconds * 1000))
         self._slots = asyncio.Semaphore(concurrency)
         self._lanes: dict[str, _Lane] = {}
         self._in_flight: dict[str, IntakeEntry] = {}
@@ -652,9 +872,13 @@ class IntakeWorker:
         self._room.set()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._readers: dict[int, asyncio.Task[None]] = {}  # owned partition -> its read loop
+        self._valid_until: dict[int, float] = {}  # owned partition -> monotonic end of our lease
+        self._releasing: set[int] = set()
         self._acks: list[tuple[IntakeEntry, dict[str, Any], asyncio.Future[None]]] = []
         self._ack_wake = asyncio.Event()
         self._ack_task: asyncio.Task[None] | None = None
+        self.members: list[str] = []
         self.last_read_ok: float = 0.0
         self.started = False
 
@@ -666,32 +890,32 @@ class IntakeWorker:
     def in_flight(self) -> int:
         return len(self._in_flight)
 
-    async def start(self) -> None:
-        """Create the group (if needed) and start reading, reclaiming and keeping claims fresh.
+    @property
+    def partitions(self) -> list[int]:
+        """The partitions this process consumes now."""
+        return sorted(self._readers)
 
-        Entries this consumer name still holds (a restart under a stable ``consumer`` after a crash) are
-        taken up at once rather than after ``claim_idle``: nobody else can be working on them."""
-        await self.stream.ensure_group()
+    async def start(self) -> None:
+        """Move an earlier version's entries into the partitions, join the members, take this process's
+        share of the partitions (with the entries their previous owner left unfinished) and read them."""
         self._stopping = False
-        leftover = await self.stream.own_pending(self.consumer)
+        await self.stream.migrate_legacy()
+        self._ack_task = asyncio.create_task(self._ack_loop(), name="intake-ack")
+        await self._balance()
         self._tasks = [
-            asyncio.create_task(self._read_loop(), name="intake-read"),
+            asyncio.create_task(self._balance_loop(), name="intake-balance"),
             asyncio.create_task(self._claim_loop(), name="intake-claim"),
         ]
-        self._ack_task = asyncio.create_task(self._ack_loop(), name="intake-ack")
         self.started = True
-        log.info("intake worker %s started", self.consumer)
-        if leftover:
-            log.warning("intake worker %s takes up %d entr(ies) its previous run left unfinished",
-                        self.consumer, len(leftover))
-            await self._submit_all(leftover)
+        log.info("intake worker %s started with partitions %s", self.consumer, self.partitions)
 
     async def stop(self, grace_seconds: float = 30.0) -> None:
-        """Stop reading; finish the entries already taken within ``grace_seconds``; leave the rest pending."""
+        """Stop reading; finish the entries already taken within ``grace_seconds``; leave the rest pending;
+        give the partitions back so the other processes take them at once."""
         self._stopping = True
-        for task in self._tasks:
+        for task in [*self._tasks, *self._readers.values()]:
             task.cancel()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._readers.values()]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         lanes = [lane.task for lane in self._lanes.values() if lane.task is not None]
@@ -708,6 +932,12 @@ class IntakeWorker:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._ack_task
             self._ack_task = None
+        with contextlib.suppress(*REDIS_DOWN, RedisError):
+            for partition in list(self._readers):
+                await self.stream.drop_lease(partition, self.consumer)
+            await self.stream.leave(self.consumer)
+        self._readers.clear()
+        self._valid_until.clear()
         self.started = False
         log.info("intake worker %s stopped", self.consumer)
 
@@ -720,62 +950,162 @@ class IntakeWorker:
             await asyncio.sleep(0.01)
         return True
 
+    # -- partitions --------------------------------------------------------------------------------
+
+    def _share(self, members: list[str]) -> set[int]:
+        """The partitions this process should own: N goes to the (N mod members)-th live member."""
+        if self.consumer not in members:
+            members = sorted([*members, self.consumer])
+        me = members.index(self.consumer)
+        return {p for p in range(self.stream.partitions) if p % len(members) == me}
+
+    async def _balance(self) -> None:
+        """One round: heartbeat, renew what we hold, hand over what is no longer ours, take what is."""
+        started = time.monotonic()
+        self.members = await self.stream.heartbeat(self.consumer, self._lease_ms)
+        wanted = self._share(self.members)
+        for partition in sorted(self._readers):
+            if partition in self._releasing:
+                continue
+            if not await self.stream.renew_lease(partition, self.consumer, self._lease_ms):
+                log.error("intake partition %d was taken over by another process; this one stops "
+                          "reading it", partition)
+                self._forget(partition)
+                continue
+            self._valid_until[partition] = started + self.lease_seconds * 0.9
+            if partition not in wanted:
+                self._releasing.add(partition)
+                task = asyncio.create_task(self._hand_over(partition), name=f"intake-handover-{partition}")
+                self._background(task)
+        for partition in sorted(wanted - set(self._readers)):
+            if not await self.stream.take_lease(partition, self.consumer, self._lease_ms):
+                continue  # its owner still finishes what it holds, or crashed: its lease runs out
+            self._valid_until[partition] = started + self.lease_seconds * 0.9
+            await self.stream.ensure_group(partition)
+            # Whatever the previous owner (or our own previous incarnation) left unacknowledged is ours
+            # now: nobody else may be working on it while we hold the lease.
+            leftover = await self.stream.autoclaim(self.consumer, partition, 0, count=1000)
+            if leftover:
+                log.warning("intake worker %s takes up %d entr(ies) left unfinished in partition %d",
+                            self.consumer, len(leftover), partition)
+            await self._submit_all(leftover, partition)
+            self._readers[partition] = asyncio.create_task(self._read_loop(partition),
+                                                           name=f"intake-read-{partition}")
+
+    def _background(self, task: asyncio.Task[None]) -> None:
+        self._tasks.append(task)
+        task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+
+    def _forget(self, partition: int) -> None:
+        task = self._readers.pop(partition, None)
+        if task is not None:
+            task.cancel()
+        self._valid_until.pop(partition, None)
+        self._releasing.discard(partition)
+
+    async def _hand_over(self, partition: int) -> None:
+        """Stop reading a partition another process should own, finish its entries here, then give the
+        lease back (the new owner takes up whatever is left unacknowledged)."""
+        task = self._readers.get(partition)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        deadline = time.monotonic() + self.handover_grace
+        while any(e.partition == partition for e in self._in_flight.values()):
+            if time.monotonic() > deadline or self._stopping:
+                break
+            await asyncio.sleep(0.05)
+        self._forget(partition)
+        with contextlib.suppress(*REDIS_DOWN, RedisError):
+            await self.stream.drop_lease(partition, self.consumer)
+        log.info("intake worker %s handed partition %d over", self.consumer, partition)
+
+    async def _balance_loop(self) -> None:
+        while not self._stopping:
+            # Faster while a partition we should own is still held by someone finishing it.
+            wanted = self._share(self.members) if self.members else set()
+            missing = bool(wanted - set(self._readers))
+            await asyncio.sleep(min(0.5, self.lease_seconds / 3) if missing else self.lease_seconds / 3)
+            try:
+                await self._balance()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("intake partition balance failed (%s: %s)", type(exc).__name__, exc)
+            now = time.monotonic()
+            for partition, until in list(self._valid_until.items()):
+                if now >= until and partition in self._readers and partition not in self._releasing:
+                    # Not renewed in time (Redis away): another process may own it by now. Stop taking
+                    # new entries from it; the ones in hand finish (the send ledger guards their sends).
+                    log.error("intake partition %d lease not renewed in time; this process stops "
+                              "reading it", partition)
+                    self._forget(partition)
+
     # -- loops -------------------------------------------------------------------------------------
 
-    async def _read_loop(self) -> None:
+    async def _read_loop(self, partition: int) -> None:
         delay = 0.1
         while not self._stopping:
             await self._room.wait()
             try:
                 room = max(1, min(self.batch, self.max_in_flight - len(self._in_flight)))
-                items = await self.stream.read(self.consumer, room, self.block_ms)
+                items = await self.stream.read(self.consumer, partition, room, self.block_ms)
                 self.last_read_ok = time.monotonic()
                 delay = 0.1
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("intake read failed (%s: %s); retrying in %.1fs", type(exc).__name__, exc, delay)
+                log.warning("intake read of partition %d failed (%s: %s); retrying in %.1fs",
+                            partition, type(exc).__name__, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
-            await self._submit_all(items)
+            await self._submit_all(items, partition)
             if 0 < len(items) < room:
                 # A trickle: let entries gather for a moment so the next read takes a batch (one round trip
                 # and one wakeup for many entries under load; 2 ms is nothing next to a reply's latency).
                 await asyncio.sleep(0.002)
 
     async def _claim_loop(self) -> None:
+        """Keep our entries fresh, and sweep up entries of our partitions nobody is working on (a lane of
+        ours that gave up on a bug)."""
         interval = max(0.05, self.claim_idle / 3)
         while not self._stopping:
             await asyncio.sleep(interval)
             try:
                 if self._in_flight:
-                    await self.stream.touch(self.consumer, list(self._in_flight))
-                claimed = await self.stream.autoclaim(self.consumer, int(self.claim_idle * 1000))
+                    await self.stream.touch(self.consumer, list(self._in_flight.values()))
+                for partition in self.partitions:
+                    if partition in self._releasing:
+                        continue
+                    claimed = await self.stream.autoclaim(self.consumer, partition,
+                                                          int(self.claim_idle * 1000))
+                    fresh = [c for c in claimed
+                             if isinstance(c, tuple) or c.ref not in self._in_flight]
+                    if fresh:
+                        log.info("intake worker %s reclaimed %d idle entr(ies) of partition %d",
+                                 self.consumer, len(fresh), partition)
+                    await self._submit_all(fresh, partition)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("intake reclaim failed (%s: %s)", type(exc).__name__, exc)
-                continue
-            fresh = [c for c in claimed if (c[0] if isinstance(c, tuple) else c.id) not in self._in_flight]
-            if fresh:
-                log.info("intake worker %s reclaimed %d idle entr(ies)", self.consumer, len(fresh))
-            await self._submit_all(fresh)
 
-    async def _submit_all(self, items: list[IntakeEntry | tuple[str, str]]) -> None:
+    async def _submit_all(self, items: list[IntakeEntry | tuple[str, str]], partition: int) -> None:
         for item in items:
             if isinstance(item, tuple):
                 entry_id, error = item
                 log.error("intake entry %s is unreadable: %s", entry_id, error)
                 with contextlib.suppress(Exception):
-                    await self.stream.drop_unreadable(entry_id, error)
+                    await self.stream.drop_unreadable(partition, entry_id, error)
                 continue
             self._submit(item)
 
     def _submit(self, entry: IntakeEntry) -> None:
-        if entry.id in self._in_flight:
+        if entry.ref in self._in_flight:
             return
-        self._in_flight[entry.id] = entry
+        self._in_flight[entry.ref] = entry
         if len(self._in_flight) >= self.max_in_flight:
             self._room.clear()
         lane = self._lanes.get(entry.contact_id)
@@ -799,14 +1129,14 @@ class IntakeWorker:
                 if not done:  # stopping: leave this and the later entries pending in Redis
                     break
                 lane.entries.popleft()
-                self._in_flight.pop(entry.id, None)
+                self._in_flight.pop(entry.ref, None)
                 if len(self._in_flight) < self.max_in_flight:
                     self._room.set()
         finally:
             # Entries still queued here stay pending in Redis; forgetting them locally lets the reclaim
             # sweep hand them out again.
             for left in lane.entries:
-                self._in_flight.pop(left.id, None)
+                self._in_flight.pop(left.ref, None)
             self._lanes.pop(contact_id, None)
             self._room.set()
 
@@ -842,7 +1172,7 @@ class IntakeWorker:
                 continue
             message = f"{type(error).__name__}: {error}"
             try:
-                attempts = await self.stream.record_failure(entry.id)
+                attempts = await self.stream.record_failure(entry)
             except Exception:
                 if self._stopping:
                     return False

@@ -53,6 +53,19 @@ class Metrics(IntakeObserver):
         self.intake_pending = Gauge(
             "lead_bot_intake_pending", "Intake entries taken by a worker and not yet acknowledged", registry=r
         )
+        self.partition_backlog = Gauge(
+            "lead_bot_intake_partition_backlog", "Intake entries not yet processed, by partition",
+            ["partition"], registry=r,
+        )
+        self.partition_lag = Gauge(
+            "lead_bot_intake_partition_lag_seconds",
+            "Age of the oldest unprocessed intake entry, by partition (0 when empty)", ["partition"],
+            registry=r,
+        )
+        self.partitions_owned = Gauge(
+            "lead_bot_intake_partitions_owned", "Intake partitions this process consumes", registry=r
+        )
+        self.role = Gauge("lead_bot_role", "The parts this process runs (1 per part)", ["part"], registry=r)
         self.dead_letters = Gauge(
             "lead_bot_intake_dead_letters", "Entries in the dead-letter stream", registry=r
         )

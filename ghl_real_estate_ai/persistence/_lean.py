@@ -65,16 +65,28 @@ def pack_command_py(args: Sequence[Any]) -> bytes:
 
 
 class _LeanConnection(asyncio.Protocol):
-    def __init__(self) -> None:
+    """Commands written in one event-loop turn go out in one write (one syscall for many concurrent
+    callers); replies complete their futures in order. ``timeout`` (the client's ``socket_timeout``) is
+    watched per connection, not per call: when the oldest unanswered command waited that long, the
+    connection is closed and every caller gets ``redis.TimeoutError`` (their replies would now arrive out
+    of step)."""
+
+    def __init__(self, timeout: float | None = None) -> None:
         self.transport: asyncio.Transport | None = None
         self.reader = hiredis.Reader()
         self.waiters: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self.sent_at: collections.deque[float] = collections.deque()  # loop time, one per waiter
+        self.timeout = timeout
         self.closed = False
+        self._out: list[bytes] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watch: asyncio.TimerHandle | None = None
 
     # ---------------------------------------------------------------------------- protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self._loop = asyncio.get_running_loop()
 
     def data_received(self, data: bytes) -> None:
         reader = self.reader
@@ -95,6 +107,7 @@ class _LeanConnection(asyncio.Protocol):
                     self.transport.close()
                 return
             fut = self.waiters.popleft()
+            self.sent_at.popleft()
             if fut.done():  # the caller was cancelled; its reply is read and dropped
                 continue
             if isinstance(reply, hiredis.ReplyError):
@@ -107,21 +120,51 @@ class _LeanConnection(asyncio.Protocol):
 
     def _fail(self, error: Exception) -> None:
         self.closed = True
+        self._out.clear()
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        self.sent_at.clear()
         while self.waiters:
             fut = self.waiters.popleft()
             if not fut.done():
                 fut.set_exception(error)
 
+    def _flush(self) -> None:
+        if self._out and self.transport is not None and not self.closed:
+            self.transport.write(b"".join(self._out))
+        self._out.clear()
+
+    def _check(self) -> None:
+        """The timeout watch: fail everything when the oldest command waited ``timeout`` seconds."""
+        self._watch = None
+        if not self.sent_at or self.closed or self.timeout is None or self._loop is None:
+            return
+        overdue_at = self.sent_at[0] + self.timeout
+        if self._loop.time() >= overdue_at:
+            self._fail(RedisTimeoutError(f"no reply from the Redis server within {self.timeout} s"))
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self._watch = self._loop.call_at(overdue_at, self._check)
+
     # --------------------------------------------------------------------------------- use
 
     def call(self, packed: bytes, replies: int = 1) -> list[asyncio.Future[Any]]:
-        """Send ``packed`` (``replies`` commands): one future per reply, in order."""
+        """Send ``packed`` (``replies`` commands) with this loop turn's other commands: one future per
+        reply, in order."""
         if self.closed or self.transport is None or self.transport.is_closing():
             raise RedisConnectionError("connection to the Redis server is closed")
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         futs = [loop.create_future() for _ in range(replies)]
         self.waiters.extend(futs)
-        self.transport.write(packed)
+        now = loop.time()
+        self.sent_at.extend([now] * replies)
+        if not self._out:
+            loop.call_soon(self._flush)
+        self._out.append(packed)
+        if self.timeout is not None and self._watch is None:
+            self._watch = loop.call_at(now + self.timeout, self._check)
         return futs
 
     def close(self) -> None:
@@ -167,15 +210,9 @@ class LeanConnections:
         if conn is None or conn.closed:
             conn = await self._connect(loop)
         futs = conn.call(packed, replies)
-        waiting = futs[0] if replies == 1 else asyncio.gather(*futs, return_exceptions=True)
-        timeout = self.settings.get("socket_timeout")
-        try:
-            result = await (waiting if timeout is None else asyncio.wait_for(waiting, timeout))
-        except TimeoutError:  # asyncio's, builtin since 3.11
-            conn.close()  # its replies would now arrive out of step
-            raise RedisTimeoutError(f"no reply from the Redis server within {timeout} s") from None
         if replies == 1:
-            return result
+            return await futs[0]  # the connection's watch enforces the timeout
+        result = await asyncio.gather(*futs, return_exceptions=True)
         for reply in result:
             if isinstance(reply, BaseException):
                 raise reply
@@ -213,12 +250,15 @@ class LeanConnections:
     async def _open(self, loop: asyncio.AbstractEventLoop) -> _LeanConnection:
         s = self.settings
         try:
+            timeout = s.get("socket_timeout")
+
+            def protocol() -> _LeanConnection:
+                return _LeanConnection(timeout)
+
             if s.get("path"):
-                opening = loop.create_unix_connection(_LeanConnection, s["path"])
+                opening = loop.create_unix_connection(protocol, s["path"])
             else:
-                opening = loop.create_connection(
-                    _LeanConnection, s.get("host", "localhost"), s.get("port", 6379)
-                )
+                opening = loop.create_connection(protocol, s.get("host", "localhost"), s.get("port", 6379))
             _, conn = await asyncio.wait_for(
                 opening, s.get("socket_connect_timeout") or s.get("socket_timeout")
             )

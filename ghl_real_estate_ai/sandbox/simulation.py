@@ -45,7 +45,7 @@ class Simulation:
         rules: Rules | None = None,
         ledger: SendLedger | None = None,
         responder: Any = None,
-        durability: Durability | None = None,
+        durability: Durability = "exit",
         comps: Any = None,
     ) -> None:
         self.clock = FakeClock(start)

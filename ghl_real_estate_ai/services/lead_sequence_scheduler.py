@@ -52,6 +52,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ghl_real_estate_ai.errors import LeadNotFoundError, LockTimeoutError
+from ghl_real_estate_ai.persistence.fastpath import FastScript
 from ghl_real_estate_ai.sequence import TIMED_STATUSES
 from ghl_real_estate_ai.services.locks import LeaderLease, stop_background
 from ghl_real_estate_ai.services.runner import summary_from_state
@@ -75,6 +76,7 @@ __all__ = [
 ]
 
 JOB_FUNC_REF = "ghl_real_estate_ai.services.lead_sequence_scheduler:fire_due_step"
+SCHEDULER_SOURCE = "scheduler"  # the intake ``source`` of the due steps the leader queues
 
 
 def _schedulable(seq: Mapping[str, Any]) -> bool:
@@ -203,14 +205,52 @@ class LeadJob:
     run_at: datetime
 
 
-class LeadJobStore(RedisJobStore):
-    """APScheduler's ``RedisJobStore`` on our keys, with a one-round-trip ``remove_job``.
+# KEYS: jobs hash, run times ZSET. ARGV: now (POSIX seconds). Takes the due jobs out of the store and
+# returns them as id, state, id, state, ...
+_POP_DUE = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], 0, ARGV[1])
+if #ids == 0 then return {} end
+local out = {}
+for i = 1, #ids, 1000 do
+  local chunk = {unpack(ids, i, math.min(i + 999, #ids))}
+  local states = redis.call('HMGET', KEYS[1], unpack(chunk))
+  for j = 1, #chunk do
+    out[#out + 1] = chunk[j]
+    out[#out + 1] = states[j] or ''
+  end
+  redis.call('HDEL', KEYS[1], unpack(chunk))
+  redis.call('ZREM', KEYS[2], unpack(chunk))
+end
+return out
+"""
 
-    APScheduler removes every date job it submits; the stock store checks ``HEXISTS`` first, a second
-    round trip on the blocking client inside the event loop for every job of a burst.
+
+class LeadJobStore(RedisJobStore):
+    """APScheduler's ``RedisJobStore`` on our keys, taking due jobs out in one round trip.
+
+    APScheduler removes every date job it hands to the executor, one blocking round trip per job inside
+    the event loop (a burst of 10,000 due jobs: 10,000 of them). This store removes the due jobs in the
+    same script that reads them, and the removals APScheduler asks for next are then answered locally.
+    Nothing changes for a job: APScheduler submits or drops every job ``get_due_jobs`` returns, and would
+    have removed it either way.
     """
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._pop_due = self.redis.register_script(_POP_DUE)
+        self._taken: set[str] = set()
+
+    def get_due_jobs(self, now: datetime) -> list[Any]:
+        flat: list[Any] = self._pop_due(keys=[self.jobs_key, self.run_times_key],
+                                        args=[repr(now.timestamp())])
+        pairs = [(_text(flat[i]), flat[i + 1]) for i in range(0, len(flat), 2)]
+        self._taken = {job_id for job_id, _ in pairs}  # APScheduler removes them before it asks again
+        return self._reconstitute_jobs([(job_id, state) for job_id, state in pairs if state])
+
     def remove_job(self, job_id: str) -> None:
+        if job_id in self._taken:
+            self._taken.discard(job_id)
+            return
         with self.redis.pipeline() as pipe:
             pipe.hdel(self.jobs_key, job_id)
             pipe.zrem(self.run_times_key, job_id)
@@ -235,7 +275,7 @@ class JobTable:
         self.retries_key = f"{prefix}:scheduler:retries"
         self.scheduler_name = scheduler_name
         # EVALSHA scripts: one round trip each, and half the client CPU of a MULTI pipeline.
-        self._put_unless_retrying = redis_client.register_script(_PUT_UNLESS_RETRYING)
+        self._put_unless_retrying = FastScript(redis_client, _PUT_UNLESS_RETRYING)  # after every run
         self._put_if_absent = redis_client.register_script(_PUT_IF_ABSENT)
         self._drop = redis_client.register_script(_DROP)
         self._compare_and_set = redis_client.register_script(_COMPARE_AND_SET)
@@ -451,6 +491,7 @@ class SchedulerStats:
     retried: int = 0  # transient failures that got a retry
     failed: int = 0  # leads marked failed by the scheduler
     lock_timeouts: int = 0  # due steps put back because another run held the lead
+    queued: int = 0  # due steps handed to the intake (the workers of every process run them)
     handed_back: int = 0  # submitted jobs put back (lock timeout, lost lease, clock moved)
     reconciles: int = 0
     restored: int = 0
@@ -491,6 +532,9 @@ class LeadSequenceScheduler:
         lock_retry_seconds: real delay before a step whose lead was busy is tried again.
         shutdown_grace_seconds: how long :meth:`stop` lets running steps finish.
         reconcile_concurrency, reconcile_batch: checkpoint reads in flight, leads per repair batch.
+        intake: the ``IntakeStream``: a due job is then queued there as a ``step_due`` entry (source
+            ``"scheduler"``), and the intake workers of every process run it through :meth:`run_due`;
+            None: the leader runs due steps itself.
     """
 
     def __init__(
@@ -513,8 +557,10 @@ class LeadSequenceScheduler:
         shutdown_grace_seconds: float = 10.0,
         reconcile_concurrency: int = 32,
         reconcile_batch: int = 500,
+        intake: Any = None,
     ) -> None:
         self.runner = runner
+        self.intake = intake
         self.redis = redis
         self.redis_url = redis_url
         self.timebase = timebase
@@ -552,6 +598,8 @@ class LeadSequenceScheduler:
         self._last_reconcile = 0.0
         self._wakeup_pending = False
         self._reconcile_wanted = False  # a due job was lost to an error: reconcile at the next tick
+        self._queued: set[str] = set()  # leads with a queued due step, as read by the running reconcile
+        self._fired_in_pass: set[str] = set()  # leads this process queued since the reconcile pass began
         self._stopping = False
         self._started = False
 
@@ -818,25 +866,62 @@ class LeadSequenceScheduler:
                 # The lease went away after APScheduler submitted the job: the next leader fires it.
                 await self._hand_back(contact_id, step, due_at, attempt, self.timebase.to_real(due))
                 return
-            if attempt:
-                record = await self.retries.get(contact_id)
-                if record is not None and record.exhausted and record.step == step:
-                    await self._mark_failed(contact_id, step, due_at, record.attempts, record.last_error)
-                    return
-            event = {"type": "step_due", "step": step, "due_at": due_at, "source": "scheduler"}
+            if self.intake is not None:
+                await self._enqueue(contact_id, step, due_at, attempt)
+                return
             try:
-                await self.runner.dispatch(contact_id, event)
+                await self.run_due(contact_id, step, due_at, attempt)
             except LockTimeoutError as exc:
                 self.counters.lock_timeouts += 1
                 log.warning("lead %s is busy, %s tried again in %ss: %s",
                             contact_id, step, self.lock_retry_seconds, exc)
                 run_at = datetime.now(UTC) + timedelta(seconds=self.lock_retry_seconds)
                 await self._hand_back(contact_id, step, due_at, attempt, run_at)
-                return
-            except Exception as exc:
-                await self._step_failed(contact_id, step, due_at, exc)
-                return
-            self.counters.fired += 1
+
+    async def _enqueue(self, contact_id: str, step: str, due_at: str, attempt: int) -> None:
+        """Hand a due step to the intake (any process's worker runs it, in order with the lead's other
+        events). The job already left the store: if the append fails, reconcile restores it."""
+        assert self.intake is not None
+        event = {"type": "step_due", "step": step, "due_at": due_at, "attempt": attempt,
+                 "source": "scheduler"}
+        try:
+            await self.intake.append(contact_id, event, source=SCHEDULER_SOURCE)
+        except Exception as exc:
+            self._reconcile_wanted = True
+            log.error("could not queue %s of lead %s (%s); reconcile restores its job", step, contact_id, exc)
+            return
+        self._fired_in_pass.add(contact_id)
+        self.counters.queued += 1
+
+    async def run_due(
+        self, contact_id: str, step: str, due_at: str, attempt: int = 0
+    ) -> dict[str, Any] | None:
+        """Run one due step now, in whichever process (the intake worker calls this for the ``step_due``
+        entries the leader queued; without an intake the leader calls it itself). A failure is retried
+        (+5/+15/+30 virtual minutes) or marks the lead failed, and this returns None; the lead's lock held
+        elsewhere (``LockTimeoutError``) and Redis being away are raised, for the caller to try again.
+        Returns the lead's values after the run."""
+        if attempt:
+            record = await self.retries.get(contact_id)
+            if record is not None and record.exhausted and record.step == step:
+                await self._mark_failed(contact_id, step, due_at, record.attempts, record.last_error)
+                return None
+        event = {"type": "step_due", "step": step, "due_at": due_at, "source": "scheduler"}
+        try:
+            values = await self.runner.dispatch(contact_id, event)
+        except LockTimeoutError:
+            raise
+        except LeadNotFoundError:
+            log.warning("lead %s has no state any more; its job for %s is dropped", contact_id, step)
+            await self.jobs.drop(contact_id)
+            return None
+        except Exception as exc:
+            if isinstance(exc, RedisConnectionError | RedisTimeoutError) and self.intake is not None:
+                raise  # the intake entry waits for Redis and runs the step again
+            await self._step_failed(contact_id, step, due_at, exc)
+            return None
+        self.counters.fired += 1
+        return values
 
     async def _step_failed(self, contact_id: str, step: str, due_at: str, exc: Exception) -> None:
         """Retry a transient failure (+5/+15/+30 virtual minutes), else mark the lead failed."""
@@ -922,10 +1007,17 @@ class LeadSequenceScheduler:
             started = time.monotonic()
             report = ReconcileReport()
             now_v = self.timebase.now()
+            self._fired_in_pass = set()  # before the jobs are read: a lead fired after this is skipped
             raw_jobs = await self.jobs.all_raw()
             run_times = await self.jobs.run_times()
             jobs = {cid: JobTable.decode(raw) for cid, raw in raw_jobs.items()}
             del raw_jobs
+            # Read after the jobs: a job fired since the read above is in the intake by now (or in
+            # ``_in_flight`` while it is being queued, or in ``_fired_in_pass`` once this process queued
+            # it), and its lead is left to the worker that runs it.
+            self._queued = (
+                await self.intake.queued_contacts(SCHEDULER_SOURCE) if self.intake is not None else set()
+            )
             expected: dict[str, float] = {}
             if self.index is not None:
                 expected = await _index_due(self.index, now_v + _FAR_FUTURE)
@@ -996,7 +1088,8 @@ class LeadSequenceScheduler:
         now_v: datetime,
         report: ReconcileReport,
     ) -> None:
-        contact_ids = [cid for cid in contact_ids if not self._in_flight.get(cid)]
+        contact_ids = [cid for cid in contact_ids if not self._in_flight.get(cid)
+                       and cid not in self._queued and cid not in self._fired_in_pass]
         if not contact_ids:
             return
         # Jobs first, states second: a run that moves a state after this read also rewrites its job, and

@@ -29,6 +29,7 @@ from typing import Any, cast
 
 import redis.asyncio as aredis
 
+from ghl_real_estate_ai.persistence.fastpath import FastScript
 from ghl_real_estate_ai.sequence import SequenceStatus
 
 logger = logging.getLogger(__name__)
@@ -146,7 +147,7 @@ class LeadSequenceStateService:
         self.client = client
         self.prefix = prefix
         self.base = f"{{{prefix}:index}}"
-        self._update = client.register_script(_UPDATE)
+        self._update = FastScript(client, _UPDATE)  # after every lead run: the fast path
         self._remove = client.register_script(_REMOVE)
         self._swap = client.register_script(_SWAP)
 

@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ghl_real_estate_ai.errors import LockTimeoutError
+from ghl_real_estate_ai.persistence.fastpath import FastScript, fast_call
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +116,10 @@ class RedisLeadLock:
         self.wait_seconds = wait_seconds
         self._poll = poll_seconds
         self._ttl_ms = max(1, int(ttl_seconds * 1000))
-        # EVALSHA (not EVAL): the release runs after every lead run, so do not resend the script text.
-        self._release_script = redis.register_script(_RELEASE)
+        # EVALSHA (not EVAL) on the fast path: the take and the release run for every lead run.
+        self._release_script = FastScript(redis, _RELEASE)
         self._extend_script = redis.register_script(_EXTEND)
-        self._take_over_script = redis.register_script(_TAKE_OVER)
+        self._take_over_script = FastScript(redis, _TAKE_OVER)
         self._held: dict[str, str] = {}  # key -> token
         self._renewer: asyncio.Task[None] | None = None
         self._closing = False
@@ -134,7 +135,7 @@ class RedisLeadLock:
         wait = self.wait_seconds if wait_seconds is None else wait_seconds
         deadline = time.monotonic() + wait
         delay = self._poll
-        while not await self._redis.set(key, token, nx=True, px=self._ttl_ms):
+        while not await fast_call(self._redis, "SET", key, token, "NX", "PX", self._ttl_ms):
             if await self._take_over_from_earlier_run(contact_id, key, token):
                 break
             remaining = deadline - time.monotonic()
@@ -149,7 +150,7 @@ class RedisLeadLock:
     async def _take_over_from_earlier_run(self, contact_id: str, key: str, token: str) -> bool:
         if not self.owner:
             return False
-        found = await self._redis.get(key)
+        found = await fast_call(self._redis, "GET", key)
         if found is None:
             return False
         held = found.decode() if isinstance(found, bytes) else str(found)

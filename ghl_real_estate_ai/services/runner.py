@@ -24,9 +24,6 @@ log = logging.getLogger(__name__)
 
 AfterRun = Callable[[str, dict[str, Any]], Awaitable[None]]
 
-EXIT_DURABLE = frozenset({"step_due", "inbound_message"})
-"""Events whose runs write one checkpoint (``LeadBotRunner.durability_for``)."""
-
 
 class LeadLock(Protocol):
     """Serialises runs on one lead's thread (concurrent runs would fork its history and double-send)."""
@@ -82,30 +79,20 @@ class LeadBotRunner:
         *,
         lock: LeadLock | None = None,
         after_run: Sequence[AfterRun] = (),
-        durability: Durability | None = None,
+        durability: Durability = "exit",
     ) -> None:
         self.graph = graph
         self.context = context
         self.lock = lock or LocalLeadLock()
         self.after_run = list(after_run)
-        # None: ``durability_for`` chooses per event. "sync"/"async"/"exit": that for every run.
-        self.durability: Durability | None = durability
-
-    @staticmethod
-    def durability_for(event: Event) -> Durability:
-        """How a run is checkpointed: scheduled steps and inbound messages with ``"exit"`` (one
-        checkpoint per run), every other event with ``"sync"`` (a checkpoint after every step, written
-        before the next starts).
-
-        The side effects of a scheduled step or an inbound turn are sends, each claimed in the send
-        ledger under a deterministic key (the step's touch key, ``contact|reply|message id``, ...)
-        before it goes out. A run that dies half way leaves the lead's state as before the run; the
-        event comes again (the scheduler's catch-up and retries, the intake's redelivery) and the
-        claims stop a second send. Checkpointing the inner steps of these runs, the bulk of a lead's
-        runs, would buy nothing but three or more checkpoints per run. The rare operator and webhook
-        state changes (pause, resume, cancel, opt-out, human takeover, call results, contact updates)
-        keep ``"sync"``."""
-        return "exit" if event.get("type") in EXIT_DURABLE else "sync"
+        # "exit" (the default, the service's): one checkpoint per run, written when the run ends. A run is
+        # the router and exactly one action node, and an interrupted run is never resumed: its event is
+        # dispatched again (the intake keeps it until the run ended) and starts at the router. So the
+        # checkpoints "sync" writes after the input and after the router could never be used for recovery;
+        # they cost three of the four checkpoint writes of a run. The sends inside the action are guarded
+        # by the send ledger either way. "sync": a checkpoint after every superstep (notebooks stepping
+        # through a run).
+        self.durability: Durability = durability
 
     @staticmethod
     def config(contact_id: str) -> RunnableConfig:
@@ -121,7 +108,7 @@ class LeadBotRunner:
                 run_input,
                 self.config(contact_id),
                 context=self.context,
-                durability=self.durability or self.durability_for(event),
+                durability=self.durability,
             )
             for hook in self.after_run:
                 await hook(contact_id, values)

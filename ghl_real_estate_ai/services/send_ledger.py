@@ -20,6 +20,8 @@ from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 
+from ghl_real_estate_ai.persistence.fastpath import FastScript, fast_call
+
 DEFAULT_LEDGER_TTL_SECONDS = 400 * 86400  # longer than any lead's sequence
 
 
@@ -96,21 +98,23 @@ class RedisSendLedger:
         self._redis = client
         self._prefix = prefix
         self._ttl = ttl_seconds
-        self._release = client.register_script(_RELEASE)
+        self._release = FastScript(client, _RELEASE)
 
     def _key(self, key: str) -> str:
         return f"{self._prefix}:send:{key}"
 
     async def claim(self, key: str, detail: dict[str, Any] | None = None) -> bool:
-        claimed = await self._redis.set(self._key(key), json.dumps(_claimed(detail)), nx=True, ex=self._ttl)
+        claimed = await fast_call(self._redis, "SET", self._key(key), json.dumps(_claimed(detail)), "NX",
+                                  "EX", self._ttl)
         return bool(claimed)
 
     async def confirm(self, key: str, detail: dict[str, Any]) -> None:
-        await self._redis.set(self._key(key), json.dumps({"state": "sent", **detail}), ex=self._ttl)
+        await fast_call(self._redis, "SET", self._key(key), json.dumps({"state": "sent", **detail}), "EX",
+                        self._ttl)
 
     async def release(self, key: str) -> None:
         await self._release(keys=[self._key(key)])
 
     async def get(self, key: str) -> dict[str, Any] | None:
-        raw = await self._redis.get(self._key(key))
+        raw = await fast_call(self._redis, "GET", self._key(key))
         return json.loads(raw) if raw else None

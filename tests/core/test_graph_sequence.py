@@ -27,8 +27,8 @@ def test_graph_has_the_contract_node_names() -> None:
 
 async def test_an_event_is_two_supersteps_with_the_plan_in_the_action() -> None:
     """The router's decision, then the action together with the next-step plan: each event adds four
-    checkpoints with ``durability="sync"`` (its input, the input applied, the router, the action) and the
-    action's checkpoint already carries the next step."""
+    checkpoints (its input, the input applied, the router, the action) and the action's checkpoint
+    already carries the next step (written with durability "sync", as a notebook steps through it)."""
     sim = Simulation(START, durability="sync")
     cid = sim.add_lead(make_contact("c-steps"))
     config = sim.runner.config(cid)
@@ -48,23 +48,22 @@ async def test_an_event_is_two_supersteps_with_the_plan_in_the_action() -> None:
     assert router.next == ("day_3",) and router.values["route"] == "day_3"
 
 
-async def test_by_default_a_scheduled_step_or_an_inbound_turn_writes_one_checkpoint() -> None:
-    """``LeadBotRunner.durability_for``: the runs that make up most of a lead's life (scheduled steps,
-    inbound turns) are checkpointed once, at their end; operator actions after every superstep."""
-    sim = Simulation(START)
-    cid = sim.add_lead(make_contact("c-exit"))
-    config = sim.runner.config(cid)
-    await sim.enroll_all()
-    await sim.run_until(START + timedelta(hours=1))
-    await sim.dispatch(cid, {"type": "inbound_message", "text": "Any new listings?", "channel": "sms"})
-    await sim.dispatch(cid, {"type": "pause", "source": "operator", "reason": "test"})
-
-    history = [snap async for snap in sim.graph.aget_state_history(config)]
-    sources = [(snap.metadata or {}).get("source") for snap in reversed(history)]
-    #            enroll (sync)                      day_3  inbound  pause (sync)
-    assert sources == ["input", "loop", "loop", "loop", "loop", "loop", "input", "loop", "loop", "loop"]
-    assert history[0].values["sequence"]["status"] == "paused"
-    assert [m.type for m in history[0].values["messages"]][:1] == ["human"]
+async def test_the_service_writes_one_checkpoint_per_event() -> None:
+    """The runner's default durability ("exit"): each event's run leaves one checkpoint, the state after
+    its action, the same state "sync" ends with."""
+    sims = {mode: Simulation(START, durability=mode) for mode in ("exit", "sync")}
+    ends = {}
+    for mode, sim in sims.items():
+        cid = sim.add_lead(make_contact("c-steps"))
+        await sim.enroll_all()
+        await sim.run_until(START + timedelta(hours=1))
+        history = [snap async for snap in sim.graph.aget_state_history(sim.runner.config(cid))]
+        if mode == "exit":
+            assert len(history) == 2 and all(snap.next == () for snap in history)  # enroll, day_3
+        ends[mode] = history[0].values
+    assert sims["exit"].runner.durability == "exit" == Simulation(START).runner.durability
+    assert ends["exit"]["sequence"] == ends["sync"]["sequence"]
+    assert [e["action"] for e in ends["exit"]["timeline"]] == [e["action"] for e in ends["sync"]["timeline"]]
 
 
 async def test_silent_lead_gets_the_whole_sequence_at_the_right_times(

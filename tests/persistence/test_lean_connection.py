@@ -263,3 +263,45 @@ def test_pack_command_is_resp(args: Any) -> None:
     reader = hiredis.Reader()
     reader.feed(packed)  # read back as a RESP array of bulk strings: the arguments' text
     assert reader.gets() == [text(arg) for arg in args]
+
+
+async def test_commands_of_one_loop_turn_go_out_in_one_write(private_server: RedisServer) -> None:
+    client = aredis.Redis.from_url(private_server.url)
+    lean = pr._lean_connections(client)
+    assert lean is not None
+    try:
+        await lean.call(pack_command(("PING",)))  # connect
+        conn = lean._by_loop[asyncio.get_running_loop()]
+        assert conn.transport is not None
+        writes: list[bytes] = []
+        real_write = conn.transport.write
+        conn.transport.write = lambda data: (writes.append(bytes(data)), real_write(data))[1]  # type: ignore[method-assign]
+        replies = await asyncio.gather(*(lean.call(pack_command(("ECHO", f"m{i}"))) for i in range(40)))
+        assert replies == [f"m{i}".encode() for i in range(40)]
+        assert len(writes) == 1 and writes[0].count(b"ECHO") == 40
+    finally:
+        lean.close()
+        await client.aclose()
+
+
+async def test_a_server_that_stops_answering_times_every_caller_out_and_the_next_call_reconnects(
+    private_server: RedisServer,
+) -> None:
+    client = aredis.Redis.from_url(private_server.url, socket_timeout=0.3)
+    lean = pr._lean_connections(client)
+    assert lean is not None
+    try:
+        assert await lean.call(pack_command(("PING",))) == b"PONG"
+        started = asyncio.get_running_loop().time()
+        # DEBUG SLEEP holds the server (every client) for a second: no reply within the 0.3 s timeout.
+        calls = [asyncio.ensure_future(lean.call(pack_command(("DEBUG", "SLEEP", "1")))),
+                 asyncio.ensure_future(lean.call(pack_command(("PING",))))]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        waited = asyncio.get_running_loop().time() - started
+        assert all(isinstance(r, redis.TimeoutError) for r in results), results
+        assert 0.25 <= waited < 0.9
+        await asyncio.sleep(0.8)  # the server wakes up
+        assert await lean.call(pack_command(("ECHO", "again"))) == b"again"  # a new connection
+    finally:
+        lean.close()
+        await client.aclose()

@@ -27,6 +27,11 @@ from ghl_real_estate_ai.testing.redis_server import RedisServer, free_port
 from ghl_real_estate_ai.testing.retell_server import DEFAULT_FROM_NUMBER, FakeRetellServer
 
 API_TOKEN = "test-operator-token-0123456789"
+def intake_backlog(client: redis.Redis, partitions: int = 16) -> int:
+    """Entries the service accepted and has not finished, over every intake partition."""
+    return sum(int(client.xlen(f"lead-bot:{{intake:{p}}}")) for p in range(partitions))
+
+
 T = TypeVar("T")
 
 _OUR_VARIABLES = ("REDIS_URL", "GHL_", "RETELL_", "LEAD_BOT_")
@@ -55,9 +60,11 @@ def base_env(**extra: str) -> dict[str, str]:
 class ServeProcess:
     """``python -m ghl_real_estate_ai.cli serve`` in a temporary working directory (no ``.env`` read)."""
 
-    def __init__(self, env: dict[str, str], workdir: Path, *, port: int | None = None) -> None:
+    def __init__(self, env: dict[str, str], workdir: Path, *, port: int | None = None,
+                 role: str = "all") -> None:
         self.env = env
         self.workdir = workdir
+        self.role = role
         self.port = port or free_port()
         self.log_path = workdir / f"serve-{self.port}-{uuid.uuid4().hex[:6]}.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -69,7 +76,8 @@ class ServeProcess:
     def start(self, *, timeout: float = 40.0) -> ServeProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ghl_real_estate_ai.cli", "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "ghl_real_estate_ai.cli", "serve", "--port", str(self.port),
+             "--role", self.role],
             env=self.env, cwd=self.workdir, stdout=log, stderr=log,
         )
         log.close()
@@ -180,7 +188,7 @@ class Stack:
         """Wait until the service processed every event it accepted (the intake stream is empty)."""
         client = redis.Redis.from_url(self.redis.url)
         try:
-            wait_for(lambda: client.xlen("lead-bot:intake") == 0, timeout=timeout, what="an empty intake")
+            wait_for(lambda: intake_backlog(client) == 0, timeout=timeout, what="an empty intake")
         finally:
             client.close()
 

@@ -4,6 +4,7 @@ leads, dead letters, reclaiming a crashed consumer's entries, and operator resul
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping
@@ -38,7 +39,7 @@ async def test_dedupe_is_atomic_with_the_append(client: aioredis.Redis) -> None:
     ))
     stored = [r for r in results if not r.duplicate]
     assert len(stored) == 1 and await stream.backlog() == 1
-    assert await client.get(stream.seen_key("ghl:webhook:w1")) == str(stored[0].entry_id).encode()
+    assert await client.get(stream.seen_key("ghl:webhook:w1", "lead-1")) == str(stored[0].entry_id).encode()
 
 
 async def test_append_when_redis_is_unreachable_raises_unavailable() -> None:
@@ -110,7 +111,7 @@ async def test_failures_are_retried_then_dead_lettered_and_retryable(client: aio
         assert attempts["after"] == 1 and attempts["busy"] == 4
         flaky = next(d for d in letters if d.event["kind"] == "flaky")
         assert flaky.attempts == 5 and "TransientIntegrationError" in flaky.error
-        assert await client.hlen(stream.failures_key) == 0
+        assert sum([await client.hlen(stream.failures_key(p)) for p in range(stream.partitions)]) == 0
 
         healthy = True
         requeued = await stream.retry_dead_letters([flaky.id])
@@ -124,10 +125,11 @@ async def test_failures_are_retried_then_dead_lettered_and_retryable(client: aio
 
 async def test_a_crashed_consumers_entries_are_reclaimed(client: aioredis.Redis) -> None:
     stream = IntakeStream(client)
-    await stream.ensure_group()
+    await stream.ensure_group(stream.partition_of("lead-x"))
     for n in range(3):
         await stream.append("lead-x", {"type": "inbound_message", "n": n}, source="ghl")
-    taken = await stream.read("crashed-consumer", 10, 10)  # delivered, never acknowledged
+    # Delivered, never acknowledged:
+    taken = await stream.read("crashed-consumer", stream.partition_of("lead-x"), 10, 10)
     assert len(taken) == 3 and await stream.pending() == 3
     handled: list[int] = []
 
@@ -147,10 +149,11 @@ async def test_a_crashed_consumers_entries_are_reclaimed(client: aioredis.Redis)
 
 async def test_a_restarted_consumer_takes_up_its_own_entries_at_once(client: aioredis.Redis) -> None:
     stream = IntakeStream(client)
-    await stream.ensure_group()
+    await stream.ensure_group(stream.partition_of("lead-y"))
     for n in range(3):
         await stream.append("lead-y", {"type": "inbound_message", "n": n}, source="ghl")
-    await stream.read("host:8000", 10, 10)  # delivered to the instance that is then SIGKILLed
+    # Delivered to the instance that is then SIGKILLed:
+    await stream.read("host:8000", stream.partition_of("lead-y"), 10, 10)
     handled: list[int] = []
 
     async def handler(entry: IntakeEntry) -> Mapping[str, Any]:
@@ -239,3 +242,149 @@ async def test_appends_survive_a_lost_script_cache(client: aioredis.Redis) -> No
         await stream.aclose()
     assert first.entry_id and results[0].entry_id and results[1].entry_id and results[2].duplicate
     assert await stream.backlog() == 3
+
+
+# -- partitions ------------------------------------------------------------------------------------
+
+
+async def test_a_leads_events_go_to_one_partition_and_leads_spread_over_all(client: aioredis.Redis) -> None:
+    stream = IntakeStream(client, partitions=4)
+    for lead in range(40):
+        for n in range(2):
+            await stream.append(f"lead-{lead}", {"type": "inbound_message", "n": n}, source="ghl")
+    await stream.aclose()
+    stats = await stream.partition_stats()
+    assert [s["partition"] for s in stats] == [0, 1, 2, 3]
+    assert sum(s["backlog"] for s in stats) == 80 and all(s["backlog"] > 0 for s in stats)
+    for p in range(4):
+        entries = await client.xrange(stream.stream_key(p))
+        contacts = {fields[b"contact_id"].decode() for _, fields in entries}
+        assert all(stream.partition_of(c) == p for c in contacts)
+    # Every key of a partition shares its hash tag: one cluster slot per partition.
+    assert stream.stream_key(3) == "lead-bot:{intake:3}"
+    for key in (stream.dead_key(3), stream.failures_key(3), stream.lease_key(3)):
+        assert key.startswith("lead-bot:{intake:3}:")
+
+
+async def _count_handled(client: aioredis.Redis, stream: IntakeStream, leads: int, per_lead: int,
+                         workers: list[IntakeWorker]) -> None:
+    for n in range(per_lead):
+        for lead in range(leads):
+            await stream.append(f"lead-{lead}", {"type": "inbound_message", "n": n}, source="ghl")
+    await eventually(lambda: _done(stream), within=20)
+
+
+async def test_two_workers_split_the_partitions_and_each_entry_runs_once_in_order(
+    client: aioredis.Redis,
+) -> None:
+    stream = IntakeStream(client, partitions=8)
+    seen: dict[str, list[int]] = defaultdict(list)
+    by_worker: dict[str, set[int]] = defaultdict(set)
+
+    def handler_for(name: str) -> Any:
+        async def handler(entry: IntakeEntry) -> Mapping[str, Any]:
+            seen[entry.contact_id].append(entry.event["n"])
+            by_worker[name].add(entry.partition)
+            await asyncio.sleep(0.001)
+            return {}
+        return handler
+
+    a = IntakeWorker(stream, handler_for("a"), consumer="a", block_ms=50, lease_seconds=3.0)
+    b = IntakeWorker(stream, handler_for("b"), consumer="b", block_ms=50, lease_seconds=3.0)
+    await a.start()
+    await b.start()
+    try:
+        # b joined after a took everything: within a lease renewal a hands half over, and b takes it.
+        await eventually(lambda: _async(len(a.partitions) == 4 and len(b.partitions) == 4), within=10)
+        assert set(a.partitions) | set(b.partitions) == set(range(8))
+        assert await stream.owners() == {p: ("a" if p in a.partitions else "b") for p in range(8)}
+        for n in range(5):
+            for lead in range(30):
+                await stream.append(f"lead-{lead}", {"type": "inbound_message", "n": n}, source="ghl")
+        await eventually(lambda: _done(stream), within=20)
+        assert all(order == list(range(5)) for order in seen.values()) and len(seen) == 30
+        assert by_worker["a"] and by_worker["b"] and not by_worker["a"] & by_worker["b"]
+
+        await b.stop()  # b leaves: a takes its partitions at once (b gave the leases back)
+        await eventually(lambda: _async(len(a.partitions) == 8), within=5)
+        for lead in range(30):
+            await stream.append(f"lead-{lead}", {"type": "inbound_message", "n": 5}, source="ghl")
+        await eventually(lambda: _done(stream), within=20)
+        assert all(order == list(range(6)) for order in seen.values())
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def _async(value: bool) -> bool:
+    return value
+
+
+async def test_a_crashed_workers_partitions_and_entries_are_taken_over_after_its_lease(
+    client: aioredis.Redis,
+) -> None:
+    stream = IntakeStream(client, partitions=2)
+    handled: list[tuple[str, int]] = []
+    gate = asyncio.Event()
+
+    async def stuck(entry: IntakeEntry) -> Mapping[str, Any]:
+        await gate.wait()  # the crashed process never finishes
+        return {}
+
+    async def survivor(entry: IntakeEntry) -> Mapping[str, Any]:
+        handled.append((entry.contact_id, entry.event["n"]))
+        return {}
+
+    dead = IntakeWorker(stream, stuck, consumer="dead", block_ms=50, lease_seconds=0.6)
+    await dead.start()
+    for n in range(3):
+        await stream.append("lead-k", {"type": "inbound_message", "n": n}, source="ghl")
+    await eventually(lambda: _async(dead.in_flight == 3), within=5)
+    # SIGKILL: its tasks stop, nothing is released, its leases and membership simply run out.
+    lanes = [lane.task for lane in dead._lanes.values() if lane.task]
+    for task in [*dead._tasks, *dead._readers.values(), *lanes]:
+        task.cancel()
+    await asyncio.sleep(0)
+    live = IntakeWorker(stream, survivor, consumer="live", block_ms=50, lease_seconds=0.6)
+    started = time.monotonic()
+    await live.start()
+    try:
+        await eventually(lambda: _done(stream), within=10)
+    finally:
+        await live.stop()
+        gate.set()
+    assert handled == [("lead-k", 0), ("lead-k", 1), ("lead-k", 2)]
+    assert time.monotonic() - started < 0.6 * 3 + 2
+
+
+async def test_the_single_stream_of_an_earlier_version_is_moved_into_the_partitions(
+    client: aioredis.Redis,
+) -> None:
+    for n in range(3):
+        await client.xadd("lead-bot:intake", {"contact_id": f"old-{n}", "source": "ghl",
+                                              "event": json.dumps({"type": "inbound_message", "n": n}),
+                                              "received_at_ms": "1"})
+    await client.xgroup_create("lead-bot:intake", "lead-bot-workers", id="0")
+    await client.xreadgroup("lead-bot-workers", "old-host:8000", {"lead-bot:intake": ">"}, count=1)
+    await client.xadd("lead-bot:intake:dead", {"contact_id": "old-dead", "source": "ghl",
+                                               "event": '{"type":"inbound_message"}', "error": "boom",
+                                               "attempts": "5", "original_id": "1-0", "failed_at_ms": "1"})
+    stream = IntakeStream(client, partitions=4)
+    handled: list[str] = []
+
+    async def handler(entry: IntakeEntry) -> Mapping[str, Any]:
+        handled.append(entry.contact_id)
+        return {}
+
+    worker = IntakeWorker(stream, handler, block_ms=50)
+    await worker.start()
+    try:
+        await eventually(lambda: _done(stream))
+    finally:
+        await worker.stop()
+    assert sorted(handled) == ["old-0", "old-1", "old-2"]  # the one delivered and never acked too
+    assert not await client.exists("lead-bot:intake", "lead-bot:intake:dead")
+    letters = await stream.dead_letters()
+    assert [(d.contact_id, d.error) for d in letters] == [("old-dead", "boom")]
+    assert letters[0].id.startswith(f"{stream.partition_of('old-dead')}/")
+    assert await stream.migrate_legacy() == 0  # nothing left: a no-op

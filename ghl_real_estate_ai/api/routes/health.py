@@ -18,10 +18,11 @@ async def healthz(service: ServiceDep) -> JSONResponse:
     """200 ``{"status": "ok", "now": <virtual now>}`` when everything is up; else 503 with the problems."""
     problems = await service.health_problems()
     now = iso(service.now())
+    details = await service.health()
     if problems:
-        return JSONResponse({"status": "unavailable", "now": now, "error": "; ".join(problems)},
+        return JSONResponse({"status": "unavailable", "now": now, "error": "; ".join(problems), **details},
                             status_code=503)
-    return JSONResponse({"status": "ok", "now": now})
+    return JSONResponse({"status": "ok", "now": now, **details})
 
 
 @router.get("/metrics")

@@ -1,0 +1,42 @@
+"""The lean way to Redis for the commands every lead run makes (lock, send ledger, lead index, job table).
+
+``redis.asyncio`` spends tens of microseconds of Python per command (pool checkout, argument encoder,
+retry wrapper, observability hooks); a due step makes about eight such commands besides the checkpoint
+writes. On a plain client these go over the saver's pipelined ``_lean`` connection instead (concurrent
+calls share it as a pipeline); a cluster client, or settings the lean connection cannot reproduce, keep
+the normal client path. Replies are what redis-py returns without ``decode_responses``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aredis
+from redis.exceptions import NoScriptError
+
+from ghl_real_estate_ai.persistence.plain_redis import _call_async
+
+__all__ = ["FastScript", "fast_call"]
+
+
+async def fast_call(client: aredis.Redis, *args: Any) -> Any:
+    """One command; connection errors are retried once on a new connection (as redis-py does)."""
+    return await _call_async(client, *args)
+
+
+class FastScript:
+    """A Lua script run with EVALSHA over the fast path (loaded again after a SCRIPT FLUSH or a restart)."""
+
+    def __init__(self, client: aredis.Redis, source: str) -> None:
+        self.client = client
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
+        try:
+            return await _call_async(self.client, "EVALSHA", self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self.client.script_load(self.source)
+            return await _call_async(self.client, "EVALSHA", self.sha, len(keys), *keys, *args)
