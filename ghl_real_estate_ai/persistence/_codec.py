@@ -487,11 +487,15 @@ def prepare_checkpoint(
 
 
 def build_record(
-    serde: Any, prep: PreparedCheckpoint, names: NameDict
+    serde: Any,
+    prep: PreparedCheckpoint,
+    names: NameDict,
+    inline_kinds: dict[tuple[str, bytes], bool] | None = None,
 ) -> tuple[bytes, list[str], list[tuple[bytes, bytes]], Skeleton]:
     """The record of a prepared checkpoint against ``names``, the names it had to add to the
     dictionary, its new blobs as ``(field, value)``, and its skeleton (with ``names`` plus the added
-    ones)."""
+    ones). ``inline_kinds`` remembers, for one thread and namespace, whether a (channel, version key)
+    is stored inline, so the values of unchanged channels are not inspected at every put."""
     checkpoint = prep.checkpoint
     values: Mapping[str, Any] = checkpoint.get("channel_values") or {}
     versions: Mapping[str, Any] = checkpoint.get("channel_versions") or {}
@@ -540,7 +544,16 @@ def build_record(
             idx = new_vk(vk)
         if channel in values:
             value = values[channel]
-            if inlinable(value):
+            if channel in blobs:
+                inline = False
+            elif inline_kinds is None:
+                inline = inlinable(value)
+            else:  # decided by the value, which a (channel, version) of one thread never changes
+                known = inline_kinds.get((channel, vk))
+                if known is None:
+                    known = inline_kinds[(channel, vk)] = inlinable(value)
+                inline = known
+            if inline:
                 kind = KIND_INLINE
                 inline_values.append(value)
             else:

@@ -139,6 +139,7 @@ _TOUCH_CACHE_MAX = 100_000
 _NAMES_CACHE_MAX = 50_000
 _WRITTEN_CACHE_MAX = 4096  # threads whose last-written record is kept (a few KB each)
 _LISTS_CACHE_ITEMS = 50_000  # list items kept to spot a put that extends the previous version's list
+_KINDS_MAX = 512  # (channel, version) kinds remembered per thread and namespace
 _PATCH_MIN = 160  # a dict blob shorter than this is stored whole: its patch would save too little
 _PUT_ATTEMPTS = 5
 _DELTA_METADATA_KEYS = ("counters_since_delta_snapshot", "delta_writes_versioned")
@@ -517,6 +518,8 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
             collections.OrderedDict()
         )
         self._lists_items = 0
+        # Per (thread base key, namespace): whether a (channel, version key) is stored inline.
+        self._inline_kinds: dict[tuple[bytes, str], dict[tuple[str, bytes], bool]] = {}
 
     # ------------------------------------------------------------------------------- versions
 
@@ -601,7 +604,7 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
         ]
         for _ in range(_PUT_ATTEMPTS):
             names = self._names.get(cache_key) or NameDict(os.urandom(8), ())
-            record, added, blobs, skeleton = build_record(self.serde, prep, names)
+            record, added, blobs, skeleton = build_record(self.serde, prep, names, self._kinds_of(cache_key))
             fields = _blob_channel_fields(skeleton)
             refs = self._extension_refs(keys.base, ns, prep.blobs, checkpoint, fields)
             args: list[Any] = [
@@ -652,6 +655,14 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
             f"put: the name dictionary of thread {thread_id!r} namespace {ns!r} changed on every attempt; "
             "is another writer rewriting it?"
         )
+
+    def _kinds_of(self, cache_key: tuple[bytes, str]) -> dict[tuple[str, bytes], bool]:
+        kinds = self._inline_kinds.get(cache_key)
+        if kinds is None or len(kinds) > _KINDS_MAX:
+            if len(self._inline_kinds) >= _WRITTEN_CACHE_MAX:
+                self._inline_kinds.clear()
+            kinds = self._inline_kinds[cache_key] = {}
+        return kinds
 
     def _extension_refs(
         self,
