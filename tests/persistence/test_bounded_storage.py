@@ -141,9 +141,11 @@ def test_timeline_keeps_the_last_thousand_entries_of_a_busy_lead() -> None:
 
 
 def test_messages_keep_the_tail_a_responder_reads() -> None:
-    msgs = [HumanMessage(f"m{i}", id=f"in-{i}") for i in range(20)]
-    kept = recent_messages(msgs[:15], msgs[15:])
-    assert [m.content for m in kept] == [f"m{i}" for i in range(20 - MESSAGES_KEPT, 20)]
+    msgs = [HumanMessage(f"m{i}", id=f"in-{i}") for i in range(3 * MESSAGES_KEPT)]
+    grown = recent_messages(msgs[:MESSAGES_KEPT], msgs[MESSAGES_KEPT : 2 * MESSAGES_KEPT])
+    assert grown == msgs[: 2 * MESSAGES_KEPT]  # up to twice the tail it only grows
+    cut = recent_messages(grown, msgs[2 * MESSAGES_KEPT : 2 * MESSAGES_KEPT + 1])
+    assert [m.content for m in cut] == [m.content for m in msgs[MESSAGES_KEPT + 1 : 2 * MESSAGES_KEPT + 1]]
 
 
 # ----------------------------------------------------------------------------- history and forks
@@ -254,7 +256,7 @@ async def test_a_thread_in_the_earlier_layout_is_migrated_on_its_first_write(
         latest = await old_saver.aget_tuple(config(cid))
         assert latest is not None
         checkpoint = copy_checkpoint(latest.checkpoint)
-        talk = [HumanMessage(f"message {i}", id=f"in-old-{i}") for i in range(2 * MESSAGES_KEPT)]
+        talk = [HumanMessage(f"message {i}", id=f"in-old-{i}") for i in range(3 * MESSAGES_KEPT)]
         checkpoint["channel_values"]["messages"] = talk
         version = old_saver.get_next_version(checkpoint["channel_versions"].get("messages"), None)
         checkpoint["channel_versions"]["messages"] = version
@@ -263,7 +265,7 @@ async def test_a_thread_in_the_earlier_layout_is_migrated_on_its_first_write(
                              {"messages": version})
         old_history = [s async for s in old.graph.aget_state_history(config(cid))]
         old_values = old_history[0].values
-        assert len(old_values["messages"]) == 2 * MESSAGES_KEPT
+        assert len(old_values["messages"]) == 3 * MESSAGES_KEPT
     client = redis.Redis.from_url(redis_url)
     h, ik = Keys(key_prefix, cid).ns_keys("")
     assert client.hget(h, "e") is None and client.zcard(ik) == len(old_history) > 60

@@ -10,7 +10,8 @@ bounded however old the lead gets:
   (``TIMELINE_FOLD_SLACK_DAYS`` or ``TIMELINE_FOLD_SLACK_ENTRIES`` past the window) can go at once, so
   between folds every new timeline is the old one plus new entries and the checkpointer stores older
   versions as references into the newest (see ``persistence/_codec.py``).
-* ``messages`` (``recent_messages``) keeps the last ``MESSAGES_KEPT`` messages, all a responder reads.
+* ``messages`` (``recent_messages``) keeps at least the last ``MESSAGES_KEPT`` messages, all a responder
+  reads; past twice that it is cut back to them, so it too mostly grows and is stored once.
 """
 
 from __future__ import annotations
@@ -215,9 +216,9 @@ def bounded_timeline(
 
 
 def recent_messages(current: list[AnyMessage] | None, new: Any) -> list[AnyMessage]:
-    """``add_messages``, keeping the last ``MESSAGES_KEPT`` messages."""
+    """``add_messages``, cut back to the last ``MESSAGES_KEPT`` messages once it holds twice as many."""
     merged: list[AnyMessage] = add_messages(list(current or []), new or [])  # type: ignore[arg-type,assignment]
-    return merged[-MESSAGES_KEPT:]
+    return merged[-MESSAGES_KEPT:] if len(merged) > 2 * MESSAGES_KEPT else merged
 
 
 class LeadState(TypedDict):
