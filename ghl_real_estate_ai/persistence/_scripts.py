@@ -20,6 +20,47 @@ import hashlib
 # Helpers shared by every script. `struct` and `bit` are part of Redis' Lua environment.
 _PRELUDE = r"""
 local FORK, DELTA = 1, 2
+local REF, PATCH = 9, 10
+
+-- The blob field a reference points into, or nil for a full blob (see _codec.py).
+local function ref_target(v)
+  local b = string.byte(v, 1)
+  if b == REF then return string.sub(v, 6) end
+  if b == PATCH then
+    local n = struct.unpack('>H', v, 2)
+    return string.sub(v, 4, 3 + n)
+  end
+  return nil
+end
+
+-- A list of strings stored as u16 length + bytes each (the event index, fields 'e' and 's').
+local function unpack_list(s)
+  local out, p = {}, 1
+  while p <= #s do
+    local n = struct.unpack('>H', s, p)
+    out[#out + 1] = string.sub(s, p + 2, p + 1 + n)
+    p = p + 2 + n
+  end
+  return out
+end
+
+local function pack_list(t)
+  local parts = {}
+  for i, v in ipairs(t) do parts[i] = struct.pack('>H', #v) .. v end
+  return table.concat(parts)
+end
+
+-- Marks in `reached` every blob field the extension references starting at `field` lead to (not
+-- `field` itself); `reached` doubles as the set of fields already followed.
+local function follow_refs(h, field, reached)
+  local v = redis.call('HGET', h, field)
+  while v do
+    field = ref_target(v)
+    if not field or reached[field] then return end
+    reached[field] = true
+    v = redis.call('HGET', h, field)
+  end
+end
 
 local function rd_len(s, p)
   local n = string.byte(s, p)
@@ -137,20 +178,37 @@ local function remove_checkpoints(nset, ns, h, ik, cids, full)
     return
   end
   if ncand == 0 then return end
+  -- what the removed checkpoints reached through extension references may be freed too
+  local reached = {}
+  for f in pairs(cand) do
+    if not reached[f] then follow_refs(h, f, reached) end
+  end
+  for f in pairs(reached) do
+    if not cand[f] then cand[f] = true; ncand = ncand + 1 end
+  end
   local survivors
   if full or bit.band(flags_of(redis.call('HGET', h, 'n')), FORK) ~= 0 then
     survivors = redis.call('ZRANGE', ik, 0, -1)
   else
     survivors = redis.call('ZRANGE', ik, 0, 0)
   end
+  -- A survivor also reads what its blobs' extension references lead to (always later versions).
+  local followed = {}
   for _, c in ipairs(survivors) do
     local rec = redis.call('HGET', h, 'c' .. c)
     if rec then
       for _, f in ipairs(blob_fields(rec)) do
         if cand[f] then cand[f] = nil; ncand = ncand - 1 end
+        if not followed[f] then
+          followed[f] = true
+          follow_refs(h, f, followed)
+        end
       end
     end
     if ncand == 0 then return end
+  end
+  for f in pairs(followed) do
+    if cand[f] then cand[f] = nil; ncand = ncand - 1 end
   end
   for f in pairs(cand) do redis.call('HDEL', h, f) end
 end
@@ -158,15 +216,36 @@ end
 
 # KEYS: nset, h, ik
 # ARGV: base, ns, cid, parent, record, ttl_ms, keep_last, uses_delta, epoch, known_names,
-#       new_name_count, new_names, nblobs, field1, blob1, ...
+#       new_name_count, new_names, nblobs, field1, blob1, ..., nrefs, old_field1, ref1, ...,
+#       keep_events, is_loop ('1' if the metadata source is "loop"), step
 # The record refers to names by id, assuming the dictionary has epoch `epoch` and `known_names` names
 # (0 and a fresh epoch when the caller knows none). If it does not, nothing is written and the current
 # dictionary is returned ("" if none) for the caller to rebuild the record. Otherwise `new_names` is
 # appended and the reply is 1 if the thread already existed, else 0 (the caller then registers it).
+# Each `old_field` (a blob the new blob repeats or extends) is rewritten into its reference `ref`
+# unless it is gone.
+# Events (keep_events > 0): a checkpoint starts an event (a graph run, an update, a fork) unless it is
+# a "loop" checkpoint whose parent is the previous put and whose step is the next one. Field 'e' holds
+# the last put's id and step, field 's' (the first 20 characters of) the ids starting the kept events;
+# the checkpoints older than the oldest kept event are pruned. A namespace with checkpoints but no 'e'
+# (written before events were kept) gets nothing written and the reply 'M': the caller indexes its
+# events (INDEX_EVENTS), then puts again.
 PUT = r"""
 local nset, h, ik = KEYS[1], KEYS[2], KEYS[3]
 local base, ns, cid, parent = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local nblobs = tonumber(ARGV[13])
+local rp = 14 + 2 * nblobs
+local nrefs = tonumber(ARGV[rp])
+local ep = rp + 1 + 2 * nrefs
+local kev = tonumber(ARGV[ep])
 local d = redis.call('HGET', h, 'n')
+local e = false
+if kev > 0 then
+  e = redis.call('HGET', h, 'e')
+  if not e and bit.band(flags_of(d), DELTA) == 0 and ARGV[8] ~= '1' and redis.call('ZCARD', ik) > 0 then
+    return 'M'
+  end
+end
 local had_hash = d ~= false
 local known = tonumber(ARGV[10])
 local flags
@@ -196,8 +275,15 @@ if added > 0 or newflags ~= flags or known == 0 then
     .. struct.pack('>H', known + added) .. string.sub(d, 12) .. ARGV[12])
 end
 redis.call('HSET', h, 'c' .. cid, ARGV[5])
-for i = 0, tonumber(ARGV[13]) - 1 do
+for i = 0, nblobs - 1 do
   redis.call('HSETNX', h, ARGV[14 + 2 * i], ARGV[15 + 2 * i])
+end
+for i = 0, nrefs - 1 do
+  -- (a blob that is a reference already, into another branch's later version, may be pointed here
+  -- instead: this version holds it as well; a blob pruned meanwhile stays gone)
+  if redis.call('HEXISTS', h, ARGV[rp + 1 + 2 * i]) == 1 then
+    redis.call('HSET', h, ARGV[rp + 1 + 2 * i], ARGV[rp + 2 + 2 * i])
+  end
 end
 local keep = tonumber(ARGV[7])
 if keep > 0 and bit.band(newflags, DELTA) == 0 then
@@ -205,6 +291,32 @@ if keep > 0 and bit.band(newflags, DELTA) == 0 then
   if total > keep then
     remove_checkpoints(nset, ns, h, ik, redis.call('ZRANGE', ik, 0, total - keep - 1), false)
   end
+end
+if kev > 0 and bit.band(newflags, DELTA) == 0 then
+  local step = ARGV[ep + 2]
+  local ev = {}
+  if e then ev = unpack_list(e) end
+  local starts = ev[1] == nil or ARGV[ep + 1] ~= '1' or parent ~= ev[1]
+    or tonumber(step) == nil or tonumber(ev[2]) == nil or tonumber(step) ~= tonumber(ev[2]) + 1
+  if starts then
+    local first = {}
+    local s = redis.call('HGET', h, 's')
+    if s then first = unpack_list(s) end
+    -- the first 20 characters of the id are enough to cut at: every id below the prefix is below
+    -- the id, so a prefix can only keep more, never less (a uuid6 id's time fills them)
+    first[#first + 1] = string.sub(cid, 1, 20)
+    table.sort(first)
+    if #first > kev then
+      local cut = first[#first - kev + 1]
+      local kept = {}
+      for i = #first - kev + 1, #first do kept[#kept + 1] = first[i] end
+      first = kept
+      local old = redis.call('ZRANGEBYLEX', ik, '-', '(' .. cut)
+      if #old > 0 then remove_checkpoints(nset, ns, h, ik, old, false) end
+    end
+    redis.call('HSET', h, 's', pack_list(first))
+  end
+  redis.call('HSET', h, 'e', pack_list({cid, step}))
 end
 -- h and ik existed before this call if the dictionary and a latest checkpoint did
 refresh_due(base, nset, h, tonumber(ARGV[6]), not (had_hash and latest))
@@ -310,7 +422,24 @@ for _, c in ipairs(cids) do
   local rec = redis.call('HGET', h, 'c' .. c)
   if rec then
     local fields = blob_fields(rec)
-    out[#out + 1] = {c, rec, redis.call('HMGET', h, 'w' .. c, unpack(fields))}
+    local vals = redis.call('HMGET', h, 'w' .. c, unpack(fields))
+    for i = 2, #vals do
+      local v = vals[i]
+      local target = v and ref_target(v)
+      if target then
+        -- a chain of references: its links, then the full blob it ends at (see _codec.py)
+        local parts, n = {}, 0
+        while v and target do
+          n = n + 1
+          parts[n] = struct.pack('>I', #v) .. v
+          v = redis.call('HGET', h, target)
+          target = v and ref_target(v)
+        end
+        if v then vals[i] = string.char(11) .. struct.pack('>H', n) .. table.concat(parts) .. v
+        else vals[i] = false end
+      end
+    end
+    out[#out + 1] = {c, rec, vals}
   end
 end
 if #out > 1 then
@@ -397,6 +526,30 @@ return out
 """
 
 
+# KEYS: nset, h, ik; ARGV: base, ns, keep_events, last_cid, last_step, start1, start2, ... (sorted)
+# Writes the event index of a namespace written before events were kept (see PUT) and prunes the
+# checkpoints older than the oldest kept event. Does nothing if the index exists by now.
+INDEX_EVENTS = r"""
+local nset, h, ik = KEYS[1], KEYS[2], KEYS[3]
+if redis.call('HEXISTS', h, 'e') == 1 then return 0 end
+local kev = tonumber(ARGV[3])
+local first = {}
+for i = 6, #ARGV do first[#first + 1] = ARGV[i] end
+if #first > kev then
+  local cut = first[#first - kev + 1]
+  local kept = {}
+  for i = #first - kev + 1, #first do kept[#kept + 1] = first[i] end
+  first = kept
+  local old = redis.call('ZRANGEBYLEX', ik, '-', '(' .. cut)
+  if #old > 0 then remove_checkpoints(nset, ARGV[2], h, ik, old, false) end
+end
+if redis.call('EXISTS', h) == 1 then
+  redis.call('HSET', h, 'e', pack_list({ARGV[4], ARGV[5]}), 's', pack_list(first))
+end
+return 1
+"""
+
+
 class Script:
     """A Lua script with the shared prelude, addressed by SHA1 for EVALSHA."""
 
@@ -421,5 +574,6 @@ SCRIPTS = {
         "remove": REMOVE,
         "keep_latest": KEEP_LATEST,
         "find": FIND,
+        "index_events": INDEX_EVENTS,
     }.items()
 }

@@ -12,7 +12,7 @@ modules (Redis Stack, Redis 8 with its bundled modules, Redis Cloud). On a serve
   :class:`~ghl_real_estate_ai.errors.ConfigurationError` saying what to do, before any ``FT.*`` call.
 
 The official saver keeps its own key layout and TTL settings (minutes, via ``ttl={"default_ttl": ...}``);
-``ttl_seconds`` is converted, ``keep_last`` and ``key_prefix`` apply to the plain saver only.
+``ttl_seconds`` is converted, ``keep_last``, ``keep_events`` and ``key_prefix`` apply to the plain saver only.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from ghl_real_estate_ai.errors import ConfigurationError
 from ghl_real_estate_ai.persistence.plain_redis import (
+    DEFAULT_KEEP_EVENTS,
     DEFAULT_KEEP_LAST,
     DEFAULT_KEY_PREFIX,
     DEFAULT_TTL_SECONDS,
@@ -163,6 +164,7 @@ def open_checkpointer(
     mode: Mode | str = "auto",
     ttl_seconds: float | None = DEFAULT_TTL_SECONDS,
     keep_last: int | None = DEFAULT_KEEP_LAST,
+    keep_events: int | None = DEFAULT_KEEP_EVENTS,
     key_prefix: str = DEFAULT_KEY_PREFIX,
 ) -> Iterator[BaseCheckpointSaver[Any]]:
     """A sync checkpointer for a Redis URL or ``redis.Redis`` client (see the module docstring).
@@ -182,7 +184,8 @@ def open_checkpointer(
             official.setup()
             yield official
         else:
-            yield PlainRedisSaver(client, ttl_seconds=ttl_seconds, keep_last=keep_last, key_prefix=key_prefix)
+            yield PlainRedisSaver(client, ttl_seconds=ttl_seconds, keep_last=keep_last,
+                                  keep_events=keep_events, key_prefix=key_prefix)
     finally:
         if owned:
             client.close()
@@ -195,6 +198,7 @@ async def open_async_checkpointer(
     mode: Mode | str = "auto",
     ttl_seconds: float | None = DEFAULT_TTL_SECONDS,
     keep_last: int | None = DEFAULT_KEEP_LAST,
+    keep_events: int | None = DEFAULT_KEEP_EVENTS,
     key_prefix: str = DEFAULT_KEY_PREFIX,
 ) -> AsyncIterator[BaseCheckpointSaver[Any]]:
     """An async checkpointer for a Redis URL or ``redis.asyncio.Redis`` client (see the module docstring).
@@ -225,6 +229,7 @@ async def open_async_checkpointer(
                 sync_client=sync_client,
                 ttl_seconds=ttl_seconds,
                 keep_last=keep_last,
+                keep_events=keep_events,
                 key_prefix=key_prefix,
             )
             try:

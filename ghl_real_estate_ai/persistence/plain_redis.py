@@ -17,19 +17,25 @@ Storage (key layout and byte formats in ``_codec.py``, scripts in ``_scripts.py`
   semantics; ``get_next_version`` adds a random suffix (as InMemorySaver and PostgresSaver do), so a
   fork (``update_state`` on an old checkpoint) can never overwrite a value the main line reads. Small
   primitives (None, bool, int64, float, short strings) are inlined in the record, as PostgresSaver
-  inlines primitives in its JSONB column.
+  inlines primitives in its JSONB column, and so are dicts of at most four of them (an event, a
+  counter section), which would cost as much again in Redis' per-field overhead as a blob.
 * Values are the serde type tag and the raw serde bytes, no base64 or JSON wrapping.
 * Every ``put``/``put_writes`` is one Lua call (one round trip): it also refreshes the expiry of every
-  key the thread uses (``ttl_seconds``) and prunes checkpoints beyond ``keep_last`` together with their
-  writes and the blobs only they read. All keys of a thread are refreshed together, so a write that
-  creates no key skips the refresh when the thread's keys were refreshed in the last second (ttl/100
-  for a ttl under 100 s): the eight writes of a graph turn refresh once, and every write still leaves
-  every key at least ``ttl_seconds`` minus that slack to live. ``get_tuple`` is one round trip returning
+  key the thread uses (``ttl_seconds``) and prunes checkpoints older than the last ``keep_events``
+  events (or beyond ``keep_last`` checkpoints) together with their writes and the blobs only they
+  read. All keys of a thread are refreshed together, so a write that creates no key skips the refresh
+  when the thread's keys were refreshed in the last second (ttl/100 for a ttl under 100 s): the eight
+  writes of a graph turn refresh once, and every write still leaves every key at least
+  ``ttl_seconds`` minus that slack to live. ``get_tuple`` is one round trip returning
   checkpoint, blobs and pending writes: a Lua call that parses the record to find its blobs, or, for
   the latest checkpoint when it is the one this saver instance last wrote there (the next graph turn's
   read), plain commands in one MULTI/EXEC, since the saver kept the record's blob fields and decoded
   form at the put. If another writer wrote since, that read sees it and the Lua call follows (a second
   round trip).
+* A blob a later put repeats or extends (an append-only list, an unchanged section) is rewritten into a
+  reference into the later one, a dict that changed in a few keys into a patch back from it, and blobs
+  of 256 bytes or more are zlib-compressed (``_codec.py``), so a lead's size does not grow with the
+  number of versions of its timeline.
 * ``list(None)`` walks a registry ZSET ``<prefix>:threads`` (thread id -> time of last touch). A saver
   touches a thread there at most once per ``ttl_seconds / 10`` (per process), in the same round trip as
   a put; entries older than ``1.25 * ttl_seconds`` are trimmed then, and the registry key itself
@@ -50,11 +56,12 @@ import collections
 import contextlib
 import functools
 import logging
+import operator
 import os
 import random
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, TypeVar, cast
 
 import redis
@@ -75,15 +82,24 @@ from langgraph.checkpoint.base import (
 from redis.exceptions import NoScriptError
 
 from ghl_real_estate_ai.persistence._codec import (
+    KIND_BLOB,
+    REF_WHOLE,
+    CodecError,
     Keys,
     NameDict,
     Skeleton,
     build_record,
     decode_checkpoint,
     decode_metadata,
+    dict_patch,
+    extension_ref,
+    is_ref,
     iter_writes,
     pack_writes,
+    parse_header,
+    patch_ref,
     prepare_checkpoint,
+    same,
     typed_from_bytes,
     typed_to_bytes,
 )
@@ -94,6 +110,7 @@ from ghl_real_estate_ai.persistence.redis_client import aconnect, connect
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "DEFAULT_KEEP_EVENTS",
     "DEFAULT_KEEP_LAST",
     "DEFAULT_KEY_PREFIX",
     "DEFAULT_TTL_SECONDS",
@@ -104,14 +121,17 @@ __all__ = [
 DEFAULT_TTL_SECONDS: float = 90 * 86400
 """Every key of a thread expires this long after the thread's last write (90 days)."""
 
-DEFAULT_KEEP_LAST: int = 200
-"""Checkpoints kept per thread and namespace.
+DEFAULT_KEEP_LAST: int | None = None
+"""Checkpoints kept per thread and namespace, counted one by one (``None``: no such limit). The default
+bounds history by events instead (``DEFAULT_KEEP_EVENTS``); ``keep_last=200, keep_events=None`` is the
+layout of earlier releases."""
 
-A Lead Bot turn (input, start, router, one action) saves about 4 checkpoints, a reply or
-qualification turn up to ~8, so 200 keep the whole history of a lead through the 3-7-30 sequence and
-well over two years of monthly nurture: ``get_state_history`` and time travel work for the lead's
-lifetime, while a lead nurtured for a decade still cannot grow without bound (every stored list value
-is copied per version, so an unbounded thread grows quadratically)."""
+DEFAULT_KEEP_EVENTS: int | None = 10
+"""Events kept per thread and namespace: every checkpoint of the last 10 graph runs (an inbound turn,
+a scheduled step, an operator action), ``update_state`` calls and forks, and nothing older.
+``get_state_history`` and forks work over the lead's last 10 events however many checkpoints each run
+wrote (one with ``durability="exit"``, four to eight with ``"sync"``), and a lead nurtured for a decade
+keeps as many checkpoints as one a month old."""
 
 DEFAULT_KEY_PREFIX = "lead-bot:cp"
 
@@ -120,6 +140,9 @@ _REGISTRY_PAGE = 500
 _TOUCH_CACHE_MAX = 100_000
 _NAMES_CACHE_MAX = 50_000
 _WRITTEN_CACHE_MAX = 4096  # threads whose last-written record is kept (a few KB each)
+_LISTS_CACHE_ITEMS = 50_000  # list items kept to spot a put that extends the previous version's list
+_KINDS_MAX = 512  # (channel, version) kinds remembered per thread and namespace
+_PATCH_MIN = 160  # a dict blob shorter than this is stored whole: its patch would save too little
 _PUT_ATTEMPTS = 5
 _DELTA_METADATA_KEYS = ("counters_since_delta_snapshot", "delta_writes_versioned")
 PRUNE_STRATEGIES = ("keep_latest", "delete")
@@ -459,14 +482,22 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
         *,
         ttl_seconds: float | None = DEFAULT_TTL_SECONDS,
         keep_last: int | None = DEFAULT_KEEP_LAST,
+        keep_events: int | None = DEFAULT_KEEP_EVENTS,
         key_prefix: str = DEFAULT_KEY_PREFIX,
         serde: SerializerProtocol | None = None,
+        compress: bool = True,
+        extension_refs: bool = True,
     ) -> None:
         super().__init__(serde=serde)
+        self.compress = compress
+        self.extension_refs = extension_refs
         if ttl_seconds is not None and ttl_seconds <= 0:
             raise ValueError(f"ttl_seconds must be positive or None, not {ttl_seconds!r}")
         if keep_last is not None and (not isinstance(keep_last, int) or keep_last < 1):
             raise ValueError(f"keep_last must be a positive int or None, not {keep_last!r}")
+        if keep_events is not None and (not isinstance(keep_events, int) or keep_events < 1):
+            raise ValueError(f"keep_events must be a positive int or None, not {keep_events!r}")
+        self.keep_events = keep_events
         if not key_prefix or "{" in key_prefix or "}" in key_prefix:
             raise ValueError(f"key_prefix must be non-empty and contain no braces, not {key_prefix!r}")
         self.ttl_seconds = ttl_seconds
@@ -483,6 +514,15 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
         # name epoch the record was built against and its skeleton. Reading it back (the next turn's
         # get_tuple) needs no script (see _op_latest_written) and decodes only values and metadata.
         self._written: dict[tuple[bytes, str], _Written] = {}
+        # The newest list or dict value this saver wrote or read per (thread base key, namespace,
+        # channel), with its blob field: a put whose value repeats it (or, a list, starts with it)
+        # stores the old blob as an extension reference (see _codec.py). Bounded by the items held.
+        self._lists: collections.OrderedDict[tuple[bytes, str, str], tuple[bytes, Any]] = (
+            collections.OrderedDict()
+        )
+        self._lists_items = 0
+        # Per (thread base key, namespace): whether a (channel, version key) is stored inline.
+        self._inline_kinds: dict[tuple[bytes, str], dict[tuple[str, bytes], bool]] = {}
 
     # ------------------------------------------------------------------------------- versions
 
@@ -555,13 +595,21 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
         thread_id, ns = self._target(config)
         parent = config["configurable"].get("checkpoint_id")
         md = get_serializable_checkpoint_metadata(config, metadata)
-        prep = prepare_checkpoint(self.serde, checkpoint, md, parent, new_versions)
+        prep = prepare_checkpoint(self.serde, checkpoint, md, parent, new_versions, compress=self.compress)
         keys = Keys(self.key_prefix, thread_id)
         cache_key = (keys.base, ns)
         uses_delta = any(k in md for k in _DELTA_METADATA_KEYS)
+        step = md.get("step")
+        event_args = [
+            self.keep_events or 0,
+            "1" if md.get("source") == "loop" else "0",
+            str(step) if type(step) is int else "",
+        ]
         for _ in range(_PUT_ATTEMPTS):
             names = self._names.get(cache_key) or NameDict(os.urandom(8), ())
-            record, added, blobs, skeleton = build_record(self.serde, prep, names)
+            record, added, blobs, skeleton = build_record(self.serde, prep, names, self._kinds_of(cache_key))
+            fields = _blob_channel_fields(skeleton)
+            refs = self._extension_refs(keys.base, ns, prep.blobs, checkpoint, fields)
             args: list[Any] = [
                 keys.base,
                 ns,
@@ -580,9 +628,17 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
             for field, blob in blobs:
                 args.append(field)
                 args.append(blob)
+            args.append(len(refs))
+            for old_field, ref in refs:
+                args.append(old_field)
+                args.append(ref)
+            args.extend(event_args)
             reply = yield from self._write_gen(
                 thread_id, _Eval(SCRIPTS["put"], [keys.nset, *keys.ns_keys(ns)], args)
             )
+            if reply == b"M":  # written before events were kept: index them, then put again
+                yield from self._op_index_events(keys, ns)
+                continue
             if isinstance(reply, bytes):  # our name dictionary was stale: take the server's, rebuild
                 self._names_put(cache_key, reply)
                 continue
@@ -590,6 +646,7 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
             if len(self._written) >= _WRITTEN_CACHE_MAX:  # bounded as the other caches are
                 self._written.clear()
             self._written[cache_key] = _Written(checkpoint["id"].encode(), record, names.epoch, skeleton)
+            self._remember_lists(keys.base, ns, checkpoint.get("channel_values") or {}, fields, prep.blobs)
             return {
                 "configurable": {
                     "thread_id": thread_id,
@@ -600,6 +657,107 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
         raise RuntimeError(
             f"put: the name dictionary of thread {thread_id!r} namespace {ns!r} changed on every attempt; "
             "is another writer rewriting it?"
+        )
+
+    def _kinds_of(self, cache_key: tuple[bytes, str]) -> dict[tuple[str, bytes], bool]:
+        kinds = self._inline_kinds.get(cache_key)
+        if kinds is None or len(kinds) > _KINDS_MAX:
+            if len(self._inline_kinds) >= _WRITTEN_CACHE_MAX:
+                self._inline_kinds.clear()
+            kinds = self._inline_kinds[cache_key] = {}
+        return kinds
+
+    def _extension_refs(
+        self,
+        base: bytes,
+        ns: str,
+        new_blobs: Mapping[str, bytes],
+        checkpoint: Checkpoint,
+        fields: Mapping[str, bytes],
+    ) -> list[tuple[bytes, bytes]]:
+        """``(old field, reference)`` for every new blob whose value equals, or (a list) extends, the
+        value this saver last wrote or read for the channel: the old blob becomes a reference into the
+        new one (see ``_codec.py``)."""
+        values = checkpoint.get("channel_values") or {}
+        refs: list[tuple[bytes, bytes]] = []
+        if not self.extension_refs:
+            return refs
+        for channel in new_blobs:
+            known = self._lists.get((base, ns, channel))
+            field = fields.get(channel)
+            if known is None or field is None or known[0] == field:
+                continue
+            value = values.get(channel)
+            old_field, old = known
+            if type(value) is list and type(old) is list:
+                # a list that only grew shares its items with the previous version (checked in C first)
+                if len(value) >= len(old) and (
+                    all(map(operator.is_, value, old)) or all(map(same, value, old))
+                ):
+                    refs.append((old_field, extension_ref(len(old), field)))
+            elif value == old and same(value, old):
+                refs.append((old_field, extension_ref(REF_WHOLE, field)))
+            elif type(value) is dict and type(old) is dict and len(new_blobs[channel]) >= _PATCH_MIN:
+                patch = typed_to_bytes(self.serde.dumps_typed(dict_patch(old, value)))
+                # worth it only when clearly smaller than a full value
+                if 4 * len(patch) < 3 * len(new_blobs[channel]):
+                    refs.append((old_field, patch_ref(field, patch)))
+        return refs
+
+    def _remember_lists(
+        self, base: bytes, ns: str, values: Mapping[str, Any], fields: Mapping[str, bytes], only: Any = None
+    ) -> None:
+        for channel, field in fields.items():
+            if only is not None and channel not in only:
+                continue
+            value = values.get(channel)
+            if type(value) is list:
+                value = list(value)
+            elif type(value) is dict:
+                value = dict(value)
+            else:  # only plain containers are compared (equality of anything else may not be exact)
+                continue
+            key = (base, ns, channel)
+            old = self._lists.pop(key, None)
+            if old is not None:
+                self._lists_items -= 1 + len(old[1])
+            self._lists[key] = (field, value)
+            self._lists_items += 1 + len(value)
+        while self._lists_items > _LISTS_CACHE_ITEMS and self._lists:
+            _, (_, dropped) = self._lists.popitem(last=False)
+            self._lists_items -= 1 + len(dropped)
+
+    def _op_index_events(self, keys: Keys, ns: str) -> _Gen[None]:
+        """Index the events of a namespace written before events were kept (the first put with
+        ``keep_events`` on such a thread), pruning what is older than the kept events."""
+        flat = yield _Eval(SCRIPTS["find"], [keys.nset], [keys.base, ""])
+        starts: list[str] = []
+        last_cid, last_step = "", ""
+        prev_cid: str | None = None
+        prev_step: Any = None
+        for i in range(0, len(flat), 3):
+            if _text(flat[i]) != ns:
+                continue
+            cid, record = _text(flat[i + 1]), flat[i + 2]
+            md = decode_metadata(self.serde, record)
+            parent = parse_header(record).parent_id
+            step = md.get("step")
+            step = step if type(step) is int else None
+            if (
+                prev_cid is None
+                or md.get("source") != "loop"
+                or parent != prev_cid
+                or step is None
+                or prev_step is None
+                or step != prev_step + 1
+            ):
+                starts.append(cid)
+            prev_cid, prev_step = cid, step
+            last_cid, last_step = cid, "" if step is None else str(step)
+        yield _Eval(
+            SCRIPTS["index_events"],
+            [keys.nset, *keys.ns_keys(ns)],
+            [keys.base, ns, self.keep_events or 0, last_cid, last_step, *sorted(c[:20] for c in starts)],
         )
 
     def _op_put_writes(
@@ -618,7 +776,7 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
         }
         pack = pack_writes(task_id, task_path, list(entries.values()))
         keys = Keys(self.key_prefix, thread_id)
-        args = [keys.base, ns, checkpoint_id, self._ttl_ms, self.keep_last or 0, pack]
+        args = [keys.base, ns, checkpoint_id, self._ttl_ms, self.keep_last or self.keep_events or 0, pack]
         yield from self._write_gen(
             thread_id, _Eval(SCRIPTS["put_writes"], [keys.nset, *keys.ns_keys(ns)], args)
         )
@@ -684,7 +842,21 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
             args = ["id", cid, 0] if cid else ["page", "", 1]
             reply = yield _Eval(SCRIPTS["load"], keys.ns_keys(ns), [*args, *self._load_args(keys, ns)])
         tuples = self._rows_to_tuples(keys, thread_id, ns, reply)
-        return tuples[0] if tuples else None
+        if not tuples:
+            return None
+        written = self._written.get((keys.base, ns))
+        record = reply[1][1]
+        # the latest, unless this saver wrote it (then it remembered its values at the put): the next
+        # put (the next graph turn's) may repeat or extend them
+        if not cid and (written is None or written.record != record):
+            names = self._names.get((keys.base, ns))
+            if names is not None:
+                try:
+                    fields = _record_blob_fields(record, names)
+                except (CodecError, IndexError):
+                    fields = {}
+                self._remember_lists(keys.base, ns, tuples[0].checkpoint["channel_values"], fields)
+        return tuples[0]
 
     def _op_latest_written(self, keys: Keys, ns: str) -> _Gen[list[Any] | None]:
         """The load script's reply for the latest checkpoint, read with plain commands in one MULTI
@@ -717,6 +889,8 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
         if latest[0] != cid or record != written.record:
             self._written.pop(cache_key, None)
             return None
+        if any(v is not None and is_ref(v) for v in values[1:]):
+            return None  # a later branch extended a list of it: the script resolves references
         cached = self._names.get(cache_key)
         if cached is not None and names is not None and cached.is_current(names):
             names = None  # the cached dictionary is current, as the script would have said
@@ -828,6 +1002,21 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
 
 
 _MISSING = object()
+
+
+def _blob_channel_fields(skeleton: Skeleton) -> dict[str, bytes]:
+    """Channel -> blob field of the record a skeleton describes (channels whose value is a blob)."""
+    blob_channels = [ch for ch, kind in skeleton.channels if kind == KIND_BLOB]
+    return dict(zip(blob_channels, skeleton.reads, strict=True))
+
+
+def _record_blob_fields(record: bytes, names: NameDict) -> dict[str, bytes]:
+    header = parse_header(record)
+    fields: dict[str, bytes] = {}
+    for name_id, idx, kind in header.channels:
+        if kind == KIND_BLOB:
+            fields[names.names[name_id]] = b"b" + name_id.to_bytes(2, "big") + header.vkeys[idx]
+    return fields
 
 
 def _validate_prune(thread_ids: Sequence[str], strategy: str) -> list[str]:
@@ -991,7 +1180,14 @@ class PlainRedisSaver(_SyncMethods):
         ttl_seconds: every key of a thread expires this long after the thread's last write;
             ``None``: never.
         keep_last: checkpoints kept per thread and namespace; older ones, their writes and the blobs
-            only they read are removed on each put. ``None`` keeps everything.
+            only they read are removed on each put. ``None`` (the default): no count of checkpoints.
+        keep_events: events (graph runs, updates, forks) kept per thread and namespace: every
+            checkpoint of the newest ``keep_events`` events stays, older ones go as with
+            ``keep_last``. ``None`` keeps every event. With both ``None`` nothing is pruned.
+        compress: zlib-compress channel values of ``COMPRESS_MIN`` bytes or more (when smaller so).
+        extension_refs: store a list value that a later put extended as a reference into the later
+            one (see ``_codec.py``). ``compress=False, extension_refs=False, keep_last=200,
+            keep_events=None`` writes the layout of earlier releases (for comparisons).
         key_prefix: prefix of every key (no braces).
         serde: serializer; defaults to ``JsonPlusSerializer``.
     """
@@ -1002,10 +1198,21 @@ class PlainRedisSaver(_SyncMethods):
         *,
         ttl_seconds: float | None = DEFAULT_TTL_SECONDS,
         keep_last: int | None = DEFAULT_KEEP_LAST,
+        keep_events: int | None = DEFAULT_KEEP_EVENTS,
         key_prefix: str = DEFAULT_KEY_PREFIX,
         serde: SerializerProtocol | None = None,
+        compress: bool = True,
+        extension_refs: bool = True,
     ) -> None:
-        super().__init__(ttl_seconds=ttl_seconds, keep_last=keep_last, key_prefix=key_prefix, serde=serde)
+        super().__init__(
+            ttl_seconds=ttl_seconds,
+            keep_last=keep_last,
+            keep_events=keep_events,
+            key_prefix=key_prefix,
+            serde=serde,
+            compress=compress,
+            extension_refs=extension_refs,
+        )
         _check_binary_client(client)
         self.client = client
 
@@ -1025,15 +1232,25 @@ class PlainRedisSaver(_SyncMethods):
         *,
         ttl_seconds: float | None = DEFAULT_TTL_SECONDS,
         keep_last: int | None = DEFAULT_KEEP_LAST,
+        keep_events: int | None = DEFAULT_KEEP_EVENTS,
         key_prefix: str = DEFAULT_KEY_PREFIX,
         serde: SerializerProtocol | None = None,
+        compress: bool = True,
+        extension_refs: bool = True,
     ) -> Iterator[PlainRedisSaver]:
         """A saver on a new client for ``url`` (``redis://``, ``rediss://``, ``unix://``; a cluster client
         for a Redis Cluster node), closed on exit."""
         client = cast(redis.Redis, connect(url))
         try:
             yield cls(
-                client, ttl_seconds=ttl_seconds, keep_last=keep_last, key_prefix=key_prefix, serde=serde
+                client,
+                ttl_seconds=ttl_seconds,
+                keep_last=keep_last,
+                keep_events=keep_events,
+                key_prefix=key_prefix,
+                serde=serde,
+                compress=compress,
+                extension_refs=extension_refs,
             )
         finally:
             _close_script_connections(client)
@@ -1145,7 +1362,8 @@ class AsyncPlainRedisSaver(_SyncMethods):
         sync_client: the blocking client the sync methods use; by default one is made from
             ``client``'s connection settings on first sync use (pass one explicitly for clusters or
             unusual connection classes).
-        ttl_seconds, keep_last, key_prefix, serde: as for :class:`PlainRedisSaver`.
+        ttl_seconds, keep_last, keep_events, key_prefix, serde, compress, extension_refs: as for
+            :class:`PlainRedisSaver`.
     """
 
     def __init__(
@@ -1155,10 +1373,21 @@ class AsyncPlainRedisSaver(_SyncMethods):
         sync_client: redis.Redis | None = None,
         ttl_seconds: float | None = DEFAULT_TTL_SECONDS,
         keep_last: int | None = DEFAULT_KEEP_LAST,
+        keep_events: int | None = DEFAULT_KEEP_EVENTS,
         key_prefix: str = DEFAULT_KEY_PREFIX,
         serde: SerializerProtocol | None = None,
+        compress: bool = True,
+        extension_refs: bool = True,
     ) -> None:
-        super().__init__(ttl_seconds=ttl_seconds, keep_last=keep_last, key_prefix=key_prefix, serde=serde)
+        super().__init__(
+            ttl_seconds=ttl_seconds,
+            keep_last=keep_last,
+            keep_events=keep_events,
+            key_prefix=key_prefix,
+            serde=serde,
+            compress=compress,
+            extension_refs=extension_refs,
+        )
         _check_binary_client(client)
         if sync_client is not None:
             _check_binary_client(sync_client)
@@ -1189,8 +1418,11 @@ class AsyncPlainRedisSaver(_SyncMethods):
         *,
         ttl_seconds: float | None = DEFAULT_TTL_SECONDS,
         keep_last: int | None = DEFAULT_KEEP_LAST,
+        keep_events: int | None = DEFAULT_KEEP_EVENTS,
         key_prefix: str = DEFAULT_KEY_PREFIX,
         serde: SerializerProtocol | None = None,
+        compress: bool = True,
+        extension_refs: bool = True,
     ) -> AsyncIterator[AsyncPlainRedisSaver]:
         """A saver on new async and blocking clients for ``url`` (cluster clients for a Redis Cluster
         node), both closed on exit."""
@@ -1202,8 +1434,11 @@ class AsyncPlainRedisSaver(_SyncMethods):
                 sync_client=sync_client,
                 ttl_seconds=ttl_seconds,
                 keep_last=keep_last,
+                keep_events=keep_events,
                 key_prefix=key_prefix,
                 serde=serde,
+                compress=compress,
+                extension_refs=extension_refs,
             )
         finally:
             _close_lean_connections(client)

@@ -110,6 +110,16 @@ def assert_no_orphans(client: redis.Redis, prefix: str, thread_id: str, ns: str 
     blobs = {k for k in fields if k[:1] == b"b"}
     writes = {k[1:] for k in fields if k[:1] == b"w"}
     read = set().union(*(blob_fields_read(r) for r in records.values())) if records else set()
+    # an extension reference (code 9) makes its blob read the (later) blob it points into
+    todo = [f for f in read if f in fields]
+    while todo:
+        value = fields[todo.pop()]
+        if value[:1] == b"\x09":
+            target = value[5:]
+            assert target in fields, f"extension reference into a missing blob {target!r}"
+            if target not in read:
+                read.add(target)
+                todo.append(target)
     assert blobs <= read, f"orphaned blobs: {sorted(blobs - read)}"
     assert writes <= set(records), f"writes without a checkpoint: {sorted(writes - set(records))}"
     index = client.zrange(Keys(prefix, thread_id).ns_keys(ns)[1], 0, -1)

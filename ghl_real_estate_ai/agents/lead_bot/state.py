@@ -1,17 +1,40 @@
 """The lead's graph state: plain data only, so it serialises cleanly and stays small.
 
 Sections merge key by key (``merge``): a node returns ``{"sequence": {"status": "paused"}}`` and the other
-sequence fields stay. The timeline is append-only, as are the conversation messages.
+sequence fields stay. Nodes only append to the timeline and the conversation messages, and both stay
+bounded however old the lead gets:
+
+* ``timeline`` (``bounded_timeline``) keeps at least the last ``TIMELINE_DAYS`` days and the last
+  ``TIMELINE_ENTRIES`` entries; older entries are folded into one ``summary`` entry at its head (counts by
+  action and outcome, first and last time), never dropped unseen. Folding waits until a batch
+  (``TIMELINE_FOLD_SLACK_DAYS`` or ``TIMELINE_FOLD_SLACK_ENTRIES`` past the window) can go at once, so
+  between folds every new timeline is the old one plus new entries and the checkpointer stores older
+  versions as references into the newest (see ``persistence/_codec.py``).
+* ``messages`` (``recent_messages``) keeps at least the last ``MESSAGES_KEPT`` messages, all a responder
+  reads; past twice that it is cut back to them, so it too mostly grows and is stored once.
 """
 
 from __future__ import annotations
 
-import operator
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from typing import Annotated, Any, Literal, NotRequired
 
 from langchain_core.messages import AnyMessage
 from langgraph.graph.message import add_messages
 from typing_extensions import TypedDict
+
+from ghl_real_estate_ai.sequence import parse_time
+
+TIMELINE_DAYS = 730
+TIMELINE_ENTRIES = 1000
+TIMELINE_FOLD_SLACK_DAYS = 60
+TIMELINE_FOLD_SLACK_ENTRIES = 100
+SUMMARY_ACTION = "summary"
+MESSAGES_KEPT = 12
+"""The conversation kept in state: the rule responder's history (``HISTORY_TURNS``) and the LLM
+responder's (``HISTORY_LIMIT``, 10) both fit."""
 
 # The sections merged key by key, and the lists only appended to (see ``LeadState``).
 SECTIONS = ("sequence", "engagement", "cma", "stall")
@@ -127,6 +150,77 @@ class TimelineEntry(TypedDict, total=False):
     detail: dict[str, Any]
 
 
+def _is_summary(item: dict[str, Any]) -> bool:
+    return item.get("action") == SUMMARY_ACTION and bool((item.get("detail") or {}).get("summary"))
+
+
+def summarise(
+    entries: Sequence[Mapping[str, Any]], previous: Mapping[str, Any] | None = None
+) -> TimelineEntry:
+    """One summary entry for ``entries`` (folded into ``previous``, an earlier summary, if given)."""
+    old = (previous or {}).get("detail") or {}
+    actions: Counter[str] = Counter(old.get("actions") or {})
+    outcomes: Counter[str] = Counter(old.get("outcomes") or {})
+    times = [t for t in (parse_time(e.get("at")) for e in entries) if t is not None]
+    first = min([t for t in (parse_time(old.get("from")), *times) if t is not None], default=None)
+    last = max([t for t in (parse_time(old.get("to")), *times) if t is not None], default=None)
+    for item in entries:
+        actions[str(item.get("action", ""))] += 1
+        outcomes[str(item.get("outcome", ""))] += 1
+    count = int(old.get("entries") or 0) + len(entries)
+    first_s = first.isoformat() if first else None
+    last_s = last.isoformat() if last else None
+    by_count = sorted(actions.items(), key=lambda kv: (-kv[1], kv[0]))
+    counts = ", ".join(f"{n} {action}" for action, n in by_count)
+    return {
+        "at": last_s or "",
+        "action": SUMMARY_ACTION,
+        "outcome": "done",
+        "reason": f"{count} earlier entries from {first_s} to {last_s}, summarised: {counts}",
+        "detail": {
+            "summary": True,
+            "entries": count,
+            "from": first_s,
+            "to": last_s,
+            "actions": dict(sorted(actions.items())),
+            "outcomes": dict(sorted(outcomes.items())),
+        },
+    }
+
+
+def bounded_timeline(
+    current: list[TimelineEntry] | None, new: list[TimelineEntry] | None
+) -> list[TimelineEntry]:
+    """``current + new``, with the entries older than the window folded into the head summary once
+    enough of them wait (see the module docstring)."""
+    items: list[TimelineEntry] = [*(current or []), *(new or [])]
+    head: TimelineEntry | None = items[0] if items and _is_summary(dict(items[0])) else None
+    body = items[1:] if head is not None else items
+    newest = max((t for t in (parse_time(e.get("at")) for e in body[-50:]) if t is not None), default=None)
+    if newest is None:
+        return items
+    horizon = newest - timedelta(days=TIMELINE_DAYS)
+    slack_horizon = horizon - timedelta(days=TIMELINE_FOLD_SLACK_DAYS)
+    first = parse_time(body[0].get("at")) if body else None
+    if not (
+        len(body) > TIMELINE_ENTRIES + TIMELINE_FOLD_SLACK_ENTRIES
+        or (first is not None and first < slack_horizon)
+    ):
+        return items
+    cut = max(0, len(body) - TIMELINE_ENTRIES)
+    while cut < len(body) and (parse_time(body[cut].get("at")) or newest) < horizon:
+        cut += 1
+    if cut == 0:
+        return items
+    return [summarise(body[:cut], dict(head) if head else None), *body[cut:]]
+
+
+def recent_messages(current: list[AnyMessage] | None, new: Any) -> list[AnyMessage]:
+    """``add_messages``, cut back to the last ``MESSAGES_KEPT`` messages once it holds twice as many."""
+    merged: list[AnyMessage] = add_messages(list(current or []), new or [])  # type: ignore[arg-type,assignment]
+    return merged[-MESSAGES_KEPT:] if len(merged) > 2 * MESSAGES_KEPT else merged
+
+
 class LeadState(TypedDict):
     contact_id: str
     event: NotRequired[Event]
@@ -137,5 +231,5 @@ class LeadState(TypedDict):
     engagement: NotRequired[Annotated[Engagement, merge]]
     cma: NotRequired[Annotated[CmaInfo, merge]]
     stall: NotRequired[Annotated[StallInfo, merge]]
-    messages: NotRequired[Annotated[list[AnyMessage], add_messages]]
-    timeline: NotRequired[Annotated[list[TimelineEntry], operator.add]]
+    messages: NotRequired[Annotated[list[AnyMessage], recent_messages]]
+    timeline: NotRequired[Annotated[list[TimelineEntry], bounded_timeline]]

@@ -20,7 +20,7 @@ from ghl_real_estate_ai.agents.lead_bot.context import Context
 from ghl_real_estate_ai.agents.lead_bot.nodes.common import enrollment_id, entry, now_of, timed_status
 from ghl_real_estate_ai.agents.lead_bot.nodes.delivery import Message, deliver_once
 from ghl_real_estate_ai.agents.lead_bot.nodes.operations import mark_opted_out
-from ghl_real_estate_ai.agents.lead_bot.state import LeadState, combine_updates
+from ghl_real_estate_ai.agents.lead_bot.state import MESSAGES_KEPT, LeadState, combine_updates
 from ghl_real_estate_ai.comps import IndexedComps
 from ghl_real_estate_ai.conversation import cma as cma_rules
 from ghl_real_estate_ai.conversation import templates
@@ -35,7 +35,7 @@ from ghl_real_estate_ai.errors import (
 from ghl_real_estate_ai.sequence import TIMED_STATUSES, SequenceStatus, iso, parse_time, temperature
 
 QUALIFIED_TAG = "lead-bot-qualified"
-HISTORY_TURNS = 12
+HISTORY_TURNS = MESSAGES_KEPT
 
 
 def _message_id(state: LeadState, now: datetime) -> str:

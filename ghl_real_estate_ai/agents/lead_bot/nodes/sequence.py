@@ -260,7 +260,9 @@ async def run_step(state: LeadState, runtime: Runtime[Context], step: Step) -> d
                                due_at=due)],
         }
     now = now_of(runtime)  # after the read: GHL may have kept us waiting
-    update: dict[str, Any] = {"contact": contact.to_state()}
+    snapshot = contact.to_state()
+    # an unchanged snapshot is not written again: every write makes a new version the checkpointer keeps
+    update: dict[str, Any] = {"contact": snapshot} if snapshot != state.get("contact") else {}
     opt_tag = _blocked_reason(contact, ctx.rules.opt_out_tags)
     if opt_tag:
         update["sequence"] = {
@@ -283,7 +285,7 @@ async def run_step(state: LeadState, runtime: Runtime[Context], step: Step) -> d
         ]
         return update
 
-    locale = locale_of(update["contact"], runtime)
+    locale = locale_of(snapshot, runtime)
     eng = state.get("engagement", {})
     check = _window_check(runtime, locale)
     if check() is not None:  # the zone may have changed since it was planned
@@ -312,7 +314,7 @@ async def run_step(state: LeadState, runtime: Runtime[Context], step: Step) -> d
         variant = occurrence
     key = touch_key(cid, _key_scope(state, step), occurrence)
     values = messages.fields(
-        update["contact"], agent_name=ctx.rules.agent_name, program_name=ctx.rules.program_name
+        snapshot, agent_name=ctx.rules.agent_name, program_name=ctx.rules.program_name
     )
     message = _compose(step, channel, contact, values, variant, key, ctx.rules.words)
     outcome = await deliver_once(runtime, key, message, check)
