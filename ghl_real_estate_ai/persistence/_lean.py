@@ -202,6 +202,15 @@ class LeanConnections:
             weakref.WeakKeyDictionary()
         )
 
+    async def call_all(self, packed: bytes, replies: int) -> list[Any]:
+        """Send ``packed`` (``replies`` commands, a pipeline) and return every reply in order; an error
+        reply comes back as its exception in the list (as redis-py's ``execute(raise_on_error=False)``)."""
+        loop = asyncio.get_running_loop()
+        conn = self._by_loop.get(loop)
+        if conn is None or conn.closed:
+            conn = await self._connect(loop)
+        return list(await asyncio.gather(*conn.call(packed, replies), return_exceptions=True))
+
     async def call(self, packed: bytes, replies: int = 1) -> Any:
         """Send ``packed`` (``replies`` commands) and return the last reply; an error reply to any of
         them is raised once all have arrived."""

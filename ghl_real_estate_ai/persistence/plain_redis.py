@@ -414,6 +414,37 @@ async def _tx_async(client: aredis.Redis, commands: list[tuple[Any, ...]]) -> An
     return await pipe.execute()
 
 
+async def _batch_lean(client: aredis.Redis, lean: LeanConnections, op: _Batch) -> list[Any]:
+    """A non-transactional batch as one pipelined write on the lean connection: every reply, in order
+    (an error reply raised, as a redis-py pipeline does). Scripts the server lost are loaded and the batch
+    sent again once (everything in such batches is safe to run twice)."""
+    def packed() -> bytes:
+        return b"".join(
+            pack_command(("EVALSHA", sub.script.sha, len(sub.keys), *sub.keys, *sub.args))
+            if isinstance(sub, _Eval) else pack_command(sub.args)
+            for sub in op.ops
+        )
+
+    for attempt in range(2):
+        for retry in range(2):
+            try:
+                replies = await lean.call_all(packed(), len(op.ops))
+                break
+            except _RETRYABLE:
+                if retry:
+                    raise
+        if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):
+            for sub in op.ops:
+                if isinstance(sub, _Eval):
+                    await client.script_load(sub.script.source)
+            continue
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise reply
+        return replies
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 async def _exec_async(client: aredis.Redis, op: _Op) -> Any:
     if isinstance(op, _Tx):
         return await _tx_async(client, op.commands)
@@ -425,6 +456,9 @@ async def _exec_async(client: aredis.Redis, op: _Op) -> Any:
             return await _call_async(client, "EVALSHA", op.script.sha, len(op.keys), *op.keys, *op.args)
     if isinstance(op, _Cmd):
         return await client.execute_command(*op.args)
+    lean = _lean_connections(client) if not op.transaction else None
+    if lean is not None:
+        return await _batch_lean(client, lean, op)
     for attempt in range(2):
         pipe = client.pipeline(transaction=op.transaction)
         for sub in op.ops:

@@ -121,6 +121,7 @@ class RedisLeadLock:
         self._extend_script = redis.register_script(_EXTEND)
         self._take_over_script = FastScript(redis, _TAKE_OVER)
         self._held: dict[str, str] = {}  # key -> token
+        self._releasing: set[str] = set()  # tokens whose delete is on its way
         self._renewer: asyncio.Task[None] | None = None
         self._closing = False
         self.lost: list[str] = []  # contact ids whose lock expired while held (for alerts and tests)
@@ -154,7 +155,7 @@ class RedisLeadLock:
         if found is None:
             return False
         held = found.decode() if isinstance(found, bytes) else str(found)
-        if not held.startswith(f"{self.owner}/") or held in self._held.values():
+        if not held.startswith(f"{self.owner}/") or held in self._held.values() or held in self._releasing:
             return False
         if not await self._take_over_script(keys=[key], args=[held, token, self._ttl_ms]):
             return False
@@ -167,9 +168,12 @@ class RedisLeadLock:
         # Forget the token only after the delete (until then a run of this process waiting for the lock
         # must not mistake it for one left by an earlier run), but forget it even when the delete fails:
         # a token left here would be renewed for ever, and the lead locked with it.
+        # A renewal that crosses the delete finds the lock gone: ``_releasing`` tells it this is no loss.
+        self._releasing.add(token)
         try:
             return bool(await self._release_script(keys=[key], args=[token]))
         finally:
+            self._releasing.discard(token)
             if self._held.get(key) == token:
                 del self._held[key]
 
@@ -204,7 +208,7 @@ class RedisLeadLock:
                 log.warning("could not extend %d lead locks: %s", len(held), exc)
                 continue
             for (key, token), ok in zip(held, results, strict=True):
-                if not ok and self._held.get(key) == token:
+                if not ok and self._held.get(key) == token and token not in self._releasing:
                     del self._held[key]
                     contact_id = key.removeprefix(f"{self._prefix}:lock:")
                     self.lost.append(contact_id)

@@ -92,13 +92,16 @@ async def test_concurrent_calls_share_one_pipelined_connection(
         await asyncio.gather(
             *(saver.aput(cfg(t), cp, {"step": i}, {}) for i, (t, cp) in enumerate(checkpoints.items()))
         )
+        put_calls, in_flight[:] = len(in_flight), []
         tuples = await asyncio.gather(*(saver.aget_tuple(cfg(t)) for t in checkpoints))
         for (t, cp), tup in zip(checkpoints.items(), tuples, strict=True):
             assert tup is not None and tup.checkpoint["id"] == cp["id"]
             assert tup.config["configurable"]["thread_id"] == t
         lean = pr._lean_connections(client)
         assert lean is not None and len(lean._by_loop) == 1  # one connection for this loop
-        assert len(in_flight) == 50  # every read went over it (one MULTI ... EXEC each)
+        # Every write went over it (a new thread's first put is its script and the registry update, one
+        # pipelined call), and every read (one MULTI ... EXEC each).
+        assert put_calls >= 50 and len(in_flight) == 50
         assert max(in_flight) > 10  # ... pipelined: many calls were in flight at once
         assert script_connections(private_server) == 1
     finally:
@@ -118,6 +121,13 @@ async def test_noscript_reloads_and_error_replies_map_to_redis_exceptions(
     await saver.aput(cfg("t", checkpoint_id=first["id"]), second, {"step": 2}, {})
     tup = await saver.aget_tuple(cfg("t"))
     assert tup is not None and tup.checkpoint["id"] == second["id"]
+    # A new thread's first put is a pipelined batch (the script and the registry update): the same.
+    await client.script_flush()
+    third = empty_checkpoint()
+    await saver.aput(cfg("new-thread"), third, {"step": 1}, {})
+    tup = await saver.aget_tuple(cfg("new-thread"))
+    assert tup is not None and tup.checkpoint["id"] == third["id"]
+    assert await client.zscore(saver._registry, "new-thread") is not None
 
     lean = pr._lean_connections(client)
     assert lean is not None

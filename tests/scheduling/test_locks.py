@@ -81,6 +81,25 @@ async def test_a_long_run_keeps_its_lock_through_renewal(clients: Callable[[], a
     await other.aclose()
 
 
+async def test_a_renewal_crossing_a_release_is_no_lost_lock_but_a_real_loss_is(
+    clients: Callable[[], aioredis.Redis],
+) -> None:
+    client = clients()
+    lock = RedisLeadLock(client, prefix="t", ttl_seconds=0.3)  # renewed every 0.1 s
+    releasing = await lock.acquire("c1")
+    lost = await lock.acquire("c2")
+    # c1: its release is on its way (the delete has run, the coroutine not resumed yet) when a renewal
+    # finds the key gone; c2: the key is gone for real while held (Redis lost it).
+    lock._releasing.add(releasing)
+    await client.delete(lock.key("c1"), lock.key("c2"))
+    await wait_for(lambda: lock.lost, within=2)
+    await asyncio.sleep(0.25)  # more renewals
+    assert lock.lost == ["c2"]
+    lock._releasing.discard(releasing)
+    assert await lock.release("c1", releasing) is False and await lock.release("c2", lost) is False
+    await lock.aclose()
+
+
 async def test_a_crashed_holders_lock_expires_after_its_ttl(clients: Callable[[], aioredis.Redis]) -> None:
     crashed = RedisLeadLock(clients(), prefix="t", ttl_seconds=0.3)
     await crashed.acquire("c1")
