@@ -67,6 +67,8 @@ from ghl_real_estate_ai.errors import (
     LockTimeoutError,
     PermanentIntegrationError,
 )
+from ghl_real_estate_ai.persistence._lean import pack_command
+from ghl_real_estate_ai.persistence.fastpath import lean_connections
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +168,11 @@ class _GroupCommit:
         return results
 
     async def _send(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        lean = lean_connections(self._redis)
+        if lean is not None:  # a standalone server: one pipelined write on the lean connection
+            packed = b"".join(pack_command(("EVALSHA", self._shas[len(keys)], len(keys), *keys, *args))
+                              for keys, args in calls)
+            return await lean.call_all(packed, len(calls))
         pipe = self._redis.pipeline(transaction=False)
         for keys, args in calls:
             pipe.evalsha(self._shas[len(keys)], len(keys), *keys, *args)
@@ -575,13 +582,33 @@ class IntakeStream:
         there whenever its entry is gone), then one atomic script per partition."""
         if not done:
             return
-        pipe = self.redis.pipeline(transaction=False)
         by_partition: dict[int, list[str]] = {}
+        results: list[tuple[str, str]] = []
         for entry, result in done:
             by_partition.setdefault(entry.partition, []).append(entry.id)
             if entry.request_id and result is not None:
-                pipe.set(self.result_key(entry.request_id), json.dumps(dict(result), default=str),
-                         ex=RESULT_TTL_SECONDS)
+                results.append((self.result_key(entry.request_id), json.dumps(dict(result), default=str)))
+        lean = lean_connections(self.redis)
+        if lean is not None:  # a standalone server: one pipelined write on the lean connection
+            commands: list[tuple[Any, ...]] = [
+                ("SET", key, value, "EX", RESULT_TTL_SECONDS) for key, value in results
+            ]
+            commands += [
+                ("EVALSHA", self._ack.sha, 2, self.stream_key(p), self.failures_key(p), self.group, *ids)
+                for p, ids in by_partition.items()
+            ]
+            replies = await lean.call_all(b"".join(pack_command(c) for c in commands), len(commands))
+            if any(isinstance(r, NoScriptError) for r in replies):
+                await self.redis.script_load(_ACK)
+                again = [c for c in commands if c[0] == "EVALSHA"]
+                replies = await lean.call_all(b"".join(pack_command(c) for c in again), len(again))
+            for reply in replies:
+                if isinstance(reply, BaseException):
+                    raise reply
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for key, value in results:
+            pipe.set(key, value, ex=RESULT_TTL_SECONDS)
         for partition, ids in by_partition.items():
             await self._ack(keys=[self.stream_key(partition), self.failures_key(partition)],
                             args=[self.group, *ids], client=pipe)

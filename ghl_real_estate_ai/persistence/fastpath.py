@@ -16,9 +16,16 @@ from typing import Any
 import redis.asyncio as aredis
 from redis.exceptions import NoScriptError
 
-from ghl_real_estate_ai.persistence.plain_redis import _call_async
+from ghl_real_estate_ai.persistence._lean import LeanConnections
+from ghl_real_estate_ai.persistence.plain_redis import _call_async, _lean_connections
 
-__all__ = ["FastScript", "fast_call"]
+__all__ = ["FastScript", "fast_call", "lean_connections"]
+
+
+def lean_connections(client: aredis.Redis) -> LeanConnections | None:
+    """The client's lean connections (for pipelining many commands in one write with
+    ``LeanConnections.call_all``); None for a cluster client or settings they cannot reproduce."""
+    return _lean_connections(client)
 
 
 async def fast_call(client: aredis.Redis, *args: Any) -> Any:

@@ -542,6 +542,7 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
         # Registry touches are spread out: a thread is re-touched once per ttl/10 (or daily).
         self._touch_every = ttl_seconds / 10 if ttl_seconds is not None else 86400.0
         self._touched: dict[str, float] = {}
+        self._trimmed = float("-inf")  # monotonic time of the last registry trim
         # Name dictionaries per (thread base key, namespace), as last seen on the server.
         self._names: dict[tuple[bytes, str], NameDict] = {}
         # The checkpoint this saver last wrote per (thread base key, namespace): its id, record, the
@@ -584,9 +585,13 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
         ops: list[_Eval | _Cmd] = [_Cmd(("ZADD", self._registry, now, thread_id))]
         if self.ttl_seconds is not None:
             # A thread's keys expire ttl after its last write, and its entry was touched at most
-            # ttl/10 before that write: past 1.25 * ttl an entry can only name an expired thread.
+            # ttl/10 before that write: past 1.25 * ttl an entry can only name an expired thread. The
+            # trim is for the whole registry: once per ttl/10 (at most a minute) per saver is plenty; a
+            # burst of new threads would otherwise trim a large ZSET once per thread.
             horizon = self.ttl_seconds * 1.25
-            ops.append(_Cmd(("ZREMRANGEBYSCORE", self._registry, "-inf", f"({now - horizon}")))
+            if force or mono - self._trimmed >= min(60.0, self._touch_every):
+                self._trimmed = mono
+                ops.append(_Cmd(("ZREMRANGEBYSCORE", self._registry, "-inf", f"({now - horizon}")))
             ops.append(_Cmd(("PEXPIRE", self._registry, round(horizon * 1000))))
         return ops
 
