@@ -903,6 +903,10 @@ class LeadBotService:
 
         event = dict(entry.event)
         cid = entry.contact_id
+        if event.get("type") == "enroll" and not event.get("at") and entry.received_at_ms:
+            # The cadence counts from when the enrollment was accepted, however long it waited here.
+            accepted = datetime.fromtimestamp(entry.received_at_ms / 1000, UTC)
+            event["at"] = iso(self.timebase.to_virtual(accepted))
         if entry.source == SCHEDULER_SOURCE and event.get("type") == "step_due":
             return await self._run_due(cid, event)
         if event.get("type") in _NEEDS_LEAD and not await self._has_thread(cid):

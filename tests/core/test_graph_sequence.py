@@ -12,7 +12,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from ghl_real_estate_ai.agents.lead_bot import build_graph
 from ghl_real_estate_ai.errors import TransientIntegrationError
 from ghl_real_estate_ai.sandbox.simulation import Simulation
-from ghl_real_estate_ai.sequence import QuietHours, is_allowed, resolve_locale
+from ghl_real_estate_ai.sequence import QuietHours, is_allowed, iso, resolve_locale
 from ghl_real_estate_ai.testing.fakes import make_contact
 
 # Monday 2026-03-02 10:00 in Austin (CST): the run crosses the DST change of 2026-03-08.
@@ -326,3 +326,27 @@ async def test_pause_until_resumes_by_itself(checkpointer: BaseCheckpointSaver[A
     # Resumed on day 6: the overdue day_7 call goes right away, day_14 keeps its time.
     assert [(t.channel, (t.at - START).days) for t in sim.crm.sent_to(cid)] == [("sms", 0), ("call", 6)]
     assert (await sim.state(cid))["sequence"]["status"] == "active"
+
+
+async def test_an_enrollment_that_waited_counts_its_days_from_when_it_was_accepted() -> None:
+    """An enroll event applied two days after it was accepted (its worker was down): the cadence counts
+    from the acceptance, the overdue day_3 goes at once, and day_7 keeps its day."""
+    sim = Simulation(START)
+    cid = sim.add_lead(make_contact("c-waited"))
+    accepted = START - 2 * DAY
+    values = await sim.dispatch(cid, {"type": "enroll", "source": "webhook", "at": iso(accepted)})
+    seq = values["sequence"]
+    assert seq["enrolled_at"] == iso(accepted)
+    enroll_entry = values["timeline"][-1]
+    assert enroll_entry["action"] == "enroll" and enroll_entry["at"] == iso(START)  # applied now
+    assert enroll_entry["detail"] == {"accepted_at": iso(accepted)}
+    await sim.run_until(START + timedelta(hours=1))
+    assert [m.step for m in sim.crm.sent] == ["day_3"]  # overdue since acceptance: sent at once
+    state = await sim.runner.state(cid)
+    assert state["sequence"]["next_step"] == "day_7"
+    # day_7 is due four days after day_3, which was due at the acceptance
+    assert state["sequence"]["cadence_due_at"] == iso(accepted + 4 * DAY)
+    # An "at" in the future (a clock ahead of this one) never moves the enrollment later than now.
+    later = sim.add_lead(make_contact("c-future"))
+    values = await sim.dispatch(later, {"type": "enroll", "at": iso(START + 5 * DAY)})
+    assert values["sequence"]["enrolled_at"] == iso(sim.clock.now())

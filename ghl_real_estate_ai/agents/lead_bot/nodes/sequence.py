@@ -64,15 +64,22 @@ async def determine_path(state: LeadState, runtime: Runtime[Context]) -> Command
 
 
 async def enroll(state: LeadState, runtime: Runtime[Context]) -> dict[str, Any]:
-    """Start (or restart) the sequence: snapshot the contact and make day_3 the current step."""
+    """Start (or restart) the sequence: snapshot the contact and make day_3 the current step.
+
+    The cadence counts from when the enrollment was accepted (the event's ``at``, which the service
+    stamps when it stored the request), not from when it was applied: an enrollment that waited in the
+    intake (its worker process was down) keeps its lead's days, and what came due meanwhile catches up."""
     ctx, now = runtime.context, now_of(runtime)
     contact = await ctx.crm.get_contact(state["contact_id"])
+    accepted = parse_time(state.get("event", {}).get("at"))
+    start = min(accepted, now) if accepted is not None else now
+    detail = {"accepted_at": iso(start)} if now - start >= timedelta(minutes=1) else {}
     return {
         "contact": contact.to_state(),
         "sequence": {
             "status": SequenceStatus.ACTIVE.value,
             "status_reason": state.get("route_reason", "enrolled"),
-            "enrolled_at": iso(now),
+            "enrolled_at": iso(start),
             "current_step": Step.DAY_3.value,
             "completed": {},
             "nurture_sent": 0,
@@ -87,7 +94,7 @@ async def enroll(state: LeadState, runtime: Runtime[Context]) -> dict[str, Any]:
         },
         "engagement": {"conversation_active": False},
         "stall": {"attempts": 0, "last_variant": None},
-        "timeline": [entry(now, "enroll", "done", state.get("route_reason", "enrolled"))],
+        "timeline": [entry(now, "enroll", "done", state.get("route_reason", "enrolled"), **detail)],
     }
 
 
