@@ -67,8 +67,7 @@ from ghl_real_estate_ai.errors import (
     LockTimeoutError,
     PermanentIntegrationError,
 )
-from ghl_real_estate_ai.persistence._lean import pack_command
-from ghl_real_estate_ai.persistence.fastpath import lean_connections
+from ghl_real_estate_ai.persistence.fastpath import fast_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -168,11 +167,12 @@ class _GroupCommit:
         return results
 
     async def _send(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
-        lean = lean_connections(self._redis)
-        if lean is not None:  # a standalone server: one pipelined write on the lean connection
-            packed = b"".join(pack_command(("EVALSHA", self._shas[len(keys)], len(keys), *keys, *args))
-                              for keys, args in calls)
-            return await lean.call_all(packed, len(calls))
+        # A standalone server: one pipelined write on the lean connection.
+        replies = await fast_pipeline(
+            self._redis, [("EVALSHA", self._shas[len(keys)], len(keys), *keys, *args) for keys, args in calls]
+        )
+        if replies is not None:
+            return replies
         pipe = self._redis.pipeline(transaction=False)
         for keys, args in calls:
             pipe.evalsha(self._shas[len(keys)], len(keys), *keys, *args)
@@ -588,20 +588,16 @@ class IntakeStream:
             by_partition.setdefault(entry.partition, []).append(entry.id)
             if entry.request_id and result is not None:
                 results.append((self.result_key(entry.request_id), json.dumps(dict(result), default=str)))
-        lean = lean_connections(self.redis)
-        if lean is not None:  # a standalone server: one pipelined write on the lean connection
-            commands: list[tuple[Any, ...]] = [
-                ("SET", key, value, "EX", RESULT_TTL_SECONDS) for key, value in results
-            ]
-            commands += [
-                ("EVALSHA", self._ack.sha, 2, self.stream_key(p), self.failures_key(p), self.group, *ids)
-                for p, ids in by_partition.items()
-            ]
-            replies = await lean.call_all(b"".join(pack_command(c) for c in commands), len(commands))
-            if any(isinstance(r, NoScriptError) for r in replies):
+        commands: list[tuple[Any, ...]] = [
+            ("SET", key, value, "EX", RESULT_TTL_SECONDS) for key, value in results
+        ]
+        acks = [("EVALSHA", self._ack.sha, 2, self.stream_key(p), self.failures_key(p), self.group, *ids)
+                for p, ids in by_partition.items()]
+        replies = await fast_pipeline(self.redis, [*commands, *acks])  # a standalone server: one write
+        if replies is not None:
+            if any(isinstance(r, NoScriptError) for r in replies):  # Redis lost its script cache
                 await self.redis.script_load(_ACK)
-                again = [c for c in commands if c[0] == "EVALSHA"]
-                replies = await lean.call_all(b"".join(pack_command(c) for c in again), len(again))
+                replies = await fast_pipeline(self.redis, acks) or []
             for reply in replies:
                 if isinstance(reply, BaseException):
                     raise reply

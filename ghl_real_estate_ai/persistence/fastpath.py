@@ -16,16 +16,26 @@ from typing import Any
 import redis.asyncio as aredis
 from redis.exceptions import NoScriptError
 
-from ghl_real_estate_ai.persistence._lean import LeanConnections
+from ghl_real_estate_ai.persistence._lean import LeanConnections, pack_command
 from ghl_real_estate_ai.persistence.plain_redis import _call_async, _lean_connections
 
-__all__ = ["FastScript", "fast_call", "lean_connections"]
+__all__ = ["FastScript", "fast_call", "fast_pipeline", "lean_connections"]
 
 
 def lean_connections(client: aredis.Redis) -> LeanConnections | None:
     """The client's lean connections (for pipelining many commands in one write with
     ``LeanConnections.call_all``); None for a cluster client or settings they cannot reproduce."""
     return _lean_connections(client)
+
+
+async def fast_pipeline(client: aredis.Redis, commands: Sequence[Sequence[Any]]) -> list[Any] | None:
+    """Several commands in one pipelined write on the lean connection: every reply in order, an error
+    reply as its exception in the list (redis-py's ``execute(raise_on_error=False)``). None when the client
+    has no lean connection (a cluster client): the caller uses a redis-py pipeline."""
+    lean = _lean_connections(client)
+    if lean is None:
+        return None
+    return await lean.call_all(b"".join(pack_command(tuple(c)) for c in commands), len(commands))
 
 
 async def fast_call(client: aredis.Redis, *args: Any) -> Any:
