@@ -75,6 +75,7 @@ DEFAULT_PREFIX = "lead-bot"
 GROUP = "lead-bot-workers"
 DEFAULT_PARTITIONS = 16
 DEFAULT_LEASE_SECONDS = 10.0
+MISSING_POLL_SECONDS = 0.05  # how often a process looks for a partition it should own but does not hold yet
 DEFAULT_DEDUPE_TTL_SECONDS = 7 * 86400  # GHL redelivers for ~70 minutes, Retell for minutes
 RESULT_TTL_SECONDS = 3600
 MAX_ATTEMPTS = 5
@@ -1055,10 +1056,13 @@ class IntakeWorker:
 
     async def _balance_loop(self) -> None:
         while not self._stopping:
-            # Faster while a partition we should own is still held by someone finishing it.
+            # Much faster while a partition we should own is still held by someone finishing it: from the
+            # moment its old owner lets go until we take it, nobody reads it (entries, due steps included,
+            # wait), so that gap is kept to a few tens of milliseconds.
             wanted = self._share(self.members) if self.members else set()
             missing = bool(wanted - set(self._readers))
-            await asyncio.sleep(min(0.5, self.lease_seconds / 3) if missing else self.lease_seconds / 3)
+            await asyncio.sleep(min(MISSING_POLL_SECONDS, self.lease_seconds / 3) if missing
+                                else self.lease_seconds / 3)
             try:
                 await self._balance()
             except asyncio.CancelledError:

@@ -424,3 +424,45 @@ async def test_a_partition_handed_over_mid_entry_is_not_taken_before_the_entry_i
     slow, after = [r for r in runs if r[1] == lead]
     assert slow[0] == "a" and after[0] == "b"  # a finished what it held, then b took the partition over
     assert after[2] >= slow[3]  # and b started only after a was done (the lease held through 2 s)
+
+
+async def test_a_handed_over_partition_is_read_again_within_a_tenth_of_a_second(
+    client: aioredis.Redis,
+) -> None:
+    """From the moment the old owner lets a partition go until the new owner reads it, nobody does: entries
+    (due steps among them) wait. The new owner looks for it every 50 ms, not every half second."""
+    stream = IntakeStream(client, partitions=8)
+    dropped: dict[int, float] = {}
+    taken: dict[int, float] = {}
+    drop, take = stream.drop_lease, stream.take_lease
+
+    async def spy_drop(partition: int, consumer: str) -> Any:
+        result = await drop(partition, consumer)
+        dropped.setdefault(partition, time.monotonic())
+        return result
+
+    async def spy_take(partition: int, consumer: str, lease_ms: int) -> Any:
+        won = await take(partition, consumer, lease_ms)
+        if won and consumer == "b":
+            taken.setdefault(partition, time.monotonic())
+        return won
+
+    stream.drop_lease = spy_drop  # type: ignore[method-assign]
+    stream.take_lease = spy_take  # type: ignore[method-assign]
+
+    async def handler(entry: IntakeEntry) -> Mapping[str, Any]:
+        return {}
+
+    a = IntakeWorker(stream, handler, consumer="a", block_ms=50, lease_seconds=3.0)
+    b = IntakeWorker(stream, handler, consumer="b", block_ms=50, lease_seconds=3.0)
+    await a.start()
+    await asyncio.sleep(0.25)  # out of step with a's renewals (every second), as two processes are
+    await b.start()
+    try:
+        await eventually(lambda: _async(len(b.partitions) == 4), within=10)
+    finally:
+        await a.stop()
+        await b.stop()
+    gaps = {p: taken[p] - dropped[p] for p in taken}
+    assert len(gaps) == 4, (dropped, taken)
+    assert max(gaps.values()) < 0.12, gaps
