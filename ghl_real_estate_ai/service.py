@@ -581,7 +581,7 @@ class LeadBotService:
         from ghl_real_estate_ai.agents.lead_bot.builder import build_graph
 
         saver = await self._stack.enter_async_context(self._checkpointer())
-        self.graph = build_graph().compile(checkpointer=saver)
+        self.graph = build_graph(time_scale=self.settings.time_scale).compile(checkpointer=saver)
 
     def _checkpointer(self) -> contextlib.AbstractAsyncContextManager[Any]:
         from ghl_real_estate_ai.persistence import open_async_checkpointer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -13,6 +14,7 @@ from ghl_real_estate_ai.agents.lead_bot import build_graph
 from ghl_real_estate_ai.errors import TransientIntegrationError
 from ghl_real_estate_ai.sandbox.simulation import Simulation
 from ghl_real_estate_ai.sequence import QuietHours, is_allowed, iso, resolve_locale
+from ghl_real_estate_ai.services.runner import LeadBotRunner
 from ghl_real_estate_ai.testing.fakes import make_contact
 
 # Monday 2026-03-02 10:00 in Austin (CST): the run crosses the DST change of 2026-03-08.
@@ -300,6 +302,24 @@ async def test_transient_send_error_raises_for_retry_and_releases_the_key(
     await sim.dispatch(cid, {"type": "step_due", "step": "day_3"})
     await sim.dispatch(cid, {"type": "step_due", "step": "day_3"})
     assert len(sim.crm.sent_to(cid)) == 1
+
+
+async def test_under_a_compressed_clock_a_nodes_retry_waits_the_same_virtual_time() -> None:
+    """LangGraph sleeps a node's retry interval in real time, and its jitter adds up to a real second: at
+    86400 virtual seconds per second a send retried after one transient error went out 5 to 29 virtual
+    hours later (seen outside-in: a day_7 call pushed past its window). Built for the service's scale, the
+    retry waits 0.2 s of virtual time there, as it does at scale 1."""
+    sim = Simulation(START)
+    sim.graph = build_graph(time_scale=86400).compile(checkpointer=sim.checkpointer)
+    sim.runner = LeadBotRunner(sim.graph, sim.context, durability="exit")
+    cid = sim.add_lead(make_contact("c-flaky"))
+    await sim.enroll_all()
+    sim.crm.fail_next(TransientIntegrationError("ghl", "send message", "HTTP 503", status=503))
+    started = time.monotonic()
+    await sim.dispatch(cid, {"type": "step_due", "step": "day_3"})
+    waited = time.monotonic() - started
+    assert len(sim.crm.sent_to(cid)) == 1  # the node's own retry sent it
+    assert waited < 0.15, f"the retry waited {waited:.2f} real s, {waited * 24:.1f} virtual hours"
 
 
 async def test_contact_deleted_cancels(checkpointer: BaseCheckpointSaver[Any]) -> None:

@@ -23,7 +23,7 @@ from langgraph.runtime import Runtime
 
 from ghl_real_estate_ai.agents.lead_bot.context import Context
 from ghl_real_estate_ai.agents.lead_bot.nodes import conversation, operations, sequence
-from ghl_real_estate_ai.agents.lead_bot.nodes.common import IO_RETRY
+from ghl_real_estate_ai.agents.lead_bot.nodes.common import io_retry
 from ghl_real_estate_ai.agents.lead_bot.state import LeadState, combine_updates
 
 
@@ -78,13 +78,15 @@ def build_graph(
     context_schema: type[Any] = Context,
     wrap_node: NodeWrapper | None = None,
     then: tuple[str, Callable[..., Awaitable[Any]], tuple[str, ...]] | None = None,
+    time_scale: float = 1.0,
 ) -> StateGraph[LeadState, Any]:
     """The lead bot's ``StateGraph`` (uncompiled). By default its nodes take their services from a
     ``Context``; a graph whose context is something else (Studio's JSON settings) passes that
     ``context_schema`` and a ``wrap_node`` that builds the ``Context`` for each node. ``then`` is
     ``(name, node, destinations)``: a node every action node goes to instead of ``END``, which ends the run
     or sends it on with a ``Command`` (Studio's ``due_now`` runs what has come due, as the scheduler
-    would)."""
+    would). ``time_scale`` is the clock's (virtual seconds per real second): node retries wait in real time,
+    so they are scaled to it (see ``io_retry``)."""
 
     def node_for(name: str, node: AnyNode) -> Any:
         return wrap_node(name, node) if wrap_node is not None else node
@@ -93,8 +95,9 @@ def build_graph(
     targets = (*IO_NODES, *PURE_NODES)
     builder.add_node("determine_path", node_for("determine_path", sequence.determine_path),
                      destinations=targets)
+    retry = io_retry(time_scale)
     for name, node in IO_NODES.items():
-        builder.add_node(name, node_for(name, then_plan(node)), retry_policy=IO_RETRY)
+        builder.add_node(name, node_for(name, then_plan(node)), retry_policy=retry)
     for name, node in PURE_NODES.items():
         builder.add_node(name, node_for(name, then_plan(node)))
     builder.add_edge(START, "determine_path")
