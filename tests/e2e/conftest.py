@@ -11,13 +11,14 @@ the end of the session.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 
-from .harness import RunResult, run_scenario
+from .harness import BusyTurns, RunResult, run_scenario
 from .scenarios import ALL_RUNS
 
 _FINISHED: list[RunResult] = []
@@ -25,8 +26,12 @@ _FINISHED: list[RunResult] = []
 
 class RunPool:
     def __init__(self, run_ids: list[str], workers: int) -> None:
+        # The fakes of every run answer from threads of this process: hand the GIL over within a
+        # millisecond (not CPython's 5) when a judge or a log copy is computing.
+        self._switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(0.001)
         self.stop = threading.Event()
-        self.busy = threading.Lock()
+        self.busy = BusyTurns()
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="e2e-run")
         specs = sorted((ALL_RUNS[i] for i in run_ids), key=lambda s: -s.days)
         self._futures: dict[str, Future[RunResult]] = {
@@ -42,6 +47,7 @@ class RunPool:
     def close(self) -> None:
         self.stop.set()
         self._executor.shutdown(wait=True, cancel_futures=True)
+        sys.setswitchinterval(self._switch_interval)
 
 
 @pytest.fixture(scope="session")

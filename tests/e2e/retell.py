@@ -69,6 +69,10 @@ class FakeRetellWithWebhooks(FakeRetellServer):
         self.deliveries: list[Delivery] = []
         self._hooks_stop = threading.Event()
         self._hook_threads: list[threading.Thread] = []
+        # One client for every delivery thread (httpx clients are thread-safe): building one loads the CA
+        # bundle, about 25 ms with the GIL held, which stalled every fake in the test process, GHL's and
+        # Retell's own answers included, for that long at each call of a day_7 burst.
+        self._hooks_client = httpx.Client(timeout=10.0)
 
     def outcome_for(self, contact_id: str) -> str:
         return self.outcomes[int(_draw(self.hook_seed, contact_id, "outcome") * len(self.outcomes))]
@@ -92,14 +96,13 @@ class FakeRetellWithWebhooks(FakeRetellServer):
             if self._hooks_stop.wait(wait):
                 return
             events = self.finish_call(call_id, **OUTCOMES[self.outcome_for(contact_id)])
-            with httpx.Client(timeout=10.0) as client:
-                for payload in events:
-                    delivery = Delivery(call_id, contact_id, payload["event"])
-                    with self._state_lock:
-                        self.deliveries.append(delivery)
-                    self._deliver(client, payload, delivery)
-                    if self._hooks_stop.is_set():
-                        return
+            for payload in events:
+                delivery = Delivery(call_id, contact_id, payload["event"])
+                with self._state_lock:
+                    self.deliveries.append(delivery)
+                self._deliver(self._hooks_client, payload, delivery)
+                if self._hooks_stop.is_set():
+                    return
         except Exception:  # a delivery thread must never die loudly: the judge sees the effect
             return
 
@@ -125,4 +128,5 @@ class FakeRetellWithWebhooks(FakeRetellServer):
             threads = list(self._hook_threads)
         for thread in threads:
             thread.join(timeout=5)
+        self._hooks_client.close()
         super().stop()

@@ -85,15 +85,19 @@ class ServeProcess:
         )
         log.close()
 
-        def healthy() -> bool:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                pytest.fail(f"lead-bot serve exited with {self.process.returncode}:\n{self.logs()}")
-            with contextlib.suppress(httpx.HTTPError):
-                return httpx.get(self.url + "/healthz", timeout=2).status_code == 200
-            return False
+        # One client for the whole wait: each new httpx client loads the CA bundle (about 25 ms with the GIL
+        # held), and polling with fresh ones stalled the fakes served from this test process.
+        with httpx.Client(timeout=2) as probe:
 
-        wait_for(healthy, timeout=timeout, interval=0.05, what="lead-bot serve to become healthy")
+            def healthy() -> bool:
+                assert self.process is not None
+                if self.process.poll() is not None:
+                    pytest.fail(f"lead-bot serve exited with {self.process.returncode}:\n{self.logs()}")
+                with contextlib.suppress(httpx.HTTPError):
+                    return probe.get(self.url + "/healthz").status_code == 200
+                return False
+
+            wait_for(healthy, timeout=timeout, interval=0.05, what="lead-bot serve to become healthy")
         return self
 
     def stop(self, sig: int = signal.SIGTERM, *, timeout: float = 40.0) -> int:
