@@ -487,6 +487,9 @@ class LeadBotService:
                 group_concurrency=4,
                 claim_idle=settings.intake_claim_idle_seconds, is_permanent=default_is_permanent,
                 observer=self.metrics, lease_seconds=settings.intake_lease_seconds,
+                # Retell's call reports wait (up to half a second) while due steps and replies run: nobody
+                # waits on them, and after a restart they would slow the overdue calls that cause them.
+                background=lambda entry: entry.source == "retell",
             )
             await worker.start()
             self._stack.push_async_callback(worker.stop)

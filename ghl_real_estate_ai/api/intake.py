@@ -858,6 +858,9 @@ class IntakeWorker:
     partitions wait for a new owner. ``group_of`` (Marketplace mode: the entry's location) caps how many
     entries of one group hold a slot at once (``group_concurrency``); the others wait outside the slots,
     so a group whose entries are slow (a location out of GHL budget) never takes every slot.
+    ``background`` marks entries nobody is waiting on (Retell's call reports): while entries of other kinds
+    are being processed, one of these waits before it starts, for at most ``background_wait`` seconds, so a
+    backlog of due steps (after a restart, say) is not slowed by the reports of the calls it is making.
     """
 
     def __init__(
@@ -880,6 +883,8 @@ class IntakeWorker:
         group_concurrency: int = 4,
         is_permanent: Callable[[BaseException], bool] = default_is_permanent,
         observer: IntakeObserver | None = None,
+        background: Callable[[IntakeEntry], bool] | None = None,
+        background_wait: float = 0.5,
     ) -> None:
         self.stream = stream
         self.handler = handler
@@ -902,6 +907,11 @@ class IntakeWorker:
         self._group_slots: dict[str, asyncio.Semaphore] = {}
         self._lanes: dict[str, _Lane] = {}
         self._in_flight: dict[str, IntakeEntry] = {}
+        self._is_background = background
+        self.background_wait = background_wait
+        self._foreground = 0  # entries not in the background being processed now
+        self._foreground_idle = asyncio.Event()
+        self._foreground_idle.set()
         self._room = asyncio.Event()
         self._room.set()
         self._stopping = False
@@ -1181,6 +1191,21 @@ class IntakeWorker:
 
     async def _process(self, entry: IntakeEntry) -> bool:
         """Run ``entry`` until it is acknowledged or dead-lettered (True), or the worker stops (False)."""
+        if self._is_background is not None and self._is_background(entry):
+            if not self._foreground_idle.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._foreground_idle.wait(), self.background_wait)
+            return await self._process_now(entry)
+        self._foreground += 1
+        self._foreground_idle.clear()
+        try:
+            return await self._process_now(entry)
+        finally:
+            self._foreground -= 1
+            if not self._foreground:
+                self._foreground_idle.set()
+
+    async def _process_now(self, entry: IntakeEntry) -> bool:
         down_delay = 0.1
         group: contextlib.AbstractAsyncContextManager[Any] = contextlib.nullcontext()
         if self._group_of is not None:

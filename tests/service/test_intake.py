@@ -466,3 +466,46 @@ async def test_a_handed_over_partition_is_read_again_within_a_tenth_of_a_second(
     gaps = {p: taken[p] - dropped[p] for p in taken}
     assert len(gaps) == 4, (dropped, taken)
     assert max(gaps.values()) < 0.12, gaps
+
+
+async def test_background_entries_wait_while_others_run_but_never_longer_than_their_bound(
+    client: aioredis.Redis,
+) -> None:
+    """Retell's call reports are background entries: while due steps and replies of other leads run, a
+    report waits (at most ``background_wait``) before it starts; a lead's own order is kept all the same."""
+    stream = IntakeStream(client, partitions=4)
+    started: dict[str, float] = {}
+    finished: dict[str, float] = {}
+
+    async def handler(entry: IntakeEntry) -> Mapping[str, Any]:
+        name = entry.event["name"]
+        started[name] = time.monotonic()
+        await asyncio.sleep(entry.event.get("takes", 0))
+        finished[name] = time.monotonic()
+        return {}
+
+    worker = IntakeWorker(stream, handler, consumer="w", block_ms=50,
+                          background=lambda entry: entry.source == "retell", background_wait=0.6)
+    await worker.start()
+    try:
+        # A due step of lead a (0.3 s), then a call report of lead b: the report starts after the step.
+        await stream.append("a", {"type": "step_due", "name": "step-a", "takes": 0.3}, source="scheduler")
+        await eventually(lambda: _async("step-a" in started), within=5)
+        await stream.append("b", {"type": "call_result", "name": "report-b"}, source="retell")
+        await eventually(lambda: _done(stream), within=5)
+        assert started["report-b"] >= finished["step-a"] - 0.01
+
+        # A step that takes 2 s holds a report back for its bound (0.6 s), not for the whole step.
+        await stream.append("c", {"type": "step_due", "name": "step-c", "takes": 2.0}, source="scheduler")
+        await eventually(lambda: _async("step-c" in started), within=5)
+        await stream.append("d", {"type": "call_result", "name": "report-d"}, source="retell")
+        await eventually(lambda: _async("report-d" in finished), within=5)
+        assert 0.5 <= started["report-d"] - started["step-c"] < 1.5
+
+        # One lead's report, then its step: in order, and nothing waits on itself.
+        await stream.append("e", {"type": "call_result", "name": "report-e"}, source="retell")
+        await stream.append("e", {"type": "step_due", "name": "step-e"}, source="scheduler")
+        await eventually(lambda: _done(stream), within=5)
+        assert started["report-e"] <= started["step-e"]
+    finally:
+        await worker.stop()
