@@ -53,6 +53,25 @@ def test_a_step_that_could_go_just_before_closing_may_go_at_the_next_opening() -
     assert day_3.problems == [] and day_3.lateness_h == pytest.approx(40 / 60)
 
 
+def test_a_restart_backlog_widens_the_closing_allowance_by_its_length() -> None:
+    """Twenty leads enrolled at the same moment, the service down over their day_3 and healthy again at
+    15:30 in Miami (4.5 h before Florida's window closes): each SMS is then one of 20 overdue steps, and
+    one sent next morning is within the allowance (3 h + 20 x 15 min); a lone overdue step is not."""
+    enrolled = utc(3, 2, 13, 30)  # 08:30 EST
+    down = [Downtime(utc(3, 2, 13, 0), utc(3, 2, 20, 30), "service")]  # healthy at 15:30 EST
+    morning = utc(3, 3, 13, 40)  # 08:40 EST the next day
+    leads = [Lead(f"fl{i}", f"L{i}", "America/New_York", "FL", f"+1305555{i:04d}", None) for i in range(20)]
+    enrollments = [Enrollment(lead, enrolled, enrolled + timedelta(minutes=5)) for lead in leads]
+    touches = [Touch(lead.contact_id, "SMS", morning.timestamp(), morning, 120.0, morning) for lead in leads]
+    many = judge(enrollments, touches, down, enrolled + timedelta(days=2))
+    day_3 = [s for s in many.steps if s.step == "day_3"]
+    assert len(day_3) == 20 and all(s.allowed_from == down[0].end and not s.problems for s in day_3)
+    assert day_3[0].reopens == utc(3, 3, 13, 0)
+
+    alone = judge(enrollments[:1], touches[:1], down, enrolled + timedelta(days=2))
+    assert "late" in alone.steps[0].problems[0]  # one overdue step had 4.5 hours: it should have gone
+
+
 def test_cadence_offsets() -> None:
     names = [(name, offset.days) for name, offset, _ in planned_steps(timedelta(days=90))]
     assert names == [("day_3", 0), ("day_7", 4), ("day_14", 11), ("day_30", 27), ("nurture_0", 57),
