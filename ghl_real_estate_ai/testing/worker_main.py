@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import signal
@@ -29,6 +28,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis import Redis as SyncRedis
 
+from ghl_real_estate_ai import heap
 from ghl_real_estate_ai.agents.lead_bot import Context, build_graph
 from ghl_real_estate_ai.integrations.ghl import GHLClient
 from ghl_real_estate_ai.integrations.rate_limit import SlidingWindowLimiter
@@ -224,8 +224,7 @@ async def serve(config: WorkerConfig) -> None:
         await stack.scheduler.start()
         # Keep the cyclic GC's full passes off the start-up heap (modules, graph, clients): a lead run
         # allocates heavily, and those passes otherwise cost ~30% of a burst's throughput.
-        gc.collect()
-        gc.freeze()
+        heap.settle()
         print("ready", flush=True)
         await stop.wait()
         log.warning("worker %s stopping: %s", os.getpid(), stack.scheduler.stats)
