@@ -31,8 +31,6 @@ def io_retry(time_scale: float = 1.0) -> RetryPolicy:
     return RetryPolicy(max_attempts=2, initial_interval=0.2 / time_scale, jitter=False, retry_on=is_retryable)
 
 
-IO_RETRY = io_retry()
-
 
 def now_of(runtime: Runtime[Context]) -> datetime:
     return runtime.context.clock.now()
