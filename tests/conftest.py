@@ -20,6 +20,29 @@ from ghl_real_estate_ai.testing.redis_server import RedisServer
 os.environ.setdefault("LANGGRAPH_STRICT_MSGPACK", "true")
 
 
+def _preload_hypothesis() -> None:
+    """Import Hypothesis' internals now rather than from inside a test. pytest rewrites the asserts of every
+    module of a distribution that ships a pytest plugin, so a module Hypothesis imports lazily (for
+    ``st.uuids()``, for shrinking) is parsed by ``ast.parse`` deep inside a test's draw; CPython 3.11.7
+    then can fail with ``SystemError: AST constructor recursion depth mismatch`` (fixed in 3.11.8), which
+    Hypothesis reports as a flaky test."""
+    import importlib
+    import pkgutil
+
+    import hypothesis
+
+    for module in pkgutil.walk_packages(hypothesis.__path__, "hypothesis."):
+        if module.name.startswith(("hypothesis.extra", "hypothesis.vendor")):
+            continue
+        try:
+            importlib.import_module(module.name)
+        except Exception:  # an optional dependency missing: nothing to preload
+            continue
+
+
+_preload_hypothesis()
+
+
 @pytest.fixture(scope="session")
 def redis_server_url() -> Iterator[str]:
     """A Redis URL for this test run.
