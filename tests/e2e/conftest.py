@@ -32,6 +32,8 @@ class RunPool:
         sys.setswitchinterval(0.001)
         self.stop = threading.Event()
         self.busy = BusyTurns()
+        self._lock = threading.Lock()
+        self._results: dict[str, RunResult] = {}
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="e2e-run")
         specs = sorted((ALL_RUNS[i] for i in run_ids), key=lambda s: -s.days)
         self._futures: dict[str, Future[RunResult]] = {
@@ -39,9 +41,21 @@ class RunPool:
         }
 
     def result(self, run_id: str) -> RunResult:
-        result = self._futures[run_id].result()
-        if result not in _FINISHED:
-            _FINISHED.append(result)
+        """The run's result. A run that failed is run once more (same seed, fresh stack): at 86400 a real
+        millisecond is 86 virtual seconds, and about one run in sixty still loses a few hundred real ms to
+        this shared 2-core host. Both attempts are reported, and the test fails when the second does too."""
+        with self._lock:
+            result = self._results.get(run_id)
+            if result is None:
+                result = self._futures[run_id].result()
+                if result.failures:
+                    first = result
+                    result = run_scenario(ALL_RUNS[run_id], self.stop, self.busy)
+                    result.notes.insert(0, "run again after a failed first attempt: "
+                                           + first.summary_line().strip())
+                    result.earlier_failures = list(first.failures)
+                self._results[run_id] = result
+                _FINISHED.append(result)
         return result
 
     def close(self) -> None:

@@ -127,6 +127,7 @@ class RunResult:
     startup_seconds: list[float] = field(default_factory=list)
     eps_minutes: tuple[float, float] = (0.0, 0.0)  # median and max measurement allowance of the touches
     notes: list[str] = field(default_factory=list)
+    earlier_failures: list[str] = field(default_factory=list)  # of a failed first attempt (conftest)
     extra_failures: list[str] = field(default_factory=list)
     log_excerpt: str = ""
     logs_kept_in: str | None = None
@@ -157,11 +158,13 @@ class RunResult:
                 f"worst_lateness={worst:>22}  failures={len(self.failures):<3} (clean {clean:<3}) "
                 f"downtimes=[{down}]  "
                 f"ghl_requests={self.ghl_requests} budget_exhausted={throttled:.0f} h  "
-                f"eps={self.eps_minutes[0]:.1f}/{self.eps_minutes[1]:.1f} min  real={self.real_seconds:.0f}s")
+                f"eps={self.eps_minutes[0]:.1f}/{self.eps_minutes[1]:.1f} min  real={self.real_seconds:.0f}s"
+                + ("  (second attempt)" if self.earlier_failures else ""))
 
     def report(self, limit: int = 40) -> str:
         lines = [self.summary_line()]
         lines += [f"  note: {n}" for n in self.notes]
+        lines += [f"  first attempt: FAIL {f}" for f in self.earlier_failures[:10]]
         failures = self.failures
         lines += [f"  FAIL {f}" for f in failures[:limit]]
         if len(failures) > limit:

@@ -459,11 +459,11 @@ async def test_a_handed_over_partition_is_read_again_within_a_tenth_of_a_second(
     await asyncio.sleep(0.25)  # out of step with a's renewals (every second), as two processes are
     await b.start()
     try:
-        await eventually(lambda: _async(len(b.partitions) == 4), within=10)
+        await eventually(lambda: _async(len(b.partitions) == 4), within=30)
     finally:
         await a.stop()
         await b.stop()
-    gaps = {p: taken[p] - dropped[p] for p in taken}
+    gaps = {p: taken[p] - dropped[p] for p in taken if p in dropped}
     assert len(gaps) == 4, (dropped, taken)
     assert max(gaps.values()) < 0.12, gaps
 
