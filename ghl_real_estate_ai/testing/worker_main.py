@@ -222,9 +222,7 @@ async def serve(config: WorkerConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     async with open_stack(config) as stack:
         await stack.scheduler.start()
-        # Keep the cyclic GC's full passes off the start-up heap (modules, graph, clients): a lead run
-        # allocates heavily, and those passes otherwise cost ~30% of a burst's throughput.
-        heap.settle()
+        heap.settle()  # as lead-bot serve does once started
         print("ready", flush=True)
         await stop.wait()
         log.warning("worker %s stopping: %s", os.getpid(), stack.scheduler.stats)

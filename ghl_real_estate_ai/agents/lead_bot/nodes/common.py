@@ -26,9 +26,9 @@ def io_retry(time_scale: float = 1.0) -> RetryPolicy:
     LangGraph sleeps the interval in real time, and its jitter adds up to a whole real second. Under a
     compressed clock (``LEAD_BOT_TIME_SCALE``) the interval is divided by the scale and the jitter left out,
     so the retry waits the same 0.2 s of the service's time, not hours of it."""
-    if time_scale <= 1:
-        return RetryPolicy(max_attempts=2, initial_interval=0.2, jitter=True, retry_on=is_retryable)
-    return RetryPolicy(max_attempts=2, initial_interval=0.2 / time_scale, jitter=False, retry_on=is_retryable)
+    compressed = time_scale > 1
+    return RetryPolicy(max_attempts=2, initial_interval=0.2 / time_scale if compressed else 0.2,
+                       jitter=not compressed, retry_on=is_retryable)
 
 
 
