@@ -65,8 +65,8 @@ def pack_command_py(args: Sequence[Any]) -> bytes:
 
 
 class _LeanConnection(asyncio.Protocol):
-    """Commands written in one event-loop turn go out in one write (one syscall for many concurrent
-    callers); replies complete their futures in order. ``timeout`` (the client's ``socket_timeout``) is
+    """A command goes out at once when nothing is in flight; otherwise the commands of one event-loop
+    turn go out in one write (one syscall for many concurrent callers). Replies complete their futures in order. ``timeout`` (the client's ``socket_timeout``) is
     watched per connection, not per call: when the oldest unanswered command waited that long, the
     connection is closed and every caller gets ``redis.TimeoutError`` (their replies would now arrive out
     of step)."""
@@ -151,8 +151,9 @@ class _LeanConnection(asyncio.Protocol):
     # --------------------------------------------------------------------------------- use
 
     def call(self, packed: bytes, replies: int = 1) -> list[asyncio.Future[Any]]:
-        """Send ``packed`` (``replies`` commands) with this loop turn's other commands: one future per
-        reply, in order."""
+        """Send ``packed`` (``replies`` commands): one future per reply, in order. With nothing in flight
+        it is written at once (a lone caller does not wait a loop turn for company); otherwise it goes
+        out with the rest of this loop turn's commands in one write."""
         if self.closed or self.transport is None or self.transport.is_closing():
             raise RedisConnectionError("connection to the Redis server is closed")
         loop = self._loop or asyncio.get_running_loop()
@@ -160,9 +161,12 @@ class _LeanConnection(asyncio.Protocol):
         self.waiters.extend(futs)
         now = loop.time()
         self.sent_at.extend([now] * replies)
-        if not self._out:
-            loop.call_soon(self._flush)
-        self._out.append(packed)
+        if len(self.waiters) == replies:
+            self.transport.write(packed)  # nothing in flight, so nothing queued either
+        else:
+            if not self._out:
+                loop.call_soon(self._flush)
+            self._out.append(packed)
         if self.timeout is not None and self._watch is None:
             self._watch = loop.call_at(now + self.timeout, self._check)
         return futs

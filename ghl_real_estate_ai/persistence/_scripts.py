@@ -217,7 +217,8 @@ end
 # KEYS: nset, h, ik
 # ARGV: base, ns, cid, parent, record, ttl_ms, keep_last, uses_delta, epoch, known_names,
 #       new_name_count, new_names, nblobs, field1, blob1, ..., nrefs, old_field1, ref1, ...,
-#       keep_events, is_loop ('1' if the metadata source is "loop"), step
+#       keep_events, continues ('1' if the caller wrote the parent itself, as its last put here, and
+#       this is a "loop" checkpoint of the next step)
 # The record refers to names by id, assuming the dictionary has epoch `epoch` and `known_names` names
 # (0 and a fresh epoch when the caller knows none). If it does not, nothing is written and the current
 # dictionary is returned ("" if none) for the caller to rebuild the record. Otherwise `new_names` is
@@ -225,11 +226,13 @@ end
 # Each `old_field` (a blob the new blob repeats or extends) is rewritten into its reference `ref`
 # unless it is gone.
 # Events (keep_events > 0): a checkpoint starts an event (a graph run, an update, a fork) unless it is
-# a "loop" checkpoint whose parent is the previous put and whose step is the next one. Field 'e' holds
-# the last put's id and step, field 's' (the first 20 characters of) the ids starting the kept events;
-# the checkpoints older than the oldest kept event are pruned. A namespace with checkpoints but no 'e'
-# (written before events were kept) gets nothing written and the reply 'M': the caller indexes its
-# events (INDEX_EVENTS), then puts again.
+# a "loop" checkpoint of the next step whose parent is the latest checkpoint, written by the same
+# caller (`continues`, checked against the index here). Field 's' holds (the first 20 characters of)
+# the ids starting the kept events; the checkpoints older than the oldest kept event are pruned. A put
+# that continues an event reads and writes nothing of the index. A namespace with checkpoints but no
+# 's' (written before events were kept) gets nothing written and the reply 'M': the caller indexes its
+# events (INDEX_EVENTS), then puts again. (Field 'e', the last put's id and step, was written by the
+# release that introduced events; a start removes it.)
 PUT = r"""
 local nset, h, ik = KEYS[1], KEYS[2], KEYS[3]
 local base, ns, cid, parent = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -238,11 +241,12 @@ local rp = 14 + 2 * nblobs
 local nrefs = tonumber(ARGV[rp])
 local ep = rp + 1 + 2 * nrefs
 local kev = tonumber(ARGV[ep])
+local continues = ARGV[ep + 1] == '1'
 local d = redis.call('HGET', h, 'n')
-local e = false
-if kev > 0 then
-  e = redis.call('HGET', h, 'e')
-  if not e and bit.band(flags_of(d), DELTA) == 0 and ARGV[8] ~= '1' and redis.call('ZCARD', ik) > 0 then
+local s = false
+if kev > 0 and not continues then
+  s = redis.call('HGET', h, 's')
+  if not s and bit.band(flags_of(d), DELTA) == 0 and ARGV[8] ~= '1' and redis.call('ZCARD', ik) > 0 then
     return 'M'
   end
 end
@@ -292,31 +296,25 @@ if keep > 0 and bit.band(newflags, DELTA) == 0 then
     remove_checkpoints(nset, ns, h, ik, redis.call('ZRANGE', ik, 0, total - keep - 1), false)
   end
 end
-if kev > 0 and bit.band(newflags, DELTA) == 0 then
-  local step = ARGV[ep + 2]
-  local ev = {}
-  if e then ev = unpack_list(e) end
-  local starts = ev[1] == nil or ARGV[ep + 1] ~= '1' or parent ~= ev[1]
-    or tonumber(step) == nil or tonumber(ev[2]) == nil or tonumber(step) ~= tonumber(ev[2]) + 1
-  if starts then
-    local first = {}
-    local s = redis.call('HGET', h, 's')
-    if s then first = unpack_list(s) end
-    -- the first 20 characters of the id are enough to cut at: every id below the prefix is below
-    -- the id, so a prefix can only keep more, never less (a uuid6 id's time fills them)
-    first[#first + 1] = string.sub(cid, 1, 20)
-    table.sort(first)
-    if #first > kev then
-      local cut = first[#first - kev + 1]
-      local kept = {}
-      for i = #first - kev + 1, #first do kept[#kept + 1] = first[i] end
-      first = kept
-      local old = redis.call('ZRANGEBYLEX', ik, '-', '(' .. cut)
-      if #old > 0 then remove_checkpoints(nset, ns, h, ik, old, false) end
-    end
-    redis.call('HSET', h, 's', pack_list(first))
+if kev > 0 and bit.band(newflags, DELTA) == 0 and not (continues and linear) then
+  -- this put starts an event (or continues one after another writer's put: counted as a start)
+  if continues then s = redis.call('HGET', h, 's') end
+  local first = {}
+  if s then first = unpack_list(s) end
+  -- the first 20 characters of the id are enough to cut at: every id below the prefix is below
+  -- the id, so a prefix can only keep more, never less (a uuid6 id's time fills them)
+  first[#first + 1] = string.sub(cid, 1, 20)
+  table.sort(first)
+  if #first > kev then
+    local cut = first[#first - kev + 1]
+    local kept = {}
+    for i = #first - kev + 1, #first do kept[#kept + 1] = first[i] end
+    first = kept
+    local old = redis.call('ZRANGEBYLEX', ik, '-', '(' .. cut)
+    if #old > 0 then remove_checkpoints(nset, ns, h, ik, old, false) end
   end
-  redis.call('HSET', h, 'e', pack_list({cid, step}))
+  redis.call('HSET', h, 's', pack_list(first))
+  redis.call('HDEL', h, 'e')
 end
 -- h and ik existed before this call if the dictionary and a latest checkpoint did
 refresh_due(base, nset, h, tonumber(ARGV[6]), not (had_hash and latest))
@@ -526,15 +524,15 @@ return out
 """
 
 
-# KEYS: nset, h, ik; ARGV: base, ns, keep_events, last_cid, last_step, start1, start2, ... (sorted)
+# KEYS: nset, h, ik; ARGV: base, ns, keep_events, start1, start2, ... (sorted)
 # Writes the event index of a namespace written before events were kept (see PUT) and prunes the
 # checkpoints older than the oldest kept event. Does nothing if the index exists by now.
 INDEX_EVENTS = r"""
 local nset, h, ik = KEYS[1], KEYS[2], KEYS[3]
-if redis.call('HEXISTS', h, 'e') == 1 then return 0 end
+if redis.call('HEXISTS', h, 's') == 1 then return 0 end
 local kev = tonumber(ARGV[3])
 local first = {}
-for i = 6, #ARGV do first[#first + 1] = ARGV[i] end
+for i = 4, #ARGV do first[#first + 1] = ARGV[i] end
 if #first > kev then
   local cut = first[#first - kev + 1]
   local kept = {}
@@ -544,7 +542,7 @@ if #first > kev then
   if #old > 0 then remove_checkpoints(nset, ARGV[2], h, ik, old, false) end
 end
 if redis.call('EXISTS', h) == 1 then
-  redis.call('HSET', h, 'e', pack_list({ARGV[4], ARGV[5]}), 's', pack_list(first))
+  redis.call('HSET', h, 's', pack_list(first))
 end
 return 1
 """

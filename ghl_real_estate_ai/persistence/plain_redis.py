@@ -497,6 +497,7 @@ class _Written(NamedTuple):
     record: bytes
     epoch: bytes
     skeleton: Skeleton
+    step: int | None  # its metadata step
 
 
 class _Page(NamedTuple):
@@ -639,11 +640,21 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
         cache_key = (keys.base, ns)
         uses_delta = any(k in md for k in _DELTA_METADATA_KEYS)
         step = md.get("step")
-        event_args = [
-            self.keep_events or 0,
-            "1" if md.get("source") == "loop" else "0",
-            str(step) if type(step) is int else "",
-        ]
+        if type(step) is not int:
+            step = None
+        # a "loop" checkpoint of the step after the one this saver put last, its parent: no new event
+        # (the script checks that nobody wrote since)
+        last = self._written.get(cache_key)
+        continues = (
+            step is not None
+            and md.get("source") == "loop"
+            and last is not None
+            and last.step is not None
+            and step == last.step + 1
+            and parent is not None
+            and last.cid == parent.encode()
+        )
+        event_args = [self.keep_events or 0, "1" if continues else "0"]
         for _ in range(_PUT_ATTEMPTS):
             names = self._names.get(cache_key) or NameDict(os.urandom(8), ())
             record, added, blobs, skeleton = build_record(self.serde, prep, names, self._kinds_of(cache_key))
@@ -684,7 +695,7 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
             self._names[cache_key] = names.extended(added)
             if len(self._written) >= _WRITTEN_CACHE_MAX:  # bounded as the other caches are
                 self._written.clear()
-            self._written[cache_key] = _Written(checkpoint["id"].encode(), record, names.epoch, skeleton)
+            self._written[cache_key] = _Written(checkpoint["id"].encode(), record, names.epoch, skeleton, step)
             self._remember_lists(keys.base, ns, checkpoint.get("channel_values") or {}, fields, prep.blobs)
             return {
                 "configurable": {
@@ -771,7 +782,6 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
         ``keep_events`` on such a thread), pruning what is older than the kept events."""
         flat = yield _Eval(SCRIPTS["find"], [keys.nset], [keys.base, ""])
         starts: list[str] = []
-        last_cid, last_step = "", ""
         prev_cid: str | None = None
         prev_step: Any = None
         for i in range(0, len(flat), 3):
@@ -792,11 +802,10 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
             ):
                 starts.append(cid)
             prev_cid, prev_step = cid, step
-            last_cid, last_step = cid, "" if step is None else str(step)
         yield _Eval(
             SCRIPTS["index_events"],
             [keys.nset, *keys.ns_keys(ns)],
-            [keys.base, ns, self.keep_events or 0, last_cid, last_step, *sorted(c[:20] for c in starts)],
+            [keys.base, ns, self.keep_events or 0, *sorted(c[:20] for c in starts)],
         )
 
     def _op_put_writes(

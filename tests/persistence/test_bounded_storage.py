@@ -199,6 +199,102 @@ async def test_history_and_forks_over_the_last_events_survive_pruning(
     client.close()
 
 
+def event_starts(client: redis.Redis, prefix: str, cid: str) -> list[bytes]:
+    """The event index (field 's': u16 length + id prefix, each)."""
+    raw = client.hget(Keys(prefix, cid).ns_keys("")[0], "s") or b""
+    out, p = [], 0
+    while p < len(raw):
+        (n,) = struct.unpack_from(">H", raw, p)
+        out.append(raw[p + 2 : p + 2 + n])
+        p += 2 + n
+    return out
+
+
+async def test_runs_of_several_checkpoints_are_kept_whole_for_the_last_events(
+    saver: AsyncPlainRedisSaver, key_prefix: str, redis_url: str
+) -> None:
+    """durability="sync": a run writes its input and every step; the steps after the first continue the
+    run's event (the saver wrote their parent), so ten events keep every checkpoint of ten runs."""
+    sim = Simulation(START, checkpointer=saver, durability="sync")
+    cid = sim.add_lead(make_contact("c-sync-runs"))
+    for month in range(1, 5):
+        sim.schedule(START + timedelta(days=30 * month, hours=2), cid, INBOUND)
+    await sim.enroll_all()
+    await sim.run_until(START + timedelta(days=200))
+    assert sim.events_run > 2 * DEFAULT_KEEP_EVENTS
+    snapshots = await history(sim, cid)
+    assert event_count(snapshots) == DEFAULT_KEEP_EVENTS
+    assert len(snapshots) >= 3 * DEFAULT_KEEP_EVENTS  # whole runs: input, router, step node, ...
+    client = redis.Redis.from_url(redis_url)
+    starts = event_starts(client, key_prefix, cid)
+    # the index names exactly the first checkpoint of each kept run
+    firsts = [
+        snap.config["configurable"]["checkpoint_id"][:20].encode()
+        for snap, parent in zip(snapshots, [*snapshots[1:], None], strict=True)
+        if (snap.metadata or {}).get("source") != "loop"
+        or parent is None
+        or (snap.metadata or {}).get("step") != (parent.metadata or {}).get("step", -99) + 1
+    ]
+    assert starts == sorted(firsts) and len(starts) == DEFAULT_KEEP_EVENTS
+    assert client.hget(Keys(key_prefix, cid).ns_keys("")[0], "e") is None
+    stored, reached = blob_state(client, key_prefix, cid)
+    assert stored == reached
+    client.close()
+
+
+async def test_a_step_after_another_writers_put_starts_an_event(redis_url: str, key_prefix: str) -> None:
+    """A saver that wrote a run's last step continues that run only while its put is the latest: after
+    another writer's put the next step is indexed as an event of its own, so pruning never cuts into it."""
+    builder = StateGraph(_Values)
+    builder.add_node("noop", _set)
+    builder.add_edge(GRAPH_START, "noop")
+    cfg = config("c-two-writers")
+    async with (
+        AsyncPlainRedisSaver.from_conn_string(redis_url, key_prefix=key_prefix) as first,
+        AsyncPlainRedisSaver.from_conn_string(redis_url, key_prefix=key_prefix) as second,
+    ):
+        await builder.compile(checkpointer=first).ainvoke({"items": [1]}, cfg, durability="sync")
+        mine = await first.aget_tuple(cfg)
+        assert mine is not None and mine.metadata["source"] == "loop"
+        await builder.compile(checkpointer=second).ainvoke({"items": [2]}, cfg, durability="sync")
+        client = redis.Redis.from_url(redis_url)
+        before = event_starts(client, key_prefix, "c-two-writers")
+        assert len(before) == 2  # two runs
+        # the first saver writes the next step of its run, now a fork of an older checkpoint
+        checkpoint = copy_checkpoint(mine.checkpoint)
+        checkpoint["id"] = str(uuid6())
+        step = mine.metadata["step"] + 1
+        await first.aput(mine.config, checkpoint, {"source": "loop", "step": step, "parents": {}}, {})
+        after = event_starts(client, key_prefix, "c-two-writers")
+        assert after == sorted([*before, checkpoint["id"][:20].encode()])
+        # and a step that does follow the first saver's own latest put continues it
+        follow = copy_checkpoint(checkpoint)
+        follow["id"] = str(uuid6())
+        parent_cfg = config("c-two-writers", checkpoint["id"])
+        await first.aput(parent_cfg, follow, {"source": "loop", "step": step + 1, "parents": {}}, {})
+        assert event_starts(client, key_prefix, "c-two-writers") == after
+        client.close()
+
+
+async def test_the_last_put_field_of_the_first_event_layout_goes_at_the_next_event(
+    saver: AsyncPlainRedisSaver, key_prefix: str, redis_url: str
+) -> None:
+    """Threads written by the release that introduced events also carry field 'e' (the last put's id and
+    step); the new puts neither read nor update it, and the next event start removes it."""
+    sim = Simulation(START, checkpointer=saver)
+    cid = sim.add_lead(make_contact("c-field-e"))
+    await sim.enroll_all()
+    await sim.run_until(START + timedelta(days=20))
+    client = redis.Redis.from_url(redis_url)
+    h = Keys(key_prefix, cid).ns_keys("")[0]
+    client.hset(h, "e", b"\x00\x03old\x00\x011")
+    starts = event_starts(client, key_prefix, cid)
+    await sim.dispatch(cid, INBOUND)
+    assert client.hget(h, "e") is None
+    assert len(event_starts(client, key_prefix, cid)) == min(len(starts) + 1, DEFAULT_KEEP_EVENTS)
+    client.close()
+
+
 async def test_deleting_a_fork_keeps_what_the_main_line_reads_through_its_references(
     saver: AsyncPlainRedisSaver, key_prefix: str, redis_url: str
 ) -> None:
@@ -268,7 +364,7 @@ async def test_a_thread_in_the_earlier_layout_is_migrated_on_its_first_write(
         assert len(old_values["messages"]) == 3 * MESSAGES_KEPT
     client = redis.Redis.from_url(redis_url)
     h, ik = Keys(key_prefix, cid).ns_keys("")
-    assert client.hget(h, "e") is None and client.zcard(ik) == len(old_history) > 60
+    assert client.hget(h, "s") is None and client.zcard(ik) == len(old_history) > 60
     memory_before = client.memory_usage(h, samples=0)
 
     async with AsyncPlainRedisSaver.from_conn_string(redis_url, key_prefix=key_prefix) as saver:
@@ -286,7 +382,7 @@ async def test_a_thread_in_the_earlier_layout_is_migrated_on_its_first_write(
         assert latest["timeline"][: len(old_values["timeline"])] == old_values["timeline"]
         assert len(latest["messages"]) == MESSAGES_KEPT  # the new reducer bounded what it took over
         assert latest["messages"][-2].content == "Thanks, any new listings?"
-        assert client.hget(h, "e") is not None and client.zcard(ik) < len(old_history) / 3
+        assert client.hget(h, "s") is not None and client.zcard(ik) < len(old_history) / 3
         assert client.memory_usage(h, samples=0) < memory_before / 1.5
         stored, reached = blob_state(client, key_prefix, cid)
         assert stored == reached

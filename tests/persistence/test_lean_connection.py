@@ -275,7 +275,9 @@ def test_pack_command_is_resp(args: Any) -> None:
     assert reader.gets() == [text(arg) for arg in args]
 
 
-async def test_commands_of_one_loop_turn_go_out_in_one_write(private_server: RedisServer) -> None:
+async def test_a_lone_command_goes_out_at_once_and_the_rest_of_its_loop_turn_in_one_write(
+    private_server: RedisServer,
+) -> None:
     client = aredis.Redis.from_url(private_server.url)
     lean = pr._lean_connections(client)
     assert lean is not None
@@ -286,9 +288,15 @@ async def test_commands_of_one_loop_turn_go_out_in_one_write(private_server: Red
         writes: list[bytes] = []
         real_write = conn.transport.write
         conn.transport.write = lambda data: (writes.append(bytes(data)), real_write(data))[1]  # type: ignore[method-assign]
+        # nothing in flight: the command is written in the call, not a loop turn later
+        conn.call(pack_command(("ECHO", "alone")))
+        assert writes == [pack_command(("ECHO", "alone"))]
+        await asyncio.sleep(0.05)
+        writes.clear()
+        # a burst: the first goes out at once, the other 39 of the same loop turn share one write
         replies = await asyncio.gather(*(lean.call(pack_command(("ECHO", f"m{i}"))) for i in range(40)))
         assert replies == [f"m{i}".encode() for i in range(40)]
-        assert len(writes) == 1 and writes[0].count(b"ECHO") == 40
+        assert [w.count(b"ECHO") for w in writes] == [1, 39]
     finally:
         lean.close()
         await client.aclose()
