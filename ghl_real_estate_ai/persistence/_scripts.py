@@ -284,10 +284,10 @@ for i = 0, nblobs - 1 do
 end
 for i = 0, nrefs - 1 do
   -- (a blob that is a reference already, into another branch's later version, may be pointed here
-  -- instead: this version holds it as well; a blob pruned meanwhile stays gone)
-  if redis.call('HEXISTS', h, ARGV[rp + 1 + 2 * i]) == 1 then
-    redis.call('HSET', h, ARGV[rp + 1 + 2 * i], ARGV[rp + 2 + 2 * i])
-  end
+  -- instead: this version holds it as well; a blob pruned meanwhile stays gone: one command when it
+  -- is there, as it nearly always is)
+  local f = ARGV[rp + 1 + 2 * i]
+  if redis.call('HSET', h, f, ARGV[rp + 2 + 2 * i]) == 1 then redis.call('HDEL', h, f) end
 end
 local keep = tonumber(ARGV[7])
 if keep > 0 and bit.band(newflags, DELTA) == 0 then

@@ -892,18 +892,21 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
         tuples = self._rows_to_tuples(keys, thread_id, ns, reply)
         if not tuples:
             return None
-        written = self._written.get((keys.base, ns))
-        record = reply[1][1]
-        # the latest, unless this saver wrote it (then it remembered its values at the put): the next
-        # put (the next graph turn's) may repeat or extend them
-        if not cid and (written is None or written.record != record):
-            names = self._names.get((keys.base, ns))
-            if names is not None:
-                try:
-                    fields = _record_blob_fields(record, names)
-                except (CodecError, IndexError):
-                    fields = {}
-                self._remember_lists(keys.base, ns, tuples[0].checkpoint["channel_values"], fields)
+        if not cid:
+            # the latest: the next put (the next graph turn's) may repeat or extend its values, and the
+            # graph builds on the objects read here, so remembering these (even when this saver wrote
+            # the record) lets that put see a list that only grew by identity instead of comparing items
+            written = self._written.get((keys.base, ns))
+            record = reply[1][1]
+            fields: dict[str, bytes] = {}
+            if written is not None and written.record == record:
+                fields = _blob_channel_fields(written.skeleton)
+            else:
+                names = self._names.get((keys.base, ns))
+                if names is not None:
+                    with contextlib.suppress(CodecError, IndexError):
+                        fields = _record_blob_fields(record, names)
+            self._remember_lists(keys.base, ns, tuples[0].checkpoint["channel_values"], fields)
         return tuples[0]
 
     def _op_latest_written(self, keys: Keys, ns: str) -> _Gen[list[Any] | None]:

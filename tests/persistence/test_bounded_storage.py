@@ -482,6 +482,41 @@ async def test_a_reference_never_changes_what_an_older_version_reads(saver: Asyn
     assert states[0]["section"]["text"] == "y" * 300 and states[0]["items"][-1] == 4
 
 
+async def test_a_reference_to_a_blob_gone_meanwhile_is_not_written(
+    redis_url: str, key_prefix: str
+) -> None:
+    """The saver remembers the list it last wrote; if that blob went meanwhile (another process deleted
+    the thread), the put that extends the list must not leave a reference behind with nothing reading it."""
+    builder = StateGraph(_Values)
+    builder.add_node("noop", _set)
+    builder.add_edge(GRAPH_START, "noop")
+    cfg = config("c-gone")
+    async with (
+        AsyncPlainRedisSaver.from_conn_string(redis_url, key_prefix=key_prefix) as writer,
+        AsyncPlainRedisSaver.from_conn_string(redis_url, key_prefix=key_prefix) as other,
+    ):
+        graph = builder.compile(checkpointer=writer)
+        items = [{"n": i, "text": "x" * 40} for i in range(12)]  # a blob, not inlined
+        await graph.ainvoke({"items": items}, cfg, durability="exit")
+        first = await writer.aget_tuple(cfg)
+        assert first is not None
+        await other.adelete_thread("c-gone")
+        # the writer extends the list it remembers, on top of the checkpoint it still holds
+        checkpoint = copy_checkpoint(first.checkpoint)
+        checkpoint["id"] = str(uuid6())
+        version = writer.get_next_version(checkpoint["channel_versions"]["items"], None)
+        checkpoint["channel_values"]["items"] = [*first.checkpoint["channel_values"]["items"], {"n": 12}]
+        checkpoint["channel_versions"]["items"] = version
+        await writer.aput(first.config, checkpoint, {"source": "update", "step": 5, "parents": {}},
+                          {"items": version})
+        client = redis.Redis.from_url(redis_url)
+        stored, reached = blob_state(client, key_prefix, "c-gone")
+        assert stored == reached and len(stored) == 1  # the new full blob only
+        latest = await other.aget_tuple(cfg)
+        assert latest is not None and len(latest.checkpoint["channel_values"]["items"]) == 13
+        client.close()
+
+
 @pytest.mark.parametrize(
     ("value", "inline"),
     [
