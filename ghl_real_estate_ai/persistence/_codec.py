@@ -12,9 +12,10 @@ Key names (``P`` = key prefix, ``T`` = the escaped thread id, ``NS`` = the raw c
                              "w" + checkpoint id       -> pending-writes pack
                              "b" + u16 name id + vkey  -> blob: one channel value at one version
                              "n"                       -> name dictionary and flags
-                             "e", "s"                  -> the event index (``keep_events``): the last
-                                                          put's id and step; the ids starting the kept
-                                                          events (see ``_scripts.PUT``)
+                             "s"                       -> the event index (``keep_events``): the ids
+                                                          starting the kept events (``_scripts.PUT``;
+                                                          "e", the last put's id and step, was kept
+                                                          by one earlier release, removed on sight)
     P:threads        ZSET  thread id -> unix time of the last registry touch (for ``list(None)``)
 
 A namespace thus costs two keys (fewer keys: less memory and fewer expiry refreshes per write).

@@ -33,7 +33,7 @@ local function ref_target(v)
   return nil
 end
 
--- A list of strings stored as u16 length + bytes each (the event index, fields 'e' and 's').
+-- A list of strings stored as u16 length + bytes each (the event index, field 's').
 local function unpack_list(s)
   local out, p = {}, 1
   while p <= #s do
