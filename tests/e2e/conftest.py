@@ -85,4 +85,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.section("outside-in runs (virtual hours)")
     for result in sorted(_FINISHED, key=lambda r: r.spec.id):
         terminalreporter.write_line(result.summary_line())
+        for failure in result.earlier_failures[:3]:  # why a run passed only at its second attempt
+            terminalreporter.write_line(f"    first attempt: FAIL {failure}"[:300])
 
