@@ -66,10 +66,10 @@ def pack_command_py(args: Sequence[Any]) -> bytes:
 
 class _LeanConnection(asyncio.Protocol):
     """A command goes out at once when nothing is in flight; otherwise the commands of one event-loop
-    turn go out in one write (one syscall for many concurrent callers). Replies complete their futures in order. ``timeout`` (the client's ``socket_timeout``) is
-    watched per connection, not per call: when the oldest unanswered command waited that long, the
-    connection is closed and every caller gets ``redis.TimeoutError`` (their replies would now arrive out
-    of step)."""
+    turn go out in one write (one syscall for many concurrent callers). Replies complete their futures
+    in order. ``timeout`` (the client's ``socket_timeout``) is watched per connection, not per call:
+    when the oldest unanswered command waited that long, the connection is closed and every caller gets
+    ``redis.TimeoutError`` (their replies would now arrive out of step)."""
 
     def __init__(self, timeout: float | None = None) -> None:
         self.transport: asyncio.Transport | None = None

@@ -695,7 +695,9 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
             self._names[cache_key] = names.extended(added)
             if len(self._written) >= _WRITTEN_CACHE_MAX:  # bounded as the other caches are
                 self._written.clear()
-            self._written[cache_key] = _Written(checkpoint["id"].encode(), record, names.epoch, skeleton, step)
+            self._written[cache_key] = _Written(
+                checkpoint["id"].encode(), record, names.epoch, skeleton, step
+            )
             self._remember_lists(keys.base, ns, checkpoint.get("channel_values") or {}, fields, prep.blobs)
             return {
                 "configurable": {
