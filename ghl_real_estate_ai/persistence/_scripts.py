@@ -212,6 +212,18 @@ local function remove_checkpoints(nset, ns, h, ik, cids, full)
   end
   for f in pairs(cand) do redis.call('HDEL', h, f) end
 end
+
+-- Keeps the newest `kev` of the sorted event starts `first` and prunes the checkpoints older than the
+-- oldest kept one; returns the starts kept.
+local function cut_events(nset, ns, h, ik, first, kev)
+  if #first <= kev then return first end
+  local cut = first[#first - kev + 1]
+  local kept = {}
+  for i = #first - kev + 1, #first do kept[#kept + 1] = first[i] end
+  local old = redis.call('ZRANGEBYLEX', ik, '-', '(' .. cut)
+  if #old > 0 then remove_checkpoints(nset, ns, h, ik, old, false) end
+  return kept
+end
 """
 
 # KEYS: nset, h, ik
@@ -305,14 +317,7 @@ if kev > 0 and bit.band(newflags, DELTA) == 0 and not (continues and linear) the
   -- the id, so a prefix can only keep more, never less (a uuid6 id's time fills them)
   first[#first + 1] = string.sub(cid, 1, 20)
   table.sort(first)
-  if #first > kev then
-    local cut = first[#first - kev + 1]
-    local kept = {}
-    for i = #first - kev + 1, #first do kept[#kept + 1] = first[i] end
-    first = kept
-    local old = redis.call('ZRANGEBYLEX', ik, '-', '(' .. cut)
-    if #old > 0 then remove_checkpoints(nset, ns, h, ik, old, false) end
-  end
+  first = cut_events(nset, ns, h, ik, first, kev)
   redis.call('HSET', h, 's', pack_list(first))
   redis.call('HDEL', h, 'e')
 end
@@ -533,14 +538,7 @@ if redis.call('HEXISTS', h, 's') == 1 then return 0 end
 local kev = tonumber(ARGV[3])
 local first = {}
 for i = 4, #ARGV do first[#first + 1] = ARGV[i] end
-if #first > kev then
-  local cut = first[#first - kev + 1]
-  local kept = {}
-  for i = #first - kev + 1, #first do kept[#kept + 1] = first[i] end
-  first = kept
-  local old = redis.call('ZRANGEBYLEX', ik, '-', '(' .. cut)
-  if #old > 0 then remove_checkpoints(nset, ARGV[2], h, ik, old, false) end
-end
+first = cut_events(nset, ARGV[2], h, ik, first, kev)
 if redis.call('EXISTS', h) == 1 then
   redis.call('HSET', h, 's', pack_list(first))
 end

@@ -245,9 +245,7 @@ async def test_runs_of_several_checkpoints_are_kept_whole_for_the_last_events(
 async def test_a_step_after_another_writers_put_starts_an_event(redis_url: str, key_prefix: str) -> None:
     """A saver that wrote a run's last step continues that run only while its put is the latest: after
     another writer's put the next step is indexed as an event of its own, so pruning never cuts into it."""
-    builder = StateGraph(_Values)
-    builder.add_node("noop", _set)
-    builder.add_edge(GRAPH_START, "noop")
+    builder = _noop_builder()
     cfg = config("c-two-writers")
     async with (
         AsyncPlainRedisSaver.from_conn_string(redis_url, key_prefix=key_prefix) as first,
@@ -459,11 +457,17 @@ def _set(state: _Values) -> dict[str, Any]:
     return {}
 
 
-async def test_a_reference_never_changes_what_an_older_version_reads(saver: AsyncPlainRedisSaver) -> None:
-    """Equal is not enough for a reference: ``1`` and ``1.0`` compare equal but serialize apart."""
+def _noop_builder() -> StateGraph:
+    """A graph of one node that writes nothing: the input alone changes the channels."""
     builder = StateGraph(_Values)
     builder.add_node("noop", _set)
     builder.add_edge(GRAPH_START, "noop")
+    return builder
+
+
+async def test_a_reference_never_changes_what_an_older_version_reads(saver: AsyncPlainRedisSaver) -> None:
+    """Equal is not enough for a reference: ``1`` and ``1.0`` compare equal but serialize apart."""
+    builder = _noop_builder()
     graph = builder.compile(checkpointer=saver)
     cfg = config("c-exact")
     section = {"n": 1, "flag": True, "nested": {"k": [1, 2]}, "text": "x" * 300}
@@ -487,9 +491,7 @@ async def test_a_reference_to_a_blob_gone_meanwhile_is_not_written(
 ) -> None:
     """The saver remembers the list it last wrote; if that blob went meanwhile (another process deleted
     the thread), the put that extends the list must not leave a reference behind with nothing reading it."""
-    builder = StateGraph(_Values)
-    builder.add_node("noop", _set)
-    builder.add_edge(GRAPH_START, "noop")
+    builder = _noop_builder()
     cfg = config("c-gone")
     async with (
         AsyncPlainRedisSaver.from_conn_string(redis_url, key_prefix=key_prefix) as writer,
@@ -539,9 +541,7 @@ def test_small_flat_dicts_are_inlined_in_the_record(value: Any, inline: bool) ->
 async def test_an_inlined_section_reads_back_at_every_version(
     saver: AsyncPlainRedisSaver, redis_url: str, key_prefix: str
 ) -> None:
-    builder = StateGraph(_Values)
-    builder.add_node("noop", _set)
-    builder.add_edge(GRAPH_START, "noop")
+    builder = _noop_builder()
     graph = builder.compile(checkpointer=saver)
     cfg = config("c-inline")
     for n in range(3):
