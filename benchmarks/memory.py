@@ -22,10 +22,12 @@ Workloads (``--leads`` leads each, 20 by default):
 Layouts:
 
 * ``default``: the saver's defaults (events kept: ``DEFAULT_KEEP_EVENTS``; compressed blobs; extension
-  references) and the bounded state (``bounded_timeline``, ``recent_messages``), every run with
-  ``durability="exit"`` (``LeadBotRunner``'s default, the service's).
+  references; record format 3: small sections inline, older records as splices of their child's) and
+  the bounded state (``bounded_timeline``, ``recent_messages``), every run with ``durability="exit"``
+  (``LeadBotRunner``'s default, the service's).
 * ``earlier``: the storage layout of earlier releases: ``keep_last=200``, no event bound, no
-  compression, no extension references, and ``durability="sync"`` for every run. The state is this
+  compression, no extension references, record format 2, and ``durability="sync"`` for every run.
+  The state is this
   release's (the graph has one state schema): within two years its timeline is the earlier one, since
   nothing is folded before ``TIMELINE_DAYS`` plus the slack, but messages stop at ``MESSAGES_KEPT``
   where earlier releases kept every one (about 50 over two years of monthly replies), so this row is a
@@ -85,7 +87,8 @@ async def open_saver(layout: str, url: str, prefix: str) -> AsyncIterator[Any]:
             yield saver
     elif layout == "earlier":
         async with AsyncPlainRedisSaver.from_conn_string(
-            url, key_prefix=prefix, keep_last=200, keep_events=None, compress=False, extension_refs=False
+            url, key_prefix=prefix, keep_last=200, keep_events=None, compress=False, extension_refs=False,
+            record_format=2,
         ) as saver:
             yield saver
     else:

@@ -25,9 +25,10 @@ the escaping injective and keeps the tag from ending early. Namespaces and check
 parsed out of key names: the namespace is the whole tail after ``:c:`` (it may contain ``:`` or braces),
 and the real ids live in values (the namespace set, the index members).
 
-Checkpoint record (format 2), little more than ``struct`` so that Lua can read the header::
+Checkpoint record (format 3; format 2 has the same layout), little more than ``struct`` so that Lua
+can read the header::
 
-    u8   format (2)
+    u8   format (3, or 2 for records of the release before, which this one reads as they are)
     par  parent checkpoint id: 254 + 16 uuid bytes, or len + text ("" for none)
     u16  number of version keys, then each as len + bytes      (a table: versions repeat a lot)
     u16  number of channels, then each as >HHB: name id, version-table index, kind
@@ -38,9 +39,19 @@ namespace's name dictionary (``NameDict``, field ``n``: 8-byte epoch, flags byte
 len + bytes), so records do not repeat them; the flags are FORK (1: history is not one chain, pruning
 checks every survivor) and DELTA (2: the thread uses a DeltaChannel, never prune automatically).
 ``kind`` says where the channel's value is: ``0`` in a blob field (``"b"`` + name id + version key),
-``1`` inline in ``inline_values`` (small primitives: None, bool, int64, float, short
-str, as PostgresSaver inlines primitives, and dicts of at most four of them under short str keys),
-``2`` no value (the channel was emptied at this version).
+``1`` inline in ``inline_values`` (small primitives: None, bool, int64, float, short str, as
+PostgresSaver inlines primitives, and dicts and lists of up to 32 of them, one level of nesting deep,
+``inlinable``; format 2 inlined flat dicts of at most four), ``2`` no value (the channel was emptied at
+this version).
+
+Record splices: when a put stores checkpoint N whose parent P is the record the saver last wrote or read
+there, P's record is rewritten (same field) into a *splice* of N's: ``SPLICE`` (``0x80``), N's id (as a
+parent is stored), then ops ``>HHH`` (position in N's record, bytes cut there, bytes inserted) + the
+inserted bytes. Consecutive records differ in a few dozen bytes (parent, the versions a step wrote, ts,
+step, the sections that changed), so a kept checkpoint costs about 150 bytes instead of a whole record.
+A splice always points at a later checkpoint, so chains run from older to newer and end at a record
+stored whole (at least the thread's latest); the scripts' ``record_of`` applies them, and a delete that
+removes a checkpoint a survivor's chain passes through first stores that survivor whole.
 ``versions_seen`` is a list ``[node id, [channel id, version index, ...], ...]``, ``updated_channels``
 a list of name ids. ``ts`` is stored as integer microseconds when that reproduces the string exactly.
 
@@ -79,19 +90,26 @@ len channel, len value) + channel + typed value.
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-RECORD_FORMAT = 2
+RECORD_FORMAT = 3
+READ_FORMATS = frozenset({2, 3})
+"""Format 3 has format 2's layout; the number says the record may inline what format 2 kept in blobs
+(``inlinable``), so a release that knows only format 2 refuses the thread instead of misreading it."""
+SPLICE = 0x80
+"""First byte of a record stored as a splice of a later record (``record_splice``)."""
 
 KIND_BLOB = 0
 KIND_INLINE = 1
 KIND_EMPTY = 2
 
 _U16 = struct.Struct(">H")
+_SPLICE_OP = struct.Struct(">HHH")
 _CHANNEL = struct.Struct(">HHB")
 _LEN_UUID = 254  # a length byte of 254 means "a 16-byte uuid follows", 255 "a u16 length follows"
 _LEN_U16 = 255
@@ -101,8 +119,9 @@ _WRITE_HEAD = struct.Struct(">iHI")
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 _INLINE_STR_MAX = 48
-_INLINE_DICT_KEYS = 4
-_INLINE_KEY_MAX = 16
+_INLINE_NESTED_STR_MAX = 64
+_INLINE_LEAVES = 32
+_INLINE_KEY_MAX = 32
 _VERSION_INT_WIDTH = 32
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -314,14 +333,54 @@ def _primitive(value: Any) -> bool:
 
 def inlinable(value: Any) -> bool:
     """Values cheaper inline in every record than as a blob hash field: small primitives, and small
-    flat dicts of them (an event, a counter section: under a hundred bytes, where a hash field costs
-    about as much again in Redis' own overhead). Decided from the value alone, so every record that
-    holds a channel at one version stores it the same way."""
+    dicts and lists of them, one level of nesting deep (an event, a counter section, the sequence and
+    engagement sections, a contact: a few hundred bytes at most). A record that repeats an unchanged
+    one costs next to nothing once it is stored as a splice of its child (see ``record_splice``), where
+    a blob would cost a hash field per version. Decided from the value alone, so every record that
+    holds a channel at one version stores it the same way; every value the rule of format-2 records
+    inlined (flat dicts of up to four primitives) is inlined by this one too."""
+    t = type(value)
+    if t is dict or t is list:
+        return _inline_leaves(value, 2) >= 0
+    return _primitive(value)
+
+
+def inlinable_format_2(value: Any) -> bool:
+    """The rule of format-2 records: small primitives and flat dicts of at most four of them."""
     if type(value) is dict:
-        return len(value) <= _INLINE_DICT_KEYS and all(
-            type(k) is str and len(k) <= _INLINE_KEY_MAX and _primitive(v) for k, v in value.items()
+        return len(value) <= 4 and all(
+            type(k) is str and len(k) <= 16 and _primitive(v) for k, v in value.items()
         )
     return _primitive(value)
+
+
+_INLINE_RULES = {2: inlinable_format_2, 3: inlinable}
+
+
+def _inline_leaves(value: Any, depth: int) -> int:
+    """The leaves of a dict/list tree that may be inlined (containers count as one), or -1."""
+    t = type(value)
+    if t is dict:
+        if not all(type(k) is str and len(k) <= _INLINE_KEY_MAX for k in value):
+            return -1
+        items: Any = value.values()
+    elif t is list:
+        items = value
+    elif t is str:
+        return 1 if len(value) <= _INLINE_NESTED_STR_MAX else -1
+    else:
+        return 1 if _primitive(value) else -1
+    if depth == 0 or len(value) > _INLINE_LEAVES:
+        return -1
+    total = 1
+    for item in items:
+        n = _inline_leaves(item, depth - 1)
+        if n < 0:
+            return -1
+        total += n
+        if total > _INLINE_LEAVES:
+            return -1
+    return total
 
 
 def _ts_out(ts: Any) -> Any:
@@ -436,7 +495,7 @@ class PreparedCheckpoint:
     record has to be rebuilt because the cached name dictionary was stale), the body's fixed parts and
     the parent id in its stored form."""
 
-    __slots__ = ("blobs", "checkpoint", "head", "new_versions", "parent_id", "tail")
+    __slots__ = ("blobs", "checkpoint", "head", "inline", "new_versions", "parent_id", "tail")
 
     def __init__(
         self,
@@ -445,11 +504,13 @@ class PreparedCheckpoint:
         parent_id: str | None,
         tail: list[Any],
         blobs: dict[str, bytes],
+        record_format: int = RECORD_FORMAT,
     ) -> None:
         self.checkpoint = checkpoint
         self.new_versions = new_versions
         self.parent_id = parent_id or None
-        self.head = bytes((RECORD_FORMAT,)) + _parent_bytes(parent_id)  # format byte + parent
+        self.head = bytes((record_format,)) + _parent_bytes(parent_id)  # format byte + parent
+        self.inline = _INLINE_RULES[record_format]  # which values the record holds inline
         self.tail = tail  # [ts, v, extra, metadata]
         self.blobs = blobs  # channel -> typed value, for the new channels whose value is a blob
 
@@ -467,6 +528,7 @@ def prepare_checkpoint(
     new_versions: Mapping[str, Any],
     *,
     compress: bool = True,
+    record_format: int = RECORD_FORMAT,
 ) -> PreparedCheckpoint:
     """Serialize the blobs of ``checkpoint``'s channels in ``new_versions``, and the parts of the record
     that do not depend on the name dictionary.
@@ -477,16 +539,17 @@ def prepare_checkpoint(
     values: Mapping[str, Any] = checkpoint.get("channel_values") or {}
     versions: Mapping[str, Any] = checkpoint.get("channel_versions") or {}
     dumps = serde.dumps_typed
+    inline = _INLINE_RULES[record_format]
     blobs: dict[str, bytes] = {}
     for channel, version in new_versions.items():
         if channel in values and versions.get(channel) == version:
             value = values[channel]
-            if not inlinable(value):
+            if not inline(value):
                 typed = typed_to_bytes(dumps(value))
                 blobs[channel] = compressed(typed) if compress else typed
     extra = {k: v for k, v in checkpoint.items() if k not in _STANDARD_KEYS}
     tail = [_ts_out(checkpoint.get("ts")), checkpoint.get("v"), extra, dict(metadata)]
-    return PreparedCheckpoint(checkpoint, new_versions, parent_id, tail, blobs)
+    return PreparedCheckpoint(checkpoint, new_versions, parent_id, tail, blobs, record_format)
 
 
 def build_record(
@@ -550,11 +613,11 @@ def build_record(
             if channel in blobs:
                 inline = False
             elif inline_kinds is None:
-                inline = inlinable(value)
+                inline = prep.inline(value)
             else:  # decided by the value, which a (channel, version) of one thread never changes
                 known = inline_kinds.get((channel, vk))
                 if known is None:
-                    known = inline_kinds[(channel, vk)] = inlinable(value)
+                    known = inline_kinds[(channel, vk)] = prep.inline(value)
                 inline = known
             if inline:
                 kind = KIND_INLINE
@@ -614,6 +677,147 @@ def build_record(
     return head + body, added, blob_fields, skeleton
 
 
+# ----------------------------------------------------------------------------------- splices
+
+# Differing bytes, with gaps shorter than an op's head merged in: one op per run.
+_RUNS = re.compile(rb"[^\x00]+(?:\x00{1,6}[^\x00]+)*")
+_SPLICE_MAX_RUNS = 64
+
+
+def _xor(a: bytes, b: bytes) -> bytes:
+    """Bytewise XOR of two strings of one length (zero where they agree), at C speed."""
+    return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(len(a), "big")
+
+
+def _runs(x: bytes) -> list[tuple[int, int]]:
+    return [m.span() for m in _RUNS.finditer(x)]
+
+
+def _overlap(runs: list[tuple[int, int]], lo: int, hi: int) -> int:
+    return sum(max(0, min(b, hi) - max(a, lo)) for a, b in runs)
+
+
+def record_splice(old: bytes, new: bytes, target_id: str) -> bytes | None:
+    """``old`` stored as a splice of ``new`` (the record of checkpoint ``target_id``), or ``None`` when
+    that would not be clearly smaller.
+
+    Consecutive records of a thread differ in a few dozen bytes (parent, the versions of the channels a
+    step wrote, ts, step), so an older record is kept as the list of byte ranges in which it differs
+    from a later one: ``SPLICE``, the target id (as a parent id is stored), then ops ``>HHH`` (position
+    in the target, bytes cut there, bytes inserted) + the inserted bytes, in position order. A record
+    of another length is aligned from the left up to one point and from the right after it, at the
+    point that leaves the fewest differing bytes. The result is checked by applying it.
+    """
+    lo, ln = len(old), len(new)
+    if max(lo, ln) > 0xFFFF or not lo or not ln:
+        return None
+    ops: list[tuple[int, int, bytes]] = []
+    if lo == ln:
+        runs = _runs(_xor(old, new))
+        if len(runs) > _SPLICE_MAX_RUNS:
+            return None
+        ops = [(a, b - a, old[a:b]) for a, b in runs]
+    else:
+        m = min(lo, ln)
+        d = ln - lo
+        left = _runs(_xor(old[:m], new[:m]))
+        right = _runs(_xor(old[lo - m :], new[ln - m :]))  # right-aligned; position r is old[r + lo - m]
+        if len(left) + len(right) > _SPLICE_MAX_RUNS:
+            return None
+        # the left part is [0, k), the right part [k, m), both in the coordinates of the alignment
+        points = {0, m, *(p for run in left for p in run), *(p for run in right for p in run)}
+        k = min(sorted(points), key=lambda p: _overlap(left, 0, p) + _overlap(right, p, m))
+        for a, b in left:
+            b = min(b, k)
+            if a < b:
+                ops.append((a, b - a, old[a:b]))
+        ops.append((k, max(0, d), old[k : k + max(0, -d)]))
+        for a, b in right:
+            a = max(a, k)
+            if a < b:
+                ops.append((a + ln - m, b - a, old[a + lo - m : b + lo - m]))
+    out = bytearray((SPLICE,))
+    out += _parent_bytes(target_id)
+    pack = _SPLICE_OP.pack
+    for pos, cut, ins in ops:
+        if cut or ins:
+            out += pack(pos, cut, len(ins))
+            out += ins
+    splice = bytes(out)
+    if len(splice) + 16 > lo or apply_splice(new, splice) != old:
+        return None
+    return splice
+
+
+def splice_target(splice: bytes) -> str:
+    """The id of the checkpoint whose record a splice is applied to."""
+    target, _ = _read_id(splice, 1)
+    if target is None:
+        raise CodecError("record splice without a target")
+    return target
+
+
+def apply_splice(base: bytes, splice: bytes) -> bytes:
+    """The record a splice stands for, given its target's record (as the Lua ``record_of`` does)."""
+    _, pos = _read_id(splice, 1)
+    parts: list[bytes] = []
+    cursor = 0
+    end = len(splice)
+    unpack = _SPLICE_OP.unpack_from
+    try:
+        while pos < end:
+            at, cut, n = unpack(splice, pos)
+            pos += 6
+            parts.append(base[cursor:at])
+            parts.append(splice[pos : pos + n])
+            pos += n
+            cursor = at + cut
+    except struct.error as exc:
+        raise CodecError("truncated record splice") from exc
+    parts.append(base[cursor:])
+    return b"".join(parts)
+
+
+def whole_records(fields: Mapping[bytes, bytes]) -> dict[bytes, bytes]:
+    """The record fields (``"c"`` + id) of a namespace hash as ``HGETALL`` returns it, every splice
+    applied, as the scripts' ``record_of`` reads them. Raises ``CodecError`` for a splice whose chain
+    does not end at a record stored whole, or that points at an earlier record."""
+    done: dict[bytes, bytes] = {}
+
+    def whole(name: bytes) -> bytes:
+        chain: list[tuple[bytes, bytes]] = []
+        raw = fields[name]
+        while raw[:1] == bytes((SPLICE,)):
+            chain.append((name, raw))
+            target = b"c" + splice_target(raw).encode()
+            if target <= name or target not in fields:
+                raise CodecError(f"the splice {name!r} points at {target!r}, an earlier or missing record")
+            name = target
+            if name in done:
+                raw = done[name]
+                break
+            raw = fields[name]
+        for link_name, link in reversed(chain):
+            raw = done[link_name] = apply_splice(raw, link)
+        return raw
+
+    return {name: whole(name) for name in fields if name[:1] == b"c"}
+
+
+def _read_id(buf: bytes, pos: int) -> tuple[str | None, int]:
+    """A checkpoint id as ``_parent_bytes`` stores it, and the position after it."""
+    try:
+        if buf[pos] == _LEN_UUID:
+            h = buf[pos + 1 : pos + 17].hex()
+            if len(h) != 32:
+                raise IndexError("id cut short")
+            return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}", pos + 17
+        n, pos = _get_len(buf, pos)
+        return buf[pos : pos + n].decode() or None, pos + n
+    except (IndexError, struct.error) as exc:
+        raise CodecError("truncated checkpoint id") from exc
+
+
 class RecordHeader:
     """The Lua-readable head of a record: parent, version table, channels, where the body starts."""
 
@@ -629,19 +833,10 @@ class RecordHeader:
 
 
 def parse_header(record: bytes) -> RecordHeader:
-    if not record or record[0] != RECORD_FORMAT:
+    if not record or record[0] not in READ_FORMATS:
         raise CodecError(f"unknown checkpoint record format {record[:1]!r}")
     try:
-        if record[1] == _LEN_UUID:
-            h = record[2:18].hex()
-            if len(h) != 32:
-                raise IndexError("parent id cut short")
-            parent: str | None = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"  # str(uuid.UUID(...))
-            pos = 18
-        else:
-            n, pos = _get_len(record, 1)
-            parent = record[pos : pos + n].decode() or None
-            pos += n
+        parent, pos = _read_id(record, 1)
         (nvk,) = _U16.unpack_from(record, pos)
         pos += 2
         vkeys: list[bytes] = []

@@ -21,6 +21,7 @@ import hashlib
 _PRELUDE = r"""
 local FORK, DELTA = 1, 2
 local REF, PATCH = 9, 10
+local SPLICE = 128
 
 -- The blob field a reference points into, or nil for a full blob (see _codec.py).
 local function ref_target(v)
@@ -31,6 +32,64 @@ local function ref_target(v)
     return string.sub(v, 4, 3 + n)
   end
   return nil
+end
+
+-- A checkpoint id as a record stores its parent (254 + 16 uuid bytes, or len + text) at position p:
+-- the id and the position after it.
+local function read_id(s, p)
+  local n = string.byte(s, p)
+  if n == 254 then
+    local hex = string.gsub(string.sub(s, p + 1, p + 16), '.', function(c)
+      return string.format('%02x', string.byte(c))
+    end)
+    return string.sub(hex, 1, 8) .. '-' .. string.sub(hex, 9, 12) .. '-' .. string.sub(hex, 13, 16) .. '-'
+      .. string.sub(hex, 17, 20) .. '-' .. string.sub(hex, 21, 32), p + 17
+  end
+  if n == 255 then
+    n = struct.unpack('>H', s, p + 1)
+    return string.sub(s, p + 3, p + 2 + n), p + 3 + n
+  end
+  return string.sub(s, p + 1, p + n), p + 1 + n
+end
+
+-- The record a splice (ops from position p) stands for, given its target's record.
+local function apply_splice(base, sp, p)
+  local parts, cursor = {}, 1
+  while p <= #sp do
+    local at, cut, n = struct.unpack('>HHH', sp, p)
+    parts[#parts + 1] = string.sub(base, cursor, at)
+    parts[#parts + 1] = string.sub(sp, p + 6, p + 5 + n)
+    p = p + 6 + n
+    cursor = at + cut + 1
+  end
+  parts[#parts + 1] = string.sub(base, cursor)
+  return table.concat(parts)
+end
+
+-- The whole record of checkpoint `cid`, or false if it is gone. A record stored as a splice of a later
+-- checkpoint's record (SPLICE, see _codec.py) is applied to that one, itself maybe a splice: a chain
+-- ends at a record stored whole (the thread's latest at least). `memo` (cid -> record) spares the
+-- chain's links to later calls in the same script.
+local function record_of(h, cid, memo)
+  local rec = memo[cid]
+  if rec then return rec end
+  rec = redis.call('HGET', h, 'c' .. cid)
+  local chain, id = {}, cid
+  while rec and string.byte(rec, 1) == SPLICE do
+    local target, p = read_id(rec, 2)
+    chain[#chain + 1] = {id, rec, p}
+    if #chain > 100000 then error('record splices form a loop at ' .. cid) end
+    id = target
+    rec = memo[target] or redis.call('HGET', h, 'c' .. target)
+  end
+  if not rec then return false end
+  memo[id] = rec
+  for i = #chain, 1, -1 do
+    local link = chain[i]
+    rec = apply_splice(rec, link[2], link[3])
+    memo[link[1]] = rec
+  end
+  return rec
 end
 
 -- A list of strings stored as u16 length + bytes each (the event index, field 's').
@@ -162,8 +221,9 @@ end
 -- a fork, a delete in the middle or an out-of-order put (flag FORK), every survivor is checked.
 local function remove_checkpoints(nset, ns, h, ik, cids, full)
   local cand, ncand = {}, 0
+  local memo = {}
   for _, c in ipairs(cids) do
-    local rec = redis.call('HGET', h, 'c' .. c)
+    local rec = record_of(h, c, memo)
     if rec then
       for _, f in ipairs(blob_fields(rec)) do
         if not cand[f] then cand[f] = true; ncand = ncand + 1 end
@@ -195,7 +255,7 @@ local function remove_checkpoints(nset, ns, h, ik, cids, full)
   -- A survivor also reads what its blobs' extension references lead to (always later versions).
   local followed = {}
   for _, c in ipairs(survivors) do
-    local rec = redis.call('HGET', h, 'c' .. c)
+    local rec = record_of(h, c, memo)
     if rec then
       for _, f in ipairs(blob_fields(rec)) do
         if cand[f] then cand[f] = nil; ncand = ncand - 1 end
@@ -230,13 +290,14 @@ end
 # ARGV: base, ns, cid, parent, record, ttl_ms, keep_last, uses_delta, epoch, known_names,
 #       new_name_count, new_names, nblobs, field1, blob1, ..., nrefs, old_field1, ref1, ...,
 #       keep_events, continues ('1' if the caller wrote the parent itself, as its last put here, and
-#       this is a "loop" checkpoint of the next step)
+#       this is a "loop" checkpoint of the next step), spliced, splice
 # The record refers to names by id, assuming the dictionary has epoch `epoch` and `known_names` names
 # (0 and a fresh epoch when the caller knows none). If it does not, nothing is written and the current
 # dictionary is returned ("" if none) for the caller to rebuild the record. Otherwise `new_names` is
 # appended and the reply is 1 if the thread already existed, else 0 (the caller then registers it).
 # Each `old_field` (a blob the new blob repeats or extends) is rewritten into its reference `ref`
-# unless it is gone.
+# unless it is gone. So is the record of checkpoint `spliced` (an earlier one, the parent) into
+# `splice`, the same record as a splice of this one (see _codec.py); '' for none.
 # Events (keep_events > 0): a checkpoint starts an event (a graph run, an update, a fork) unless it is
 # a "loop" checkpoint of the next step whose parent is the latest checkpoint, written by the same
 # caller (`continues`, checked against the index here). Field 's' holds (the first 20 characters of)
@@ -254,6 +315,7 @@ local nrefs = tonumber(ARGV[rp])
 local ep = rp + 1 + 2 * nrefs
 local kev = tonumber(ARGV[ep])
 local continues = ARGV[ep + 1] == '1'
+local spliced, splice = ARGV[ep + 2], ARGV[ep + 3]
 local d = redis.call('HGET', h, 'n')
 local s = false
 if kev > 0 and not continues then
@@ -293,6 +355,10 @@ end
 redis.call('HSET', h, 'c' .. cid, ARGV[5])
 for i = 0, nblobs - 1 do
   redis.call('HSETNX', h, ARGV[14 + 2 * i], ARGV[15 + 2 * i])
+end
+if spliced and spliced ~= '' and spliced < cid then
+  -- an earlier record as a splice of this one, unless it is gone (then it stays gone)
+  if redis.call('HSET', h, 'c' .. spliced, splice) == 1 then redis.call('HDEL', h, 'c' .. spliced) end
 end
 for i = 0, nrefs - 1 do
   -- (a blob that is a reference already, into another branch's later version, may be pointed here
@@ -421,8 +487,9 @@ else
   cids = redis.call('ZREVRANGEBYLEX', ik, hi, '-', 'LIMIT', 0, tonumber(ARGV[3]))
 end
 local out = {false}
+local memo = {}
 for _, c in ipairs(cids) do
-  local rec = redis.call('HGET', h, 'c' .. c)
+  local rec = record_of(h, c, memo)
   if rec then
     local fields = blob_fields(rec)
     local vals = redis.call('HMGET', h, 'w' .. c, unpack(fields))
@@ -467,8 +534,25 @@ return redis.call('DEL', nset)
 # Removes the given checkpoints (delete_for_runs) and every blob no survivor reads.
 REMOVE = r"""
 local nset, h, ik = KEYS[1], KEYS[2], KEYS[3]
-local cids = {}
-for i = 3, #ARGV do cids[#cids + 1] = ARGV[i] end
+local cids, gone = {}, {}
+for i = 3, #ARGV do cids[#cids + 1] = ARGV[i]; gone[ARGV[i]] = true end
+-- a survivor stored as a splice of a checkpoint about to go (directly or down its chain) is stored
+-- whole first
+local memo = {}
+for _, c in ipairs(redis.call('ZRANGE', ik, 0, -1)) do
+  if not gone[c] then
+    local raw = redis.call('HGET', h, 'c' .. c)
+    local link = raw
+    while link and string.byte(link, 1) == SPLICE do
+      local target = read_id(link, 2)
+      if gone[target] then
+        redis.call('HSET', h, 'c' .. c, record_of(h, c, memo))
+        break
+      end
+      link = memo[target] or redis.call('HGET', h, 'c' .. target)
+    end
+  end
+end
 remove_checkpoints(nset, ARGV[2], h, ik, cids, true)
 -- the survivors no longer form one chain back to the first checkpoint
 set_flag(h, FORK)
@@ -513,8 +597,9 @@ local nset, base = KEYS[1], ARGV[1]
 local out = {}
 for _, ns in ipairs(redis.call('SMEMBERS', nset)) do
   local ik, h = base .. ':i:' .. ns, base .. ':h:' .. ns
+  local memo = {}
   for _, c in ipairs(redis.call('ZRANGE', ik, 0, -1)) do
-    local rec = redis.call('HGET', h, 'c' .. c)
+    local rec = record_of(h, c, memo)
     if rec then
       for j = 2, #ARGV do
         if string.find(rec, ARGV[j], 1, true) then

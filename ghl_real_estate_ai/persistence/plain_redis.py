@@ -83,6 +83,8 @@ from redis.exceptions import NoScriptError
 
 from ghl_real_estate_ai.persistence._codec import (
     KIND_BLOB,
+    READ_FORMATS,
+    RECORD_FORMAT,
     REF_WHOLE,
     CodecError,
     Keys,
@@ -99,6 +101,7 @@ from ghl_real_estate_ai.persistence._codec import (
     parse_header,
     patch_ref,
     prepare_checkpoint,
+    record_splice,
     same,
     typed_from_bytes,
     typed_to_bytes,
@@ -522,10 +525,14 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
         serde: SerializerProtocol | None = None,
         compress: bool = True,
         extension_refs: bool = True,
+        record_format: int = RECORD_FORMAT,
     ) -> None:
         super().__init__(serde=serde)
         self.compress = compress
         self.extension_refs = extension_refs
+        if record_format not in READ_FORMATS:
+            raise ValueError(f"record_format must be one of {sorted(READ_FORMATS)}, not {record_format!r}")
+        self.record_format = record_format
         if ttl_seconds is not None and ttl_seconds <= 0:
             raise ValueError(f"ttl_seconds must be positive or None, not {ttl_seconds!r}")
         if keep_last is not None and (not isinstance(keep_last, int) or keep_last < 1):
@@ -557,6 +564,9 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
             collections.OrderedDict()
         )
         self._lists_items = 0
+        # The latest record this saver wrote or read per (thread base key, namespace), with its id: the
+        # next put there, its child, stores it as a splice of the child's record (see _codec.py).
+        self._records: dict[tuple[bytes, str], tuple[bytes, bytes]] = {}
         # Per (thread base key, namespace): whether a (channel, version key) is stored inline.
         self._inline_kinds: dict[tuple[bytes, str], dict[tuple[str, bytes], bool]] = {}
 
@@ -635,7 +645,10 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
         thread_id, ns = self._target(config)
         parent = config["configurable"].get("checkpoint_id")
         md = get_serializable_checkpoint_metadata(config, metadata)
-        prep = prepare_checkpoint(self.serde, checkpoint, md, parent, new_versions, compress=self.compress)
+        prep = prepare_checkpoint(
+            self.serde, checkpoint, md, parent, new_versions,
+            compress=self.compress, record_format=self.record_format,
+        )
         keys = Keys(self.key_prefix, thread_id)
         cache_key = (keys.base, ns)
         uses_delta = any(k in md for k in _DELTA_METADATA_KEYS)
@@ -655,9 +668,13 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
             and last.cid == parent.encode()
         )
         event_args = [self.keep_events or 0, "1" if continues else "0"]
+        seen = self._records.get(cache_key) if self.record_format >= 3 else None
+        if seen is not None and (parent is None or seen[0] != parent.encode() or checkpoint["id"] <= parent):
+            seen = None
         for _ in range(_PUT_ATTEMPTS):
             names = self._names.get(cache_key) or NameDict(os.urandom(8), ())
             record, added, blobs, skeleton = build_record(self.serde, prep, names, self._kinds_of(cache_key))
+            splice = record_splice(seen[1], record, checkpoint["id"]) if seen is not None else None
             fields = _blob_channel_fields(skeleton)
             refs = self._extension_refs(keys.base, ns, prep.blobs, checkpoint, fields)
             args: list[Any] = [
@@ -683,6 +700,10 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
                 args.append(old_field)
                 args.append(ref)
             args.extend(event_args)
+            if splice is not None:
+                args.extend((parent, splice))
+            else:
+                args.extend(("", ""))
             reply = yield from self._write_gen(
                 thread_id, _Eval(SCRIPTS["put"], [keys.nset, *keys.ns_keys(ns)], args)
             )
@@ -698,6 +719,7 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
             self._written[cache_key] = _Written(
                 checkpoint["id"].encode(), record, names.epoch, skeleton, step
             )
+            self._remember_record(cache_key, checkpoint["id"].encode(), record)
             self._remember_lists(keys.base, ns, checkpoint.get("channel_values") or {}, fields, prep.blobs)
             return {
                 "configurable": {
@@ -710,6 +732,11 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
             f"put: the name dictionary of thread {thread_id!r} namespace {ns!r} changed on every attempt; "
             "is another writer rewriting it?"
         )
+
+    def _remember_record(self, cache_key: tuple[bytes, str], cid: bytes, record: bytes) -> None:
+        if len(self._records) >= _WRITTEN_CACHE_MAX and cache_key not in self._records:
+            self._records.clear()
+        self._records[cache_key] = (cid, record)
 
     def _kinds_of(self, cache_key: tuple[bytes, str]) -> dict[tuple[str, bytes], bool]:
         kinds = self._inline_kinds.get(cache_key)
@@ -900,6 +927,7 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
             # the record) lets that put see a list that only grew by identity instead of comparing items
             written = self._written.get((keys.base, ns))
             record = reply[1][1]
+            self._remember_record((keys.base, ns), reply[1][0], record)
             fields: dict[str, bytes] = {}
             if written is not None and written.record == record:
                 fields = _blob_channel_fields(written.skeleton)
@@ -1239,8 +1267,14 @@ class PlainRedisSaver(_SyncMethods):
             ``keep_last``. ``None`` keeps every event. With both ``None`` nothing is pruned.
         compress: zlib-compress channel values of ``COMPRESS_MIN`` bytes or more (when smaller so).
         extension_refs: store a list value that a later put extended as a reference into the later
-            one (see ``_codec.py``). ``compress=False, extension_refs=False, keep_last=200,
-            keep_events=None`` writes the layout of earlier releases (for comparisons).
+            one (see ``_codec.py``).
+        record_format: ``3`` (the default) stores sections of up to 32 small values inline in the
+            record and every record but the latest as a splice of its child's record (see
+            ``_codec.py``); ``2`` writes records as the release before did (flat dicts of up to four
+            values inline, every record whole), which that release can read: run a rolling upgrade
+            with ``2`` until no process of the earlier release is left. ``compress=False,
+            extension_refs=False, keep_last=200, keep_events=None, record_format=2`` writes the layout
+            of the releases before bounded storage (for comparisons).
         key_prefix: prefix of every key (no braces).
         serde: serializer; defaults to ``JsonPlusSerializer``.
     """
@@ -1256,6 +1290,7 @@ class PlainRedisSaver(_SyncMethods):
         serde: SerializerProtocol | None = None,
         compress: bool = True,
         extension_refs: bool = True,
+        record_format: int = RECORD_FORMAT,
     ) -> None:
         super().__init__(
             ttl_seconds=ttl_seconds,
@@ -1265,6 +1300,7 @@ class PlainRedisSaver(_SyncMethods):
             serde=serde,
             compress=compress,
             extension_refs=extension_refs,
+            record_format=record_format,
         )
         _check_binary_client(client)
         self.client = client
@@ -1290,6 +1326,7 @@ class PlainRedisSaver(_SyncMethods):
         serde: SerializerProtocol | None = None,
         compress: bool = True,
         extension_refs: bool = True,
+        record_format: int = RECORD_FORMAT,
     ) -> Iterator[PlainRedisSaver]:
         """A saver on a new client for ``url`` (``redis://``, ``rediss://``, ``unix://``; a cluster client
         for a Redis Cluster node), closed on exit."""
@@ -1304,6 +1341,7 @@ class PlainRedisSaver(_SyncMethods):
                 serde=serde,
                 compress=compress,
                 extension_refs=extension_refs,
+                record_format=record_format,
             )
         finally:
             _close_script_connections(client)
@@ -1415,8 +1453,8 @@ class AsyncPlainRedisSaver(_SyncMethods):
         sync_client: the blocking client the sync methods use; by default one is made from
             ``client``'s connection settings on first sync use (pass one explicitly for clusters or
             unusual connection classes).
-        ttl_seconds, keep_last, keep_events, key_prefix, serde, compress, extension_refs: as for
-            :class:`PlainRedisSaver`.
+        ttl_seconds, keep_last, keep_events, key_prefix, serde, compress, extension_refs,
+            record_format: as for :class:`PlainRedisSaver`.
     """
 
     def __init__(
@@ -1431,6 +1469,7 @@ class AsyncPlainRedisSaver(_SyncMethods):
         serde: SerializerProtocol | None = None,
         compress: bool = True,
         extension_refs: bool = True,
+        record_format: int = RECORD_FORMAT,
     ) -> None:
         super().__init__(
             ttl_seconds=ttl_seconds,
@@ -1440,6 +1479,7 @@ class AsyncPlainRedisSaver(_SyncMethods):
             serde=serde,
             compress=compress,
             extension_refs=extension_refs,
+            record_format=record_format,
         )
         _check_binary_client(client)
         if sync_client is not None:
@@ -1476,6 +1516,7 @@ class AsyncPlainRedisSaver(_SyncMethods):
         serde: SerializerProtocol | None = None,
         compress: bool = True,
         extension_refs: bool = True,
+        record_format: int = RECORD_FORMAT,
     ) -> AsyncIterator[AsyncPlainRedisSaver]:
         """A saver on new async and blocking clients for ``url`` (cluster clients for a Redis Cluster
         node), both closed on exit."""
@@ -1492,6 +1533,7 @@ class AsyncPlainRedisSaver(_SyncMethods):
                 serde=serde,
                 compress=compress,
                 extension_refs=extension_refs,
+                record_format=record_format,
             )
         finally:
             _close_lean_connections(client)

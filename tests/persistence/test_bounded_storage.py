@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio as aioredis
+from hypothesis import given
+from hypothesis import strategies as st
 from langchain_core.messages import HumanMessage
 from langgraph.checkpoint.base import copy_checkpoint
 from langgraph.checkpoint.base.id import uuid6
@@ -35,7 +37,16 @@ from ghl_real_estate_ai.agents.lead_bot.state import (
 from ghl_real_estate_ai.api.metrics import Metrics
 from ghl_real_estate_ai.operator_cli import render_status
 from ghl_real_estate_ai.persistence import DEFAULT_KEEP_EVENTS, AsyncPlainRedisSaver
-from ghl_real_estate_ai.persistence._codec import KIND_BLOB, Keys, inlinable, parse_header
+from ghl_real_estate_ai.persistence._codec import (
+    KIND_BLOB,
+    RECORD_FORMAT,
+    SPLICE,
+    Keys,
+    inlinable,
+    inlinable_format_2,
+    parse_header,
+    whole_records,
+)
 from ghl_real_estate_ai.persistence._scripts import SCRIPTS
 from ghl_real_estate_ai.sandbox.fakes import make_contact
 from ghl_real_estate_ai.sandbox.simulation import Simulation
@@ -79,14 +90,13 @@ def blob_state(client: redis.Redis, prefix: str, cid: str) -> tuple[set[bytes], 
     """(blob fields stored, blob fields the stored records reach, through references too)."""
     fields = client.hgetall(Keys(prefix, cid).ns_keys("")[0])
     reach: set[bytes] = set()
-    for name, record in fields.items():
-        if name[:1] == b"c":
-            header = parse_header(record)
-            reach |= {
-                b"b" + struct.pack(">H", nid) + header.vkeys[idx]
-                for nid, idx, kind in header.channels
-                if kind == KIND_BLOB
-            }
+    for record in whole_records(fields).values():
+        header = parse_header(record)
+        reach |= {
+            b"b" + struct.pack(">H", nid) + header.vkeys[idx]
+            for nid, idx, kind in header.channels
+            if kind == KIND_BLOB
+        }
     # a record may name a blob that never existed (a channel with a version but no value, as a consumed
     # trigger); a reference always names a stored blob
     todo = [f for f in reach if f in fields]
@@ -338,6 +348,7 @@ async def test_a_thread_in_the_earlier_layout_is_migrated_on_its_first_write(
         keep_events=None,
         compress=False,
         extension_refs=False,
+        record_format=2,
     ) as old_saver:
         old = Simulation(START, checkpointer=old_saver, durability="sync")
         old.add_lead(make_contact(cid))
@@ -519,23 +530,67 @@ async def test_a_reference_to_a_blob_gone_meanwhile_is_not_written(
         client.close()
 
 
+SEQUENCE_SECTION = {
+    "status": "nurture",
+    "status_reason": "new enrollment",
+    "enrolled_at": "2026-03-02T14:00:00Z",
+    "current_step": "nurture",
+    "completed": {"day_3": "2026-03-02T14:00:00Z", "day_7": "2026-03-06T14:00:00Z"},
+    "nurture_sent": 23,
+    "paused_until": None,
+    "next_due_at": "2028-03-18T14:00:00Z",
+}
+
+
 @pytest.mark.parametrize(
     ("value", "inline"),
     [
         ({"type": "step_due", "step": "nurture", "source": "scheduler"}, True),
         ({"attempts": 2, "last_variant": None}, True),
         ({}, True),
-        ({"a": 1, "b": 2, "c": 3, "d": 4, "e": 5}, False),  # too many keys
-        ({"a": [1]}, False),  # not flat
-        ({"a": "x" * 49}, False),  # a long string
-        ({"a_key_longer_than_16": 1}, False),
+        ({"a": 1, "b": 2, "c": 3, "d": 4, "e": 5}, True),
+        (SEQUENCE_SECTION, True),  # one level of nesting
+        ({"sent": ["2027-07-22T14:00:00Z"], "active": False}, True),
+        ({f"k{i}": i for i in range(32)}, False),  # more than 32 leaves
+        ({"a": {"b": {"c": 1}}}, False),  # nested twice
+        ({"a": "x" * 49}, True),
+        ({"a": "x" * 65}, False),  # a long string
+        ("x" * 49, False),  # a long string on its own
+        ({"a_key_longer_than_32_characters__": 1}, False),
         ({1: "a"}, False),  # not a str key
+        ({"a": (1, 2)}, False),  # a tuple would read back as a list
+        ({"a": b"x"}, False),
         ("x" * 48, True),
-        ([1, 2], False),
+        ([1, 2], True),
+        ([{"at": "2026-03-02T14:00:00Z", "action": "enroll"}] * 12, False),  # a timeline is a blob
     ],
 )
-def test_small_flat_dicts_are_inlined_in_the_record(value: Any, inline: bool) -> None:
+def test_small_sections_are_inlined_in_the_record(value: Any, inline: bool) -> None:
     assert inlinable(value) is inline
+
+
+primitive = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.floats(allow_nan=False),
+    st.text(max_size=60),
+)
+
+
+@given(
+    st.one_of(
+        primitive,
+        st.dictionaries(st.text(max_size=20), primitive, max_size=6),
+        st.dictionaries(st.text(max_size=4), st.lists(primitive, max_size=3), max_size=3),
+        st.lists(primitive, max_size=5),
+    )
+)
+def test_what_format_2_records_inlined_is_inlined_still(value: Any) -> None:
+    """A channel left unchanged keeps being stored inline: a record never points at a blob that the
+    writer of its version (the earlier release) did not write."""
+    if inlinable_format_2(value):
+        assert inlinable(value)
 
 
 async def test_an_inlined_section_reads_back_at_every_version(
@@ -553,4 +608,111 @@ async def test_an_inlined_section_reads_back_at_every_version(
     client = redis.Redis.from_url(redis_url)
     stored, _ = blob_state(client, key_prefix, "c-inline")
     assert stored == set()  # no blob field at all: the sections live in the records
+    client.close()
+
+
+# ------------------------------------------------------------------------------ record splices
+
+
+def stored_records(client: redis.Redis, prefix: str, cid: str) -> dict[bytes, bytes]:
+    """The record fields of a thread's root namespace as stored (``"c"`` + id -> bytes)."""
+    fields = client.hgetall(Keys(prefix, cid).ns_keys("")[0])
+    return {name: value for name, value in fields.items() if name[:1] == b"c"}
+
+
+async def test_older_records_are_splices_also_after_a_restart(redis_url: str, key_prefix: str) -> None:
+    """Every record but the latest is a splice of a later one, whether the saver wrote the parent itself
+    or read it (a fresh process), and every kept checkpoint reads back as it was written."""
+    cid = "c-splices"
+    seen: dict[str, dict[str, Any]] = {}
+    for month in range(3):  # three processes, one after another
+        async with AsyncPlainRedisSaver.from_conn_string(redis_url, key_prefix=key_prefix) as saver:
+            sim = Simulation(START + timedelta(days=60 * month), checkpointer=saver)
+            sim.add_lead(make_contact(cid))
+            if month == 0:
+                await sim.enroll_all()
+            sim.schedule(START + timedelta(days=60 * month + 20), cid, INBOUND)
+            await sim.run_until(START + timedelta(days=60 * month + 59))
+            for snap in await history(sim, cid):
+                seen.setdefault(snap.config["configurable"]["checkpoint_id"], snap.values)
+    client = redis.Redis.from_url(redis_url)
+    records = stored_records(client, key_prefix, cid)
+    latest = max(records)
+    assert len(records) > 5
+    assert records[latest][0] == RECORD_FORMAT
+    assert all(raw[0] == SPLICE for name, raw in records.items() if name != latest)
+    whole = whole_records(records)
+    assert sum(map(len, records.values())) < sum(map(len, whole.values())) / 3
+    async with AsyncPlainRedisSaver.from_conn_string(redis_url, key_prefix=key_prefix) as saver:
+        sim = Simulation(START + timedelta(days=180), checkpointer=saver)
+        sim.add_lead(make_contact(cid))
+        for snap in await history(sim, cid):
+            assert snap.values == seen[snap.config["configurable"]["checkpoint_id"]]
+    client.close()
+
+
+async def test_deleting_the_checkpoint_a_splice_is_applied_to_keeps_the_older_ones(
+    redis_url: str, key_prefix: str
+) -> None:
+    builder = _noop_builder()
+    cfg = config("c-splice-delete")
+    async with AsyncPlainRedisSaver.from_conn_string(redis_url, key_prefix=key_prefix) as saver:
+        graph = builder.compile(checkpointer=saver)
+        runs = []
+        for n in range(5):
+            section = {"n": n, "note": f"run {n}", "at": f"2026-03-0{n + 1}T14:00:00Z", "tags": ["a", "b"]}
+            await graph.ainvoke({"section": section}, cfg, durability="exit")
+            latest = await saver.aget_tuple(cfg)
+            assert latest is not None
+            runs.append((latest.checkpoint["id"], section))
+        client = redis.Redis.from_url(redis_url)
+        records = stored_records(client, key_prefix, "c-splice-delete")
+        assert sum(raw[0] == SPLICE for raw in records.values()) == 4
+        # the middle run's checkpoint is what the one before it is a splice of (removed as
+        # delete_for_runs removes a run's checkpoints)
+        keys = Keys(key_prefix, "c-splice-delete")
+        gone = runs[2][0]
+        client.eval(SCRIPTS["remove"].source, 3, keys.nset, *keys.ns_keys(""), keys.base, "", gone)
+        records = stored_records(client, key_prefix, "c-splice-delete")
+        assert b"c" + gone.encode() not in records
+        whole_records(records)  # every chain still ends at a record stored whole
+        for checkpoint_id, section in runs:
+            at = {"configurable": {**cfg["configurable"], "checkpoint_id": checkpoint_id}}
+            tup = await saver.aget_tuple(at)
+            if checkpoint_id == gone:
+                assert tup is None
+            else:
+                assert tup is not None and tup.checkpoint["channel_values"]["section"] == section
+        # pruning to the latest leaves one record, stored whole
+        await saver.aprune(["c-splice-delete"])
+        records = stored_records(client, key_prefix, "c-splice-delete")
+        assert [raw[0] for raw in records.values()] == [RECORD_FORMAT]
+        client.close()
+
+
+async def test_record_format_2_writes_what_the_earlier_release_reads(
+    redis_url: str, key_prefix: str
+) -> None:
+    cid = "c-format-2"
+    async with AsyncPlainRedisSaver.from_conn_string(
+        redis_url, key_prefix=key_prefix, record_format=2
+    ) as saver:
+        sim = Simulation(START, checkpointer=saver)
+        sim.add_lead(make_contact(cid))
+        await sim.enroll_all()
+        await sim.run_until(START + timedelta(days=45))
+        state = await sim.state(cid)
+    client = redis.Redis.from_url(redis_url)
+    records = stored_records(client, key_prefix, cid)
+    assert len(records) > 3 and {raw[0] for raw in records.values()} == {2}  # whole records, format 2
+    stored, reached = blob_state(client, key_prefix, cid)
+    assert stored == reached
+    names = [f for f in stored if f[:1] == b"b"]
+    assert len(names) > len(records)  # the sections are blobs, as the earlier release stored them
+    async with AsyncPlainRedisSaver.from_conn_string(redis_url, key_prefix=key_prefix) as saver:
+        sim = Simulation(START + timedelta(days=45), checkpointer=saver)
+        sim.add_lead(make_contact(cid))
+        assert await sim.state(cid) == state  # and this release reads it
+    with pytest.raises(ValueError, match="record_format"):
+        AsyncPlainRedisSaver(aioredis.Redis.from_url(redis_url), record_format=4)
     client.close()

@@ -9,20 +9,27 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
 from ghl_real_estate_ai.persistence._codec import (
     KIND_BLOB,
+    SPLICE,
+    CodecError,
     NameDict,
     Skeleton,
+    apply_splice,
     build_record,
     decode_checkpoint,
     decode_skeleton,
     parse_header,
     prepare_checkpoint,
+    record_splice,
+    splice_target,
     typed_from_bytes,
+    whole_records,
 )
 
 SERDE = JsonPlusSerializer()
@@ -143,3 +150,66 @@ def test_decoding_through_a_skeleton_hands_out_copies() -> None:
     assert second["channel_versions"] == {"a": "v1"}
     assert second["versions_seen"] == {"node": {"a": "v1"}}
     assert second["updated_channels"] == ["a"]
+
+
+# ------------------------------------------------------------------------------------ splices
+
+TARGET = "1f1f214b-9958-6f06-806a-2b46f0b1c165"
+
+
+@st.composite
+def edited(draw: st.DrawFn) -> tuple[bytes, bytes]:
+    """A record-sized byte string and an edit of it: a few bytes overwritten, inserted, removed."""
+    old = draw(st.binary(min_size=1, max_size=900))
+    new = bytearray(old)
+    for _ in range(draw(st.integers(0, 6))):
+        at = draw(st.integers(0, len(new)))
+        kind = draw(st.sampled_from(["overwrite", "insert", "remove"]))
+        chunk = draw(st.binary(min_size=1, max_size=12))
+        if kind == "overwrite":
+            new[at : at + len(chunk)] = chunk
+        elif kind == "insert":
+            new[at:at] = chunk
+        else:
+            del new[at : at + len(chunk)]
+    return old, bytes(new) or b"\x00"
+
+
+@settings(max_examples=300, deadline=None)
+@given(edited(), st.sampled_from([TARGET, "a-text-id", "x" * 300]))
+def test_a_splice_applied_to_its_target_gives_the_record_back(pair: tuple[bytes, bytes], target: str) -> None:
+    old, new = pair
+    splice = record_splice(old, new, target)
+    if splice is None:  # not worth it: stored whole
+        return
+    assert splice[0] == SPLICE and len(splice) < len(old)
+    assert splice_target(splice) == target
+    assert apply_splice(new, splice) == old
+
+
+def test_a_record_that_differs_in_a_few_places_is_stored_in_a_few_bytes() -> None:
+    old = bytes(range(256)) * 2
+    same_length = bytearray(old)
+    same_length[10:14] = b"abcd"
+    same_length[300] ^= 0xFF
+    splice = record_splice(old, bytes(same_length), TARGET)
+    assert splice is not None and len(splice) <= 1 + 17 + 6 + 4 + 6 + 1
+    longer = old[:200] + b"XY" + old[200:]
+    splice = record_splice(old, longer, TARGET)
+    assert splice is not None and len(splice) <= 1 + 17 + 6
+    assert record_splice(old, os.urandom(len(old)), TARGET) is None  # nothing in common: stored whole
+
+
+def test_whole_records_follows_chains_and_refuses_broken_ones() -> None:
+    r3 = bytes(range(200))
+    r2 = r3[:50] + b"two" + r3[53:]
+    r1 = r2[:100] + b"one" + r2[103:]
+    ids = ["1f1f214b-0000-6000-8000-000000000001", "1f1f214b-0000-6000-8000-000000000002",
+           "1f1f214b-0000-6000-8000-000000000003"]
+    s1, s2 = record_splice(r1, r2, ids[1]), record_splice(r2, r3, ids[2])
+    assert s1 is not None and s2 is not None
+    fields = {b"c" + ids[0].encode(): s1, b"c" + ids[1].encode(): s2, b"c" + ids[2].encode(): r3, b"n": b""}
+    assert whole_records(fields) == {b"c" + i.encode(): r for i, r in zip(ids, [r1, r2, r3], strict=True)}
+    del fields[b"c" + ids[2].encode()]
+    with pytest.raises(CodecError):
+        whole_records(fields)

@@ -26,7 +26,7 @@ from redis.cluster import key_slot
 from typing_extensions import TypedDict
 
 from ghl_real_estate_ai.persistence import AsyncPlainRedisSaver, PlainRedisSaver
-from ghl_real_estate_ai.persistence._codec import KIND_BLOB, Keys, parse_header
+from ghl_real_estate_ai.persistence._codec import KIND_BLOB, Keys, parse_header, whole_records
 from ghl_real_estate_ai.testing.redis_server import RedisServer
 
 # --------------------------------------------------------------------------------------- graphs
@@ -106,7 +106,7 @@ def namespace_hash(client: redis.Redis, prefix: str, thread_id: str, ns: str = "
 def assert_no_orphans(client: redis.Redis, prefix: str, thread_id: str, ns: str = "") -> dict[str, int]:
     """Every blob field is read by a surviving checkpoint and every writes field belongs to one."""
     fields = namespace_hash(client, prefix, thread_id, ns)
-    records = {k[1:]: v for k, v in fields.items() if k[:1] == b"c"}
+    records = {k[1:]: v for k, v in whole_records(fields).items()}
     blobs = {k for k in fields if k[:1] == b"b"}
     writes = {k[1:] for k in fields if k[:1] == b"w"}
     read = set().union(*(blob_fields_read(r) for r in records.values())) if records else set()
