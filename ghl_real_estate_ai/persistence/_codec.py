@@ -90,12 +90,14 @@ len channel, len value) + channel + typed value.
 
 from __future__ import annotations
 
+import functools
+import random
 import re
 import struct
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 RECORD_FORMAT = 3
 READ_FORMATS = frozenset({2, 3})
@@ -121,6 +123,7 @@ _INT64_MAX = 2**63 - 1
 _INLINE_STR_MAX = 48
 _INLINE_NESTED_STR_MAX = 64
 _INLINE_LEAVES = 32
+INLINE_LIST_MAX = 8  # a longer list is a blob: it is likely to grow (a timeline, a conversation)
 _INLINE_KEY_MAX = 32
 _VERSION_INT_WIDTH = 32
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -136,6 +139,9 @@ _REF_HEAD = struct.Struct(">BI")
 REF_WHOLE = 0xFFFFFFFF
 PATCH = 10
 _RESOLVED = 11
+CHUNKED = 12
+CHUNK_TAIL_MAX = 512
+"""A list blob may carry up to this many bytes of items after its compressed prefix (``chunked``)."""
 _RESOLVED_HEAD = bytes((_RESOLVED,))
 _U32 = struct.Struct(">I")
 _CODE_TAGS = {code: tag for tag, code in _TAG_CODES.items()}
@@ -198,6 +204,28 @@ def compressed(typed: bytes) -> bytes:
     # level 1 is within a few per cent of 6 on small values at half the time; a long timeline gains 10%
     packed = bytes((_ZLIB,)) + zlib.compress(typed, 6 if len(typed) >= _COMPRESS_HARDER else 1)
     return packed if len(packed) < len(typed) else typed
+
+
+def chunked(prefix: bytes, tail: bytes) -> bytes:
+    """The blob of a list that is the list in blob ``prefix`` (a whole blob: compressed or plain) followed
+    by the items of the typed list ``tail``. A list that grows by a few items at a time (a timeline) is
+    stored so: the prefix's bytes are reused from the previous version's blob, and only the new items are
+    serialized, until the tail reaches ``CHUNK_TAIL_MAX`` bytes and the whole list is compressed anew."""
+    return bytes((CHUNKED,)) + _U32.pack(len(prefix)) + prefix + tail
+
+
+def load_value(loads: Any, raw: bytes) -> Any:
+    """A whole blob's value: a typed value (maybe compressed), or a ``chunked`` list."""
+    if raw[:1] != bytes((CHUNKED,)):
+        return loads(typed_from_bytes(raw))
+    try:
+        (n,) = _U32.unpack_from(raw, 1)
+    except struct.error as exc:
+        raise CodecError("truncated chunked list") from exc
+    head, tail = load_value(loads, raw[5 : 5 + n]), loads(typed_from_bytes(raw[5 + n :]))
+    if type(head) is not list or type(tail) is not list:
+        raise CodecError("a chunked blob holds something other than lists")
+    return head + tail
 
 
 def extension_ref(count: int, field: bytes) -> bytes:
@@ -284,6 +312,18 @@ def _version_key_uncached(version: Any) -> bytes:
     raise TypeError(f"channel versions must be str, int or float, not {vt.__name__}: {version!r}")
 
 
+def new_version(n: int) -> str:
+    """The InMemorySaver/PostgresSaver version string ``f"{n:032}.{random():016}"``, with its version key
+    remembered (a put would otherwise parse it back right away)."""
+    rnd = random.random()
+    version = f"{n:032}.{rnd:016}"
+    if len(_vkey_cache) >= _CACHE_MAX:
+        _vkey_cache.clear()
+    # what _version_key_uncached gives: the suffix is rnd's repr, zero-padded, so it parses back to rnd
+    _vkey_cache[version] = b"\x01" + _DOUBLE.pack(rnd) + str(n).encode()
+    return version
+
+
 def version_key(version: Any) -> bytes:
     """An exact, injective byte form of a channel version (see the module docstring)."""
     if type(version) is str:  # only strings are cached: 1, 1.0 and True are equal dict keys
@@ -333,14 +373,15 @@ def _primitive(value: Any) -> bool:
 
 def inlinable(value: Any) -> bool:
     """Values cheaper inline in every record than as a blob hash field: small primitives, and small
-    dicts and lists of them, one level of nesting deep (an event, a counter section, the sequence and
-    engagement sections, a contact: a few hundred bytes at most). A record that repeats an unchanged
-    one costs next to nothing once it is stored as a splice of its child (see ``record_splice``), where
-    a blob would cost a hash field per version. Decided from the value alone, so every record that
-    holds a channel at one version stores it the same way; every value the rule of format-2 records
-    inlined (flat dicts of up to four primitives) is inlined by this one too."""
+    dicts and lists (of up to 8 items) of them, one level of nesting deep, 32 values in all (an event,
+    a counter section, the sequence and engagement sections, a contact: a few hundred bytes at most).
+    A record that repeats an unchanged one costs next to nothing once it is stored as a splice of its
+    child (see ``record_splice``), where a blob would cost a hash field per version. Decided from the
+    value alone, so every record that holds a channel at one version stores it the same way; every
+    value the rule of format-2 records inlined (flat dicts of up to four primitives) is inlined by this
+    one too."""
     t = type(value)
-    if t is dict or t is list:
+    if t is dict or (t is list and len(value) <= INLINE_LIST_MAX):
         return _inline_leaves(value, 2) >= 0
     return _primitive(value)
 
@@ -358,12 +399,11 @@ _INLINE_RULES = {2: inlinable_format_2, 3: inlinable}
 
 
 def _inline_leaves(value: Any, depth: int) -> int:
-    """The leaves of a dict/list tree that may be inlined (containers count as one), or -1."""
+    """The leaves of a dict/list tree that may be inlined (containers count as one), or -1. Primitive
+    items are checked in the loop, without a call each (this runs for every new section version)."""
     t = type(value)
     if t is dict:
-        if not all(type(k) is str and len(k) <= _INLINE_KEY_MAX for k in value):
-            return -1
-        items: Any = value.values()
+        items: Any = value.items()
     elif t is list:
         items = value
     elif t is str:
@@ -373,11 +413,30 @@ def _inline_leaves(value: Any, depth: int) -> int:
     if depth == 0 or len(value) > _INLINE_LEAVES:
         return -1
     total = 1
+    keyed = t is dict
     for item in items:
-        n = _inline_leaves(item, depth - 1)
-        if n < 0:
+        if keyed:
+            key, item = item
+            if type(key) is not str or len(key) > _INLINE_KEY_MAX:
+                return -1
+        ti = type(item)
+        if ti is str:
+            if len(item) > _INLINE_NESTED_STR_MAX:
+                return -1
+            total += 1
+        elif item is None or ti is bool or ti is float:
+            total += 1
+        elif ti is int:
+            if not _INT64_MIN <= item <= _INT64_MAX:
+                return -1
+            total += 1
+        elif (ti is dict or ti is list) and depth > 1:
+            n = _inline_leaves(item, depth - 1)
+            if n < 0:
+                return -1
+            total += n
+        else:
             return -1
-        total += n
         if total > _INLINE_LEAVES:
             return -1
     return total
@@ -495,7 +554,7 @@ class PreparedCheckpoint:
     record has to be rebuilt because the cached name dictionary was stale), the body's fixed parts and
     the parent id in its stored form."""
 
-    __slots__ = ("blobs", "checkpoint", "head", "inline", "new_versions", "parent_id", "tail")
+    __slots__ = ("blobs", "checkpoint", "head", "inline", "inlined", "new_versions", "parent_id", "tail")
 
     def __init__(
         self,
@@ -505,6 +564,7 @@ class PreparedCheckpoint:
         tail: list[Any],
         blobs: dict[str, bytes],
         record_format: int = RECORD_FORMAT,
+        inlined: dict[str, bytes | bool] | None = None,
     ) -> None:
         self.checkpoint = checkpoint
         self.new_versions = new_versions
@@ -513,6 +573,9 @@ class PreparedCheckpoint:
         self.inline = _INLINE_RULES[record_format]  # which values the record holds inline
         self.tail = tail  # [ts, v, extra, metadata]
         self.blobs = blobs  # channel -> typed value, for the new channels whose value is a blob
+        # channel -> msgpack bytes (format 3; True when the value is no plain msgpack, or format 2), for
+        # the new channels whose value is inline
+        self.inlined = inlined if inlined is not None else {}
 
 
 _STANDARD_KEYS = frozenset(
@@ -529,34 +592,91 @@ def prepare_checkpoint(
     *,
     compress: bool = True,
     record_format: int = RECORD_FORMAT,
+    premade: Mapping[str, bytes] | None = None,
 ) -> PreparedCheckpoint:
     """Serialize the blobs of ``checkpoint``'s channels in ``new_versions``, and the parts of the record
     that do not depend on the name dictionary.
 
     Only channels listed in ``new_versions`` (at the version the checkpoint carries) get a blob; an
-    unchanged channel keeps pointing at the blob an earlier checkpoint wrote.
+    unchanged channel keeps pointing at the blob an earlier checkpoint wrote. ``premade`` gives blobs
+    already made for some of them (lists that are not ``inlinable``).
     """
     values: Mapping[str, Any] = checkpoint.get("channel_values") or {}
     versions: Mapping[str, Any] = checkpoint.get("channel_versions") or {}
     dumps = serde.dumps_typed
     inline = _INLINE_RULES[record_format]
     blobs: dict[str, bytes] = {}
+    inlined: dict[str, bytes | bool] = {}
     for channel, version in new_versions.items():
         if channel in values and versions.get(channel) == version:
             value = values[channel]
-            if not inline(value):
+            if premade and channel in premade:  # a blob the caller made (a chunked list)
+                blobs[channel] = premade[channel]
+            elif not inline(value):
                 typed = typed_to_bytes(dumps(value))
                 blobs[channel] = compressed(typed) if compress else typed
+            elif record_format >= 3:
+                inlined[channel] = _msgpack_of(dumps, value) or True
+            else:
+                inlined[channel] = True
     extra = {k: v for k, v in checkpoint.items() if k not in _STANDARD_KEYS}
     tail = [_ts_out(checkpoint.get("ts")), checkpoint.get("v"), extra, dict(metadata)]
-    return PreparedCheckpoint(checkpoint, new_versions, parent_id, tail, blobs, record_format)
+    return PreparedCheckpoint(checkpoint, new_versions, parent_id, tail, blobs, record_format, inlined)
+
+
+_NO_SEGMENTS = b"\xff\xff"
+_ARRAY7 = b"\x97"
+
+
+def _msgpack_of(dumps: Any, value: Any) -> bytes | None:
+    """``value`` as plain msgpack (what ``dumps_typed`` gives under the tag ``msgpack``; ``None`` is
+    tagged ``null``), else None."""
+    tag, data = dumps(value)
+    if tag == "msgpack":
+        return bytes(data)
+    return b"\xc0" if tag == "null" else None
+
+
+def _array_head(n: int) -> bytes:
+    if n < 16:
+        return bytes((0x90 | n,))
+    return b"\xdc" + _U16.pack(n) if n <= 0xFFFF else b"\xdd" + _U32.pack(n)
+
+
+@functools.lru_cache(maxsize=64)
+def _table_struct(n: int) -> struct.Struct:
+    return struct.Struct(f">H{n + 1}I")
+
+
+def _segmented_record(
+    head: bytes, core: tuple[str, bytes], inline_ids: list[int], inline_raw: list[bytes | None]
+) -> tuple[bytes, list[tuple[int, int, int]] | None]:
+    """A format-3 record: the head, a table of the body's segment lengths (u16 count of inline values,
+    then u32 the core's length and each inline value's), and the body, one msgpack array exactly as
+    format 2 stores it, so it decodes in one call: ``[ts, v, seen, updated, extra, metadata, inline]``.
+    The segments (``record_segments``) are what a splice compares one by one. ``(b"", None)`` when a
+    part is no plain msgpack (the caller stores the record without segments)."""
+    tag, data = core
+    n = len(inline_raw)
+    if tag != "msgpack" or data[:1] != b"\x96" or n >= 0xFFFF or None in inline_raw:
+        return b"", None
+    raw = cast(list[bytes], inline_raw)
+    first = b"".join((_TAG_PREFIX["msgpack"], _ARRAY7, data[1:], _array_head(n)))
+    lengths = [len(first), *map(len, raw)]
+    table = _table_struct(n).pack(n, *lengths)
+    pos = len(head) + len(table)
+    segments = [(_SEGMENT_HEAD, 0, len(head)), (_SEGMENT_TABLE, len(head), pos)]
+    for key, length in zip((_SEGMENT_CORE, *inline_ids), lengths, strict=True):
+        segments.append((key, pos, pos + length))
+        pos += length
+    return b"".join((head, table, first, *raw)), segments
 
 
 def build_record(
     serde: Any,
     prep: PreparedCheckpoint,
     names: NameDict,
-    inline_kinds: dict[tuple[str, bytes], bool] | None = None,
+    inline_kinds: dict[tuple[str, bytes], bool | bytes] | None = None,
 ) -> tuple[bytes, list[str], list[tuple[bytes, bytes]], Skeleton]:
     """The record of a prepared checkpoint against ``names``, the names it had to add to the
     dictionary, its new blobs as ``(field, value)``, and its skeleton (with ``names`` plus the added
@@ -567,6 +687,8 @@ def build_record(
     versions: Mapping[str, Any] = checkpoint.get("channel_versions") or {}
     blobs = prep.blobs
     index = names.index
+    segmented = prep.head[0] >= 3
+    dumps = serde.dumps_typed
     added: list[str] = []
     table: dict[Any, int] = {}  # version -> position in the record's version table
     vk_out = bytearray()
@@ -574,6 +696,8 @@ def build_record(
     pack = _CHANNEL.pack
     vcache = _vkey_cache
     inline_values: list[Any] = []
+    inline_raw: list[bytes | None] = []  # format 3: each inline value's msgpack bytes
+    inline_ids: list[int] = []
     blob_fields: list[tuple[bytes, bytes]] = []
     kinds: list[tuple[str, int]] = []
     reads: list[bytes] = []
@@ -610,18 +734,29 @@ def build_record(
             idx = new_vk(vk)
         if channel in values:
             value = values[channel]
+            inline: bool | bytes
             if channel in blobs:
                 inline = False
+            elif channel in prep.inlined and new_versions[channel] == version:  # decided by prepare
+                inline = prep.inlined[channel]
+                if inline_kinds is not None:
+                    inline_kinds[(channel, vk)] = inline
             elif inline_kinds is None:
                 inline = prep.inline(value)
             else:  # decided by the value, which a (channel, version) of one thread never changes
                 known = inline_kinds.get((channel, vk))
                 if known is None:
-                    known = inline_kinds[(channel, vk)] = prep.inline(value)
+                    known = prep.inline(value)
+                    if known and segmented:  # format 3 keeps the value's bytes: they never change either
+                        known = _msgpack_of(dumps, value) or True
+                    inline_kinds[(channel, vk)] = known
                 inline = known
             if inline:
                 kind = KIND_INLINE
                 inline_values.append(value)
+                if segmented:
+                    inline_raw.append(inline if type(inline) is bytes else _msgpack_of(dumps, value))
+                    inline_ids.append(nid)
             else:
                 kind = KIND_BLOB
                 field = b"b" + _U16.pack(nid) + vk
@@ -663,8 +798,16 @@ def build_record(
     if len(names.names) + len(added) > 0xFFFF:
         raise ValueError("more than 65535 channel and node names in one namespace")
     ts, v, extra, metadata = prep.tail
-    body = typed_to_bytes(serde.dumps_typed([ts, v, seen, updated_ids, extra, metadata, inline_values]))
     head = b"".join((prep.head, _U16.pack(len(table)), vk_out, _U16.pack(len(versions)), ch_out))
+    segments: list[tuple[int, int, int]] | None = None
+    record = b""
+    if segmented:
+        record, segments = _segmented_record(
+            head, dumps([ts, v, seen, updated_ids, extra, metadata]), inline_ids, inline_raw
+        )
+    if not record:  # format 2, or a value msgpack does not hold (then format 3 without segments)
+        body = typed_to_bytes(dumps([ts, v, seen, updated_ids, extra, metadata, inline_values]))
+        record = head + (_NO_SEGMENTS + body if segmented else body)
     skeleton = Skeleton(
         prep.parent_id,
         len(head),
@@ -673,69 +816,133 @@ def build_record(
         dict(versions),
         {node: dict(seen) for node, seen in (checkpoint.get("versions_seen") or {}).items()},
         None if updated is None else list(updated),
+        segments,
     )
-    return head + body, added, blob_fields, skeleton
+    return record, added, blob_fields, skeleton
 
 
 # ----------------------------------------------------------------------------------- splices
 
 # Differing bytes, with gaps shorter than an op's head merged in: one op per run.
 _RUNS = re.compile(rb"[^\x00]+(?:\x00{1,6}[^\x00]+)*")
-_SPLICE_MAX_RUNS = 64
+_SEGMENT_HEAD = -3
+_SEGMENT_TABLE = -2
+_SEGMENT_CORE = -1
+_ANCHOR = 8  # bytes of the older record looked up in the newer one to realign after a length change
+_SPLICE_DEPTH = 12
 
 
-def _xor(a: bytes, b: bytes) -> bytes:
-    """Bytewise XOR of two strings of one length (zero where they agree), at C speed."""
-    return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(len(a), "big")
+def _common_prefix(a: bytes, b: bytes) -> int:
+    n = min(len(a), len(b))
+    x = int.from_bytes(a[:n], "big") ^ int.from_bytes(b[:n], "big")
+    return n - (x.bit_length() + 7) // 8
 
 
-def _runs(x: bytes) -> list[tuple[int, int]]:
-    return [m.span() for m in _RUNS.finditer(x)]
+def _common_suffix(a: bytes, b: bytes, limit: int) -> int:
+    n = min(len(a), len(b), limit)
+    if n <= 0:
+        return 0
+    x = int.from_bytes(a[len(a) - n :], "little") ^ int.from_bytes(b[len(b) - n :], "little")
+    return n - (x.bit_length() + 7) // 8
 
 
-def _overlap(runs: list[tuple[int, int]], lo: int, hi: int) -> int:
-    return sum(max(0, min(b, hi) - max(a, lo)) for a, b in runs)
+def _splice_ops(old: bytes, new: bytes, at: int, ops: list[tuple[int, int, bytes]], depth: int) -> None:
+    """Append the ops that turn ``new`` (at position ``at`` of the target record) into ``old``."""
+    p = _common_prefix(old, new)
+    s = _common_suffix(old, new, min(len(old), len(new)) - p)
+    old, new = old[p : len(old) - s], new[p : len(new) - s]
+    at += p
+    lo, ln = len(old), len(new)
+    if not lo and not ln:
+        return
+    if lo == ln:  # bytes changed in place (ids, versions, timestamps): one op per run of them
+        x = (int.from_bytes(old, "big") ^ int.from_bytes(new, "big")).to_bytes(lo, "big")
+        runs = [m.span() for m in _RUNS.finditer(x)]
+        if 2 * sum(b - a for a, b in runs) <= lo or depth >= _SPLICE_DEPTH or lo < 2 * _ANCHOR:
+            ops.extend((at + a, b - a, old[a:b]) for a, b in runs)
+            return
+    if depth < _SPLICE_DEPTH and min(lo, ln) >= 2 * _ANCHOR:
+        # a length changed somewhere: realign on a piece of the older bytes found in the newer ones
+        for i in (lo // 2, lo // 4, 3 * lo // 4):
+            i = min(i, lo - _ANCHOR)
+            j = new.find(old[i : i + _ANCHOR])
+            if j >= 0:
+                _splice_ops(old[:i], new[:j], at, ops, depth + 1)
+                _splice_ops(old[i:], new[j:], at + j, ops, depth + 1)
+                return
+    ops.append((at, ln, old))
 
 
-def record_splice(old: bytes, new: bytes, target_id: str) -> bytes | None:
+def _segment_ops(
+    old: bytes,
+    new: bytes,
+    old_segments: Sequence[tuple[int, int, int]],
+    new_segments: Sequence[tuple[int, int, int]],
+) -> list[tuple[int, int, bytes]] | None:
+    """The ops of a splice of two format-3 records segment by segment, matched by key: an unchanged
+    segment (the core, an inline value) costs nothing, one of the same length one op per run of changed
+    bytes, one only ``old`` has is inserted whole, one only ``new`` has is cut. ``None`` when the keys
+    they share are not in the same order."""
+    old_keys = {key for key, _, _ in old_segments}
+    new_keys = {key for key, _, _ in new_segments}
+    ops: list[tuple[int, int, bytes]] = []
+    i = j = 0
+    while i < len(old_segments) or j < len(new_segments):
+        if j == len(new_segments):  # only in old: inserted at the end
+            _, a0, a1 = old_segments[i]
+            ops.append((len(new), 0, old[a0:a1]))
+            i += 1
+            continue
+        key, b0, b1 = new_segments[j]
+        if i < len(old_segments) and old_segments[i][0] == key:
+            _, a0, a1 = old_segments[i]
+            so, sn = old[a0:a1], new[b0:b1]
+            if so != sn:
+                if len(so) == len(sn):
+                    x = (int.from_bytes(so, "big") ^ int.from_bytes(sn, "big")).to_bytes(len(so), "big")
+                    ops.extend((b0 + a, b - a, so[a:b]) for a, b in (m.span() for m in _RUNS.finditer(x)))
+                else:  # one op over the changed middle: realigning inside a segment costs more than it saves
+                    _splice_ops(so, sn, b0, ops, _SPLICE_DEPTH)
+            i += 1
+            j += 1
+        elif key not in old_keys:  # only in new: cut
+            ops.append((b0, b1 - b0, b""))
+            j += 1
+        elif i < len(old_segments) and old_segments[i][0] not in new_keys:  # only in old: inserted here
+            _, a0, a1 = old_segments[i]
+            ops.append((b0, 0, old[a0:a1]))
+            i += 1
+        else:
+            return None
+    return ops
+
+
+def record_splice(
+    old: bytes,
+    new: bytes,
+    target_id: str,
+    old_segments: Sequence[tuple[int, int, int]] | None = None,
+    new_segments: Sequence[tuple[int, int, int]] | None = None,
+) -> bytes | None:
     """``old`` stored as a splice of ``new`` (the record of checkpoint ``target_id``), or ``None`` when
     that would not be clearly smaller.
 
     Consecutive records of a thread differ in a few dozen bytes (parent, the versions of the channels a
-    step wrote, ts, step), so an older record is kept as the list of byte ranges in which it differs
-    from a later one: ``SPLICE``, the target id (as a parent id is stored), then ops ``>HHH`` (position
-    in the target, bytes cut there, bytes inserted) + the inserted bytes, in position order. A record
-    of another length is aligned from the left up to one point and from the right after it, at the
-    point that leaves the fewest differing bytes. The result is checked by applying it.
+    step wrote, ts, step, the sections it changed), so an older record is kept as the byte ranges in
+    which it differs from a later one: ``SPLICE``, the target id (as a parent id is stored), then ops
+    ``>HHH`` (position in the target, bytes cut there, bytes inserted) + the inserted bytes, in position
+    order. Two format-3 records (``record_segments`` given for both) are compared segment by segment,
+    which is cheap; otherwise, where lengths differ, the bytes are realigned recursively on short common
+    pieces. The result is checked by applying it.
     """
-    lo, ln = len(old), len(new)
-    if max(lo, ln) > 0xFFFF or not lo or not ln:
+    if max(len(old), len(new)) > 0xFFFF or not old or not new:
         return None
-    ops: list[tuple[int, int, bytes]] = []
-    if lo == ln:
-        runs = _runs(_xor(old, new))
-        if len(runs) > _SPLICE_MAX_RUNS:
-            return None
-        ops = [(a, b - a, old[a:b]) for a, b in runs]
-    else:
-        m = min(lo, ln)
-        d = ln - lo
-        left = _runs(_xor(old[:m], new[:m]))
-        right = _runs(_xor(old[lo - m :], new[ln - m :]))  # right-aligned; position r is old[r + lo - m]
-        if len(left) + len(right) > _SPLICE_MAX_RUNS:
-            return None
-        # the left part is [0, k), the right part [k, m), both in the coordinates of the alignment
-        points = {0, m, *(p for run in left for p in run), *(p for run in right for p in run)}
-        k = min(sorted(points), key=lambda p: _overlap(left, 0, p) + _overlap(right, p, m))
-        for a, b in left:
-            b = min(b, k)
-            if a < b:
-                ops.append((a, b - a, old[a:b]))
-        ops.append((k, max(0, d), old[k : k + max(0, -d)]))
-        for a, b in right:
-            a = max(a, k)
-            if a < b:
-                ops.append((a + ln - m, b - a, old[a + lo - m : b + lo - m]))
+    ops: list[tuple[int, int, bytes]] | None = None
+    if old_segments and new_segments and old_segments[-1][2] == len(old) and new_segments[-1][2] == len(new):
+        ops = _segment_ops(old, new, old_segments, new_segments)
+    if ops is None:
+        ops = []
+        _splice_ops(old, new, 0, ops, 0)
     out = bytearray((SPLICE,))
     out += _parent_bytes(target_id)
     pack = _SPLICE_OP.pack
@@ -744,7 +951,7 @@ def record_splice(old: bytes, new: bytes, target_id: str) -> bytes | None:
             out += pack(pos, cut, len(ins))
             out += ins
     splice = bytes(out)
-    if len(splice) + 16 > lo or apply_splice(new, splice) != old:
+    if len(splice) + 16 > len(old) or apply_splice(new, splice) != old:
         return None
     return splice
 
@@ -860,11 +1067,50 @@ def parse_header(record: bytes) -> RecordHeader:
     return RecordHeader(parent, vkeys, channels, pos)
 
 
+def _body_start(record: bytes, body_at: int) -> int:
+    """Where a record's body (one typed msgpack array) starts: after a format-3 record's table."""
+    if record[0] < 3:
+        return body_at
+    try:
+        (n,) = _U16.unpack_from(record, body_at)
+    except struct.error as exc:
+        raise CodecError("truncated checkpoint record") from exc
+    return body_at + 2 if n == 0xFFFF else body_at + 2 + 4 * (n + 1)
+
+
 def _decode_body(serde: Any, record: bytes, body_at: int) -> list[Any]:
-    body = serde.loads_typed(typed_from_bytes(record[body_at:]))
+    body = serde.loads_typed(typed_from_bytes(record[_body_start(record, body_at) :]))
     if not isinstance(body, list) or len(body) != 7:
         raise CodecError("checkpoint record body has the wrong shape")
     return body
+
+
+def record_segments(record: bytes) -> list[tuple[int, int, int]] | None:
+    """A format-3 record's segments as ``(key, start, end)``: the head (key ``-3``), the table (``-2``),
+    the core (``-1``: the body up to its inline values) and each inline value (its channel's name id),
+    in record order; ``None`` for format 2 or a record stored without segments."""
+    if record[:1] != b"\x03":
+        return None
+    header = parse_header(record)
+    pos = header.body_at
+    try:
+        (n,) = _U16.unpack_from(record, pos)
+        if n == 0xFFFF:
+            return None
+        lengths = struct.unpack_from(f">{n + 1}I", record, pos + 2)
+    except struct.error as exc:
+        raise CodecError("truncated checkpoint record") from exc
+    keys = [_SEGMENT_CORE, *(nid for nid, _, kind in header.channels if kind == KIND_INLINE)]
+    if len(keys) != n + 1:
+        raise CodecError("checkpoint record table does not match its channels")
+    end = pos + 2 + 4 * (n + 1)
+    segments = [(_SEGMENT_HEAD, 0, pos), (_SEGMENT_TABLE, pos, end)]
+    for key, length in zip(keys, lengths, strict=True):
+        segments.append((key, end, end + length))
+        end += length
+    if end != len(record):
+        raise CodecError("checkpoint record body does not end where its segments do")
+    return segments
 
 
 def decode_metadata(serde: Any, record: bytes) -> dict[str, Any]:
@@ -880,7 +1126,16 @@ class Skeleton:
     ``build_record`` makes one for the record it writes, so a read of the record a saver just wrote
     skips the header parse and the name lookups."""
 
-    __slots__ = ("body_at", "channel_versions", "channels", "parent_id", "reads", "updated", "versions_seen")
+    __slots__ = (
+        "body_at",
+        "channel_versions",
+        "channels",
+        "parent_id",
+        "reads",
+        "segments",
+        "updated",
+        "versions_seen",
+    )
 
     def __init__(
         self,
@@ -891,6 +1146,7 @@ class Skeleton:
         channel_versions: dict[str, Any],
         versions_seen: dict[str, dict[str, Any]],
         updated: list[str] | None,
+        segments: list[tuple[int, int, int]] | None = None,
     ) -> None:
         self.parent_id = parent_id
         self.body_at = body_at
@@ -899,6 +1155,7 @@ class Skeleton:
         self.channel_versions = channel_versions
         self.versions_seen = versions_seen
         self.updated = updated
+        self.segments = segments  # a format-3 record's segment boundaries (see record_segments)
 
 
 def decode_skeleton(record: bytes, body: list[Any], names: NameDict) -> Skeleton:
@@ -988,7 +1245,7 @@ def load_blob(loads: Any, raw: bytes) -> Any:
     """A channel value from its blob as the load script returns it (a resolved chain of references:
     ``11`` + u16 count + the links + the full blob they end at, see the module docstring)."""
     if raw[:1] != _RESOLVED_HEAD:
-        return loads(typed_from_bytes(raw))
+        return load_value(loads, raw)
     try:
         (count,) = _U16.unpack_from(raw, 1)
         pos = 3
@@ -999,7 +1256,7 @@ def load_blob(loads: Any, raw: bytes) -> Any:
             pos += 4 + n
     except struct.error as exc:
         raise CodecError("truncated chain of references") from exc
-    value = loads(typed_from_bytes(raw[pos:]))
+    value = load_value(loads, raw[pos:])
     for link in reversed(links):
         code = link[:1]
         if code == b"\x09":

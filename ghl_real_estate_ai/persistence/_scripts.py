@@ -16,6 +16,7 @@ because each one costs about a microsecond of server time.
 from __future__ import annotations
 
 import hashlib
+import re
 
 # Helpers shared by every script. `struct` and `bit` are part of Redis' Lua environment.
 _PRELUDE = r"""
@@ -631,14 +632,32 @@ return 1
 """
 
 
+def _prelude_for(body: str) -> str:
+    """The prelude's constants and the helpers ``body`` calls, directly or through another helper, in
+    prelude order. Every helper is a closure made anew at each call of a script, so a script carries
+    only the ones it uses."""
+    chunks = _PRELUDE.split("\nlocal function ")
+    head, helpers = chunks[0], ["local function " + chunk for chunk in chunks[1:]]
+    names = [helper.split("(", 1)[0].removeprefix("local function ") for helper in helpers]
+    needed: set[str] = set()
+    todo = [body]
+    while todo:
+        text = todo.pop()
+        for name, helper in zip(names, helpers, strict=True):
+            if name not in needed and re.search(rf"\b{name}\(", text):
+                needed.add(name)
+                todo.append(helper)
+    return "\n".join([head, *(h for n, h in zip(names, helpers, strict=True) if n in needed)]) + "\n"
+
+
 class Script:
-    """A Lua script with the shared prelude, addressed by SHA1 for EVALSHA."""
+    """A Lua script with the prelude helpers it uses, addressed by SHA1 for EVALSHA."""
 
     __slots__ = ("name", "sha", "source")
 
     def __init__(self, name: str, body: str) -> None:
         self.name = name
-        self.source = _PRELUDE + body
+        self.source = _prelude_for(body) + body
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
     def __repr__(self) -> str:

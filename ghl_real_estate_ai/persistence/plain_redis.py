@@ -58,7 +58,6 @@ import functools
 import logging
 import operator
 import os
-import random
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Mapping, Sequence
@@ -82,6 +81,8 @@ from langgraph.checkpoint.base import (
 from redis.exceptions import NoScriptError
 
 from ghl_real_estate_ai.persistence._codec import (
+    CHUNK_TAIL_MAX,
+    INLINE_LIST_MAX,
     KIND_BLOB,
     READ_FORMATS,
     RECORD_FORMAT,
@@ -91,16 +92,20 @@ from ghl_real_estate_ai.persistence._codec import (
     NameDict,
     Skeleton,
     build_record,
+    chunked,
     decode_checkpoint,
     decode_metadata,
     dict_patch,
     extension_ref,
+    inlinable,
     is_ref,
     iter_writes,
+    new_version,
     pack_writes,
     parse_header,
     patch_ref,
     prepare_checkpoint,
+    record_segments,
     record_splice,
     same,
     typed_from_bytes,
@@ -144,7 +149,7 @@ _TOUCH_CACHE_MAX = 100_000
 _NAMES_CACHE_MAX = 50_000
 _WRITTEN_CACHE_MAX = 4096  # threads whose last-written record is kept (a few KB each)
 _LISTS_CACHE_ITEMS = 50_000  # list items kept to spot a put that extends the previous version's list
-_KINDS_MAX = 512  # (channel, version) kinds remembered per thread and namespace
+_KINDS_MAX = 128  # (channel, version) kinds (and inline values' bytes) remembered per thread and namespace
 _PATCH_MIN = 160  # a dict blob shorter than this is stored whole: its patch would save too little
 _PUT_ATTEMPTS = 5
 _DELTA_METADATA_KEYS = ("counters_since_delta_snapshot", "delta_writes_versioned")
@@ -564,11 +569,16 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
             collections.OrderedDict()
         )
         self._lists_items = 0
+        # Per (thread base key, namespace, channel), for a list this saver last wrote as a blob: that
+        # blob's field, the whole blob its items start with and how many items that holds (see
+        # _codec.chunked). The next version of a list that grew is that prefix plus its new items.
+        self._chunks: dict[tuple[bytes, str, str], tuple[bytes, bytes, int]] = {}
         # The latest record this saver wrote or read per (thread base key, namespace), with its id: the
         # next put there, its child, stores it as a splice of the child's record (see _codec.py).
-        self._records: dict[tuple[bytes, str], tuple[bytes, bytes]] = {}
-        # Per (thread base key, namespace): whether a (channel, version key) is stored inline.
-        self._inline_kinds: dict[tuple[bytes, str], dict[tuple[str, bytes], bool]] = {}
+        self._records: dict[tuple[bytes, str], tuple[bytes, bytes, list[tuple[int, int, int]] | None]] = {}
+        # Per (thread base key, namespace): whether a (channel, version key) is stored inline (format 3:
+        # the value's bytes, so an unchanged value is not serialized again).
+        self._inline_kinds: dict[tuple[bytes, str], dict[tuple[str, bytes], bool | bytes]] = {}
 
     # ------------------------------------------------------------------------------- versions
 
@@ -580,7 +590,7 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
             current_v = current
         else:
             current_v = int(current.split(".")[0])
-        return f"{current_v + 1:032}.{random.random():016}"
+        return new_version(current_v + 1)
 
     # ------------------------------------------------------------------------------- registry
 
@@ -645,11 +655,13 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
         thread_id, ns = self._target(config)
         parent = config["configurable"].get("checkpoint_id")
         md = get_serializable_checkpoint_metadata(config, metadata)
+        keys = Keys(self.key_prefix, thread_id)
+        chunks = self._chunked_lists(keys.base, ns, checkpoint, new_versions)
         prep = prepare_checkpoint(
             self.serde, checkpoint, md, parent, new_versions,
             compress=self.compress, record_format=self.record_format,
+            premade={channel: blob for channel, (blob, _, _) in chunks.items()},
         )
-        keys = Keys(self.key_prefix, thread_id)
         cache_key = (keys.base, ns)
         uses_delta = any(k in md for k in _DELTA_METADATA_KEYS)
         step = md.get("step")
@@ -668,13 +680,22 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
             and last.cid == parent.encode()
         )
         event_args = [self.keep_events or 0, "1" if continues else "0"]
-        seen = self._records.get(cache_key) if self.record_format >= 3 else None
+        # The parent's record becomes a splice of this one, unless this put continues a run (the second
+        # and later checkpoints of a durability="sync" run, written back to back: splicing each would
+        # cost about as much CPU as the rest of the put; the run's last checkpoint is spliced by the next
+        # run's first put, and with durability="exit", the service's, every put starts a run).
+        seen = self._records.get(cache_key) if self.record_format >= 3 and not continues else None
         if seen is not None and (parent is None or seen[0] != parent.encode() or checkpoint["id"] <= parent):
             seen = None
+        if seen is not None and seen[2] is None:  # a record read, not written here: find its segments
+            with contextlib.suppress(CodecError, IndexError):
+                seen = (seen[0], seen[1], record_segments(seen[1]))
         for _ in range(_PUT_ATTEMPTS):
             names = self._names.get(cache_key) or NameDict(os.urandom(8), ())
             record, added, blobs, skeleton = build_record(self.serde, prep, names, self._kinds_of(cache_key))
-            splice = record_splice(seen[1], record, checkpoint["id"]) if seen is not None else None
+            splice = None
+            if seen is not None:
+                splice = record_splice(seen[1], record, checkpoint["id"], seen[2], skeleton.segments)
             fields = _blob_channel_fields(skeleton)
             refs = self._extension_refs(keys.base, ns, prep.blobs, checkpoint, fields)
             args: list[Any] = [
@@ -719,8 +740,9 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
             self._written[cache_key] = _Written(
                 checkpoint["id"].encode(), record, names.epoch, skeleton, step
             )
-            self._remember_record(cache_key, checkpoint["id"].encode(), record)
+            self._remember_record(cache_key, checkpoint["id"].encode(), record, skeleton.segments)
             self._remember_lists(keys.base, ns, checkpoint.get("channel_values") or {}, fields, prep.blobs)
+            self._remember_chunks(keys.base, ns, checkpoint, fields, prep.blobs, chunks)
             return {
                 "configurable": {
                     "thread_id": thread_id,
@@ -733,12 +755,18 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
             "is another writer rewriting it?"
         )
 
-    def _remember_record(self, cache_key: tuple[bytes, str], cid: bytes, record: bytes) -> None:
+    def _remember_record(
+        self,
+        cache_key: tuple[bytes, str],
+        cid: bytes,
+        record: bytes,
+        segments: list[tuple[int, int, int]] | None = None,
+    ) -> None:
         if len(self._records) >= _WRITTEN_CACHE_MAX and cache_key not in self._records:
             self._records.clear()
-        self._records[cache_key] = (cid, record)
+        self._records[cache_key] = (cid, record, segments)
 
-    def _kinds_of(self, cache_key: tuple[bytes, str]) -> dict[tuple[str, bytes], bool]:
+    def _kinds_of(self, cache_key: tuple[bytes, str]) -> dict[tuple[str, bytes], bool | bytes]:
         kinds = self._inline_kinds.get(cache_key)
         if kinds is None or len(kinds) > _KINDS_MAX:
             if len(self._inline_kinds) >= _WRITTEN_CACHE_MAX:
@@ -782,6 +810,61 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
                 if 4 * len(patch) < 3 * len(new_blobs[channel]):
                     refs.append((old_field, patch_ref(field, patch)))
         return refs
+
+    def _chunked_lists(
+        self, base: bytes, ns: str, checkpoint: Checkpoint, new_versions: ChannelVersions
+    ) -> dict[str, tuple[bytes, bytes, int]]:
+        """``channel -> (blob, prefix, prefix items)`` for the new versions of lists (not inlined) that
+        extend the version this saver last wrote, stored as that version's prefix plus the new
+        items (see ``_codec.chunked``) while those stay under ``CHUNK_TAIL_MAX`` bytes."""
+        out: dict[str, tuple[bytes, bytes, int]] = {}
+        if self.record_format < 3 or not self._chunks:
+            return out
+        values = checkpoint.get("channel_values") or {}
+        for channel in new_versions:
+            value = values.get(channel)
+            if type(value) is not list or (len(value) <= INLINE_LIST_MAX and inlinable(value)):
+                continue
+            key = (base, ns, channel)
+            chunk, known = self._chunks.get(key), self._lists.get(key)
+            if chunk is None or known is None or chunk[0] != known[0]:
+                continue
+            _, prefix, count = chunk
+            old = known[1]
+            if len(value) < len(old):
+                continue
+            if not (all(map(operator.is_, value, old)) or all(map(same, value, old))):
+                continue
+            tail = typed_to_bytes(self.serde.dumps_typed(value[count:]))
+            if len(tail) <= CHUNK_TAIL_MAX:
+                out[channel] = (chunked(prefix, tail), prefix, count)
+        return out
+
+    def _remember_chunks(
+        self,
+        base: bytes,
+        ns: str,
+        checkpoint: Checkpoint,
+        fields: Mapping[str, bytes],
+        blobs: Mapping[str, bytes],
+        chunks: Mapping[str, tuple[bytes, bytes, int]],
+    ) -> None:
+        """After a put: the prefix the next version of each list blob it wrote can start with."""
+        if self.record_format < 3:
+            return
+        values = checkpoint.get("channel_values") or {}
+        for channel, blob in blobs.items():
+            value = values.get(channel)
+            field = fields.get(channel)
+            if type(value) is not list or field is None:
+                continue
+            if len(self._chunks) >= _WRITTEN_CACHE_MAX * 4:
+                self._chunks.clear()
+            made = chunks.get(channel)
+            # a chunked blob keeps its prefix; a whole one is the prefix of the next version
+            self._chunks[(base, ns, channel)] = (
+                (field, made[1], made[2]) if made else (field, blob, len(value))
+            )
 
     def _remember_lists(
         self, base: bytes, ns: str, values: Mapping[str, Any], fields: Mapping[str, bytes], only: Any = None
@@ -927,7 +1010,12 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
             # the record) lets that put see a list that only grew by identity instead of comparing items
             written = self._written.get((keys.base, ns))
             record = reply[1][1]
-            self._remember_record((keys.base, ns), reply[1][0], record)
+            self._remember_record(
+                (keys.base, ns),
+                reply[1][0],
+                record,
+                written.skeleton.segments if written is not None and written.record == record else None,
+            )
             fields: dict[str, bytes] = {}
             if written is not None and written.record == record:
                 fields = _blob_channel_fields(written.skeleton)

@@ -38,6 +38,8 @@ from ghl_real_estate_ai.api.metrics import Metrics
 from ghl_real_estate_ai.operator_cli import render_status
 from ghl_real_estate_ai.persistence import DEFAULT_KEEP_EVENTS, AsyncPlainRedisSaver
 from ghl_real_estate_ai.persistence._codec import (
+    CHUNK_TAIL_MAX,
+    CHUNKED,
     KIND_BLOB,
     RECORD_FORMAT,
     SPLICE,
@@ -562,6 +564,8 @@ SEQUENCE_SECTION = {
         ({"a": b"x"}, False),
         ("x" * 48, True),
         ([1, 2], True),
+        (list(range(9)), False),  # a list of more than 8 items
+        ([{"at": "2026-03-02T14:00:00Z", "action": "enroll"}] * 4, True),
         ([{"at": "2026-03-02T14:00:00Z", "action": "enroll"}] * 12, False),  # a timeline is a blob
     ],
 )
@@ -715,4 +719,36 @@ async def test_record_format_2_writes_what_the_earlier_release_reads(
         assert await sim.state(cid) == state  # and this release reads it
     with pytest.raises(ValueError, match="record_format"):
         AsyncPlainRedisSaver(aioredis.Redis.from_url(redis_url), record_format=4)
+    client.close()
+
+
+async def test_a_growing_list_reuses_its_compressed_prefix_and_reads_back_exactly(
+    saver: AsyncPlainRedisSaver, redis_url: str, key_prefix: str
+) -> None:
+    """A list that grows by an item per put (a timeline) is stored as the previous version's whole blob
+    plus the new items, until those pass CHUNK_TAIL_MAX bytes; every version reads back as written."""
+    builder = _noop_builder()
+    graph = builder.compile(checkpointer=saver)
+    cfg = config("c-chunks")
+    client = redis.Redis.from_url(redis_url)
+    h = Keys(key_prefix, "c-chunks").ns_keys("")[0]
+    items: list[Any] = []
+    kinds = []
+    for n in range(40):
+        entry = {"at": f"2026-03-{n % 28 + 1:02d}T14:00:00Z", "action": "nurture", "n": n, "pad": "x" * 60}
+        items = [*items, entry]
+        await graph.ainvoke({"items": items}, cfg, durability="exit")
+        latest = await saver.aget_tuple(cfg)
+        assert latest is not None and latest.checkpoint["channel_values"]["items"] == items
+        if inlinable(items):  # a few short items live in the record
+            continue
+        blobs = [v for f, v in client.hgetall(h).items() if f[:1] == b"b" and v[:1] not in (b"\x09", b"\x0a")]
+        assert len(blobs) == 1  # older versions are references into it
+        kinds.append(blobs[0][0])
+        if blobs[0][0] == CHUNKED:
+            (n_prefix,) = struct.unpack_from(">I", blobs[0], 1)
+            assert len(blobs[0]) - 5 - n_prefix <= CHUNK_TAIL_MAX
+    assert CHUNKED in kinds and 8 in kinds  # chunked, and compressed anew when the tail grew too long
+    history = [snap.values["items"] async for snap in graph.aget_state_history(cfg)]
+    assert history == [items[:n] for n in range(len(items), len(items) - len(history), -1)]
     client.close()

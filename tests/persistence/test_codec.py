@@ -20,15 +20,20 @@ from ghl_real_estate_ai.persistence._codec import (
     CodecError,
     NameDict,
     Skeleton,
+    _decode_body,
     apply_splice,
     build_record,
+    chunked,
+    compressed,
     decode_checkpoint,
     decode_skeleton,
+    load_value,
     parse_header,
     prepare_checkpoint,
+    record_segments,
     record_splice,
     splice_target,
-    typed_from_bytes,
+    typed_to_bytes,
     whole_records,
 )
 
@@ -95,7 +100,8 @@ def typed(value: Any) -> Any:
 
 
 def fields(skeleton: Skeleton) -> dict[str, Any]:
-    return typed({slot: getattr(skeleton, slot) for slot in Skeleton.__slots__})
+    """What a record says, as a skeleton holds it (its segments are checked on their own)."""
+    return typed({slot: getattr(skeleton, slot) for slot in Skeleton.__slots__ if slot != "segments"})
 
 
 @settings(max_examples=300, deadline=None)
@@ -108,8 +114,10 @@ def test_the_skeleton_of_a_built_record_is_what_decoding_it_gives(
     prep = prepare_checkpoint(SERDE, checkpoint, {"source": "loop", "step": 1}, parent, new_versions)
     record, added, blobs, built = build_record(SERDE, prep, dictionary)
     extended = dictionary.extended(added)
-    body = SERDE.loads_typed(typed_from_bytes(record[parse_header(record).body_at :]))
+    body = _decode_body(SERDE, record, parse_header(record).body_at)
     assert fields(built) == fields(decode_skeleton(record, body, extended))
+    assert built.segments is not None and record_segments(record) == built.segments
+    assert built.segments[-1][2] == len(record)
 
     # the blob values a load returns, in record order: the new ones from this put, the others absent
     stored = dict(blobs)
@@ -213,3 +221,17 @@ def test_whole_records_follows_chains_and_refuses_broken_ones() -> None:
     del fields[b"c" + ids[2].encode()]
     with pytest.raises(CodecError):
         whole_records(fields)
+
+
+def test_a_chunked_list_is_its_prefix_blob_then_its_tail() -> None:
+    head = [{"n": i, "text": "entry " * 20} for i in range(30)]
+    prefix = compressed(typed_to_bytes(SERDE.dumps_typed(head)))
+    assert prefix[0] == 8  # compressed
+    tail = [{"n": 30}, {"n": 31}]
+    blob = chunked(prefix, typed_to_bytes(SERDE.dumps_typed(tail)))
+    assert load_value(SERDE.loads_typed, blob) == head + tail
+    empty = typed_to_bytes(SERDE.dumps_typed([]))
+    assert load_value(SERDE.loads_typed, chunked(prefix, empty)) == head
+    not_a_list = typed_to_bytes(SERDE.dumps_typed({"a": 1}))
+    with pytest.raises(CodecError):
+        load_value(SERDE.loads_typed, chunked(not_a_list, empty))

@@ -27,6 +27,7 @@ from typing_extensions import TypedDict
 
 from ghl_real_estate_ai.persistence import AsyncPlainRedisSaver, PlainRedisSaver
 from ghl_real_estate_ai.persistence._codec import KIND_BLOB, Keys, parse_header, whole_records
+from ghl_real_estate_ai.persistence._scripts import SCRIPTS
 from ghl_real_estate_ai.testing.redis_server import RedisServer
 
 # --------------------------------------------------------------------------------------- graphs
@@ -653,7 +654,7 @@ def test_each_call_is_one_round_trip(
         "channel_versions": {**tup.checkpoint["channel_versions"], "x": version},
     }
     saver.put(tup.config, nxt, {"source": "update", "step": 9}, {"x": version})
-    assert len(sent) == 1
+    assert len(sent) == 1  # with the parent's record rewritten into a splice of the new one
     sent.clear()
     graph.invoke({"x": "due"}, cfg("lead:rt"), durability="sync")
     assert len(sent) == 6  # a turn: 1 read, 3 checkpoints (input, start, bump), 2 task writes
@@ -751,7 +752,6 @@ def test_a_saver_reads_back_what_another_rewrote_with_the_same_bytes(
 
 def lua_load(saver: PlainRedisSaver, thread_id: str, ns: str = "") -> Any:
     """What the load script returns for the latest checkpoint, given the saver's cached dictionary."""
-    from ghl_real_estate_ai.persistence._scripts import SCRIPTS
     from ghl_real_estate_ai.persistence.plain_redis import _Eval
 
     def once() -> Any:
@@ -889,3 +889,55 @@ async def test_a_foreign_key_in_the_way_is_an_error_on_both_read_paths(
     finally:
         sync_client.close()
         await async_client.aclose()
+
+
+@pytest.mark.parametrize("connection", ["script connections", "one shared connection", "after SCRIPT FLUSH"])
+def test_every_record_but_the_latest_becomes_a_splice(
+    redis_url: str, key_prefix: str, connection: str
+) -> None:
+    """Through the saver's own script connections, through a client's one shared connection, and after
+    the server lost its scripts."""
+    client = redis.Redis.from_url(redis_url, single_connection_client=connection == "one shared connection")
+    try:
+        saver = PlainRedisSaver(client, key_prefix=key_prefix)
+        graph = lead_graph().compile(checkpointer=saver)
+        states = {}
+        for n in range(4):
+            if connection == "after SCRIPT FLUSH" and n == 2:
+                client.script_flush()
+            graph.invoke({"contact": {**CONTACT, "n": n}}, cfg("lead:splices"), durability="exit")
+            tup = saver.get_tuple(cfg("lead:splices"))
+            assert tup is not None
+            states[tup.checkpoint["id"]] = tup.checkpoint["channel_values"]
+        fields = namespace_hash(client, key_prefix, "lead:splices")
+        records = {name: raw for name, raw in fields.items() if name[:1] == b"c"}
+        latest = max(records)
+        assert records[latest][0] == 3
+        older = [raw for name, raw in sorted(records.items())][:-1]
+        assert len(older) == 3 and all(raw[0] == 0x80 for raw in older)
+        assert_no_orphans(client, key_prefix, "lead:splices")
+        for tup in PlainRedisSaver(client, key_prefix=key_prefix).list(cfg("lead:splices")):
+            if tup.checkpoint["id"] in states:
+                assert tup.checkpoint["channel_values"] == states[tup.checkpoint["id"]]
+        saver.close()
+    finally:
+        client.close()
+
+
+def test_a_sync_run_keeps_its_inner_checkpoints_whole_and_splices_its_last(
+    client: redis.Redis, key_prefix: str
+) -> None:
+    """durability="sync": the checkpoints a run writes back to back are stored whole (splicing each would
+    cost about as much as the rest of the put); the run's last is spliced by the next run's first put."""
+    saver = PlainRedisSaver(client, key_prefix=key_prefix)
+    graph = lead_graph().compile(checkpointer=saver)
+    graph.invoke({"contact": CONTACT}, cfg("lead:sync-runs"), durability="sync")
+    first_run = sorted(r for r in namespace_hash(client, key_prefix, "lead:sync-runs") if r[:1] == b"c")
+    graph.invoke({"x": "again"}, cfg("lead:sync-runs"), durability="sync")
+    records = {n: r for n, r in namespace_hash(client, key_prefix, "lead:sync-runs").items() if n[:1] == b"c"}
+    assert len(first_run) >= 2 and len(records) > len(first_run)
+    assert records[first_run[-1]][0] == 0x80  # the first run's last checkpoint: a splice
+    assert all(records[name][0] == 3 for name in first_run[1:-1])  # its inner ones: whole
+    assert_no_orphans(client, key_prefix, "lead:sync-runs")
+    states = [t.checkpoint["channel_values"] for t in saver.list(cfg("lead:sync-runs"))]
+    assert states[0]["x"] == "again-2" and states[-1] == {"__start__": {"contact": CONTACT}}
