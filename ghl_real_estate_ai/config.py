@@ -74,6 +74,8 @@ class Settings:
     agent_contact: str = ""
     human_takeover_days: float = 7.0
     checkpointer: str = "auto"
+    # record format the plain saver writes: 3, or 2 while processes of the release before still run
+    checkpoint_format: int = 3
     llm: str | None = None
     intake_concurrency: int = 32
     intake_claim_idle_seconds: float = 60.0
@@ -121,6 +123,11 @@ class Settings:
         if mode not in ("auto", "plain", "official"):
             raise ConfigurationError(
                 "LEAD_BOT_CHECKPOINTER", f"expected auto, plain or official, got {mode!r}"
+            )
+        record_format = (env.get("LEAD_BOT_CHECKPOINT_FORMAT") or "3").strip()
+        if record_format not in ("2", "3"):
+            raise ConfigurationError(
+                "LEAD_BOT_CHECKPOINT_FORMAT", f"expected 2 or 3, got {record_format!r}"
             )
         comps = (env.get("LEAD_BOT_COMPS") or "demo").strip().lower()
         if comps not in ("demo", "store", "reso"):
@@ -176,6 +183,7 @@ class Settings:
             agent_contact=env.get("LEAD_BOT_AGENT_CONTACT") or "",
             human_takeover_days=_float(env, "LEAD_BOT_HUMAN_TAKEOVER_DAYS", 7.0),
             checkpointer=mode,
+            checkpoint_format=int(record_format),
             llm=_optional(env, "LEAD_BOT_LLM"),
             intake_concurrency=max(1, int(_float(env, "LEAD_BOT_INTAKE_CONCURRENCY", 32))),
             intake_claim_idle_seconds=_float(env, "LEAD_BOT_INTAKE_CLAIM_IDLE_SECONDS", 60.0),

@@ -590,8 +590,11 @@ class LeadBotService:
         from ghl_real_estate_ai.persistence import open_async_checkpointer
 
         # The plain saver on our client unless the server has the Search and JSON modules
-        # (LEAD_BOT_CHECKPOINTER forces one).
-        return open_async_checkpointer(self.redis, mode=self.settings.checkpointer)
+        # (LEAD_BOT_CHECKPOINTER forces one). LEAD_BOT_CHECKPOINT_FORMAT=2 writes what the release
+        # before reads, for a rolling upgrade.
+        return open_async_checkpointer(
+            self.redis, mode=self.settings.checkpointer, record_format=self.settings.checkpoint_format
+        )
 
     def _operator_context(self) -> Context:
         # Operator commands never run graph nodes in-process (they queue events), so no GHL client.

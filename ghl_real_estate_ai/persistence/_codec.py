@@ -25,14 +25,19 @@ the escaping injective and keeps the tag from ending early. Namespaces and check
 parsed out of key names: the namespace is the whole tail after ``:c:`` (it may contain ``:`` or braces),
 and the real ids live in values (the namespace set, the index members).
 
-Checkpoint record (format 3; format 2 has the same layout), little more than ``struct`` so that Lua
-can read the header::
+Checkpoint record (format 3), little more than ``struct`` so that Lua can read the header::
 
     u8   format (3, or 2 for records of the release before, which this one reads as they are)
     par  parent checkpoint id: 254 + 16 uuid bytes, or len + text ("" for none)
     u16  number of version keys, then each as len + bytes      (a table: versions repeat a lot)
     u16  number of channels, then each as >HHB: name id, version-table index, kind
+    tab  (format 3 only) the body's segments: u16 n (0xFFFF: none, the body is one piece), then
+         n + 1 u32 lengths: the body up to its inline values, then each inline value's msgpack
     body typed value (below) of [ts, v, versions_seen, updated_channels, extra, metadata, inline_values]
+
+A format-3 body is the same msgpack array format 2 stores, so it decodes in one call; the table only
+says where each inline value's bytes are (``record_segments``). An inline value's bytes are kept per
+(channel, version) by the saver, so an unchanged value is the same bytes in every record.
 
 ``len`` is one byte below 254, else ``0xFF`` + u16. Names (channels, nodes) are ids into the
 namespace's name dictionary (``NameDict``, field ``n``: 8-byte epoch, flags byte, u16 count, names as
@@ -44,14 +49,15 @@ PostgresSaver inlines primitives, and dicts and lists of up to 32 of them, one l
 ``inlinable``; format 2 inlined flat dicts of at most four), ``2`` no value (the channel was emptied at
 this version).
 
-Record splices: when a put stores checkpoint N whose parent P is the record the saver last wrote or read
-there, P's record is rewritten (same field) into a *splice* of N's: ``SPLICE`` (``0x80``), N's id (as a
-parent is stored), then ops ``>HHH`` (position in N's record, bytes cut there, bytes inserted) + the
-inserted bytes. Consecutive records differ in a few dozen bytes (parent, the versions a step wrote, ts,
-step, the sections that changed), so a kept checkpoint costs about 150 bytes instead of a whole record.
-A splice always points at a later checkpoint, so chains run from older to newer and end at a record
-stored whole (at least the thread's latest); the scripts' ``record_of`` applies them, and a delete that
-removes a checkpoint a survivor's chain passes through first stores that survivor whole.
+Record splices: when a put that starts a run stores checkpoint N whose parent P is the record the saver
+last wrote or read there, P's record is rewritten (same field) into a *splice* of N's: ``SPLICE``
+(``0x80``), N's id (as a parent is stored), then ops ``>HHH`` (position in N's record, bytes cut there,
+bytes inserted) + the inserted bytes. Consecutive records differ in a few dozen bytes (parent, the
+versions a step wrote, ts, step, the sections that changed), so a kept checkpoint costs about 150 bytes
+instead of a whole record; the ops are found segment by segment (``record_splice``). A splice always
+points at a later checkpoint, so chains run from older to newer and end at a record stored whole (at
+least the thread's latest); the scripts' ``record_of`` applies them, and a delete that removes a
+checkpoint a survivor's chain passes through first stores that survivor whole.
 ``versions_seen`` is a list ``[node id, [channel id, version index, ...], ...]``, ``updated_channels``
 a list of name ids. ``ts`` is stored as integer microseconds when that reproduces the string exactly.
 
@@ -63,7 +69,7 @@ string, an int ``i`` + digits, a float ``f`` + its repr.
 Typed values (``serde.dumps_typed`` results: blobs, pending writes, the record body) are one byte
 naming the serde type tag (``1`` msgpack, ``2`` null, ``3`` bytes, ``4`` bytearray, ``5`` empty,
 ``6`` json, ``7`` pickle) followed by the raw serde bytes; any other tag is stored as ``0`` + tag +
-``\\0`` + bytes. No base64, no JSON wrapping. Two more codes only appear in blobs:
+``\\0`` + bytes. No base64, no JSON wrapping. More codes only appear in blobs:
 
 * ``8`` + zlib stream: a typed value of at least ``COMPRESS_MIN`` bytes, compressed (only kept when
   smaller). Lua never looks inside blobs, so compression is invisible to the scripts.
@@ -78,10 +84,14 @@ naming the serde type tag (``1`` msgpack, ``2`` null, ``3`` bytes, ``4`` bytearr
   version is the dict in blob ``field`` (a later version) with the patch applied: the patch is
   ``[{key: value this version had}, [keys this version lacked]]``. A put whose dict differs from the
   previous version's in a few keys stores the previous one so (when that is smaller).
+* ``12`` + u32 ``n`` + a whole blob of ``n`` bytes + a typed list: a *chunked list*, the items of the
+  first followed by those of the second (``chunked``). A list that grew by a few items reuses the
+  previous version's whole blob as its prefix and serializes only the new items, until those pass
+  ``CHUNK_TAIL_MAX`` bytes and the whole list is compressed anew. To the scripts it is a whole blob.
 
-References form chains from older to newer versions, ending at a full blob. The load script follows a
-chain and returns ``11`` + u16 count + each link (u32 length + the reference blob) + the full blob;
-``resolve_blob`` applies the links from the newest back to the oldest.
+References form chains from older to newer versions, ending at a whole blob. The load script follows a
+chain and returns ``11`` + u16 count + each link (u32 length + the reference blob) + the whole blob;
+``load_blob`` applies the links from the newest back to the oldest.
 
 Pending-writes pack (one hash field per checkpoint): task groups ``>HHH`` (len task_id,
 len task_path, number of writes) + task_id + task_path, each followed by its writes ``>iHI`` (idx,

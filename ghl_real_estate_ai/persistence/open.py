@@ -12,7 +12,8 @@ modules (Redis Stack, Redis 8 with its bundled modules, Redis Cloud). On a serve
   :class:`~ghl_real_estate_ai.errors.ConfigurationError` saying what to do, before any ``FT.*`` call.
 
 The official saver keeps its own key layout and TTL settings (minutes, via ``ttl={"default_ttl": ...}``);
-``ttl_seconds`` is converted, ``keep_last``, ``keep_events`` and ``key_prefix`` apply to the plain saver only.
+``ttl_seconds`` is converted; ``keep_last``, ``keep_events``, ``key_prefix`` and ``record_format`` apply to
+the plain saver only.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import redis.asyncio as aredis
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from ghl_real_estate_ai.errors import ConfigurationError
+from ghl_real_estate_ai.persistence._codec import RECORD_FORMAT
 from ghl_real_estate_ai.persistence.plain_redis import (
     DEFAULT_KEEP_EVENTS,
     DEFAULT_KEEP_LAST,
@@ -200,6 +202,7 @@ async def open_async_checkpointer(
     keep_last: int | None = DEFAULT_KEEP_LAST,
     keep_events: int | None = DEFAULT_KEEP_EVENTS,
     key_prefix: str = DEFAULT_KEY_PREFIX,
+    record_format: int = RECORD_FORMAT,
 ) -> AsyncIterator[BaseCheckpointSaver[Any]]:
     """An async checkpointer for a Redis URL or ``redis.asyncio.Redis`` client (see the module docstring).
 
@@ -231,6 +234,7 @@ async def open_async_checkpointer(
                 keep_last=keep_last,
                 keep_events=keep_events,
                 key_prefix=key_prefix,
+                record_format=record_format,
             )
             try:
                 yield saver

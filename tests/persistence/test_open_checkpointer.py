@@ -11,6 +11,7 @@ import redis.asyncio as aredis
 from langgraph.graph import END, START, StateGraph
 from typing_extensions import TypedDict
 
+from ghl_real_estate_ai.config import Settings
 from ghl_real_estate_ai.errors import ConfigurationError
 from ghl_real_estate_ai.persistence import (
     AsyncPlainRedisSaver,
@@ -20,6 +21,7 @@ from ghl_real_estate_ai.persistence import (
     open_async_checkpointer,
     open_checkpointer,
 )
+from ghl_real_estate_ai.persistence._codec import Keys
 
 MODULES_URL = os.environ.get("LEAD_BOT_TEST_REDIS_MODULES_URL")
 
@@ -118,3 +120,22 @@ def test_official_saver_on_a_modules_server() -> None:
             assert isinstance(plain, PlainRedisSaver)
     finally:
         client.close()
+
+
+async def test_the_service_setting_picks_the_record_format(redis_url: str, key_prefix: str) -> None:
+    """LEAD_BOT_CHECKPOINT_FORMAT=2 makes the service write what the release before reads."""
+    assert Settings.from_env({}, dotenv=None).checkpoint_format == 3
+    settings = Settings.from_env({"LEAD_BOT_CHECKPOINT_FORMAT": "2"}, dotenv=None)
+    assert settings.checkpoint_format == 2
+    with pytest.raises(ConfigurationError, match="LEAD_BOT_CHECKPOINT_FORMAT"):
+        Settings.from_env({"LEAD_BOT_CHECKPOINT_FORMAT": "4"}, dotenv=None)
+    async with open_async_checkpointer(
+        redis_url, mode="plain", key_prefix=key_prefix, record_format=settings.checkpoint_format
+    ) as saver:
+        graph = counter_graph().compile(checkpointer=saver)
+        for n in range(3):
+            await graph.ainvoke({"n": n}, {"configurable": {"thread_id": "open:format"}})
+    client = redis.Redis.from_url(redis_url)
+    fields = client.hgetall(Keys(key_prefix, "open:format").ns_keys("")[0])
+    assert {v[0] for f, v in fields.items() if f[:1] == b"c"} == {2}  # whole format-2 records only
+    client.close()
