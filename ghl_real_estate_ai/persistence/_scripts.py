@@ -542,8 +542,7 @@ for i = 3, #ARGV do cids[#cids + 1] = ARGV[i]; gone[ARGV[i]] = true end
 local memo = {}
 for _, c in ipairs(redis.call('ZRANGE', ik, 0, -1)) do
   if not gone[c] then
-    local raw = redis.call('HGET', h, 'c' .. c)
-    local link = raw
+    local link = redis.call('HGET', h, 'c' .. c)
     while link and string.byte(link, 1) == SPLICE do
       local target = read_id(link, 2)
       if gone[target] then
