@@ -65,7 +65,16 @@ import operator
 import os
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Container,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from typing import Any, NamedTuple, TypeVar, cast
 
 import redis
@@ -87,7 +96,6 @@ from redis.exceptions import NoScriptError
 
 from ghl_real_estate_ai.persistence._codec import (
     CHUNK_TAIL_MAX,
-    INLINE_LIST_MAX,
     KIND_BLOB,
     READ_FORMATS,
     RECORD_FORMAT,
@@ -102,7 +110,6 @@ from ghl_real_estate_ai.persistence._codec import (
     decode_metadata,
     dict_patch,
     extension_ref,
-    inlinable,
     is_ref,
     iter_writes,
     new_version,
@@ -578,8 +585,9 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
         # blob's field, the whole blob its items start with and how many items that holds (see
         # _codec.chunked). The next version of a list that grew is that prefix plus its new items.
         self._chunks: dict[tuple[bytes, str, str], tuple[bytes, bytes, int]] = {}
-        # The latest record this saver wrote or read per (thread base key, namespace), with its id: the
-        # next put there, its child, stores it as a splice of the child's record (see _codec.py).
+        # The latest record this saver read per (thread base key, namespace) when another writer wrote
+        # it, with its id and segments: the next put there, its child, stores it as a splice of the
+        # child's record (see _codec.py), as it does the record in _written when it wrote the parent.
         self._records: dict[tuple[bytes, str], tuple[bytes, bytes, list[tuple[int, int, int]] | None]] = {}
         # Per (thread base key, namespace): whether a (channel, version key) is stored inline (format 3:
         # the value's bytes, so an unchanged value is not serialized again).
@@ -689,12 +697,14 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
         # and later checkpoints of a durability="sync" run, written back to back: splicing each would
         # cost about as much CPU as the rest of the put; the run's last checkpoint is spliced by the next
         # run's first put, and with durability="exit", the service's, every put starts a run).
-        seen = self._records.get(cache_key) if self.record_format >= 3 and not continues else None
-        if seen is not None and (parent is None or seen[0] != parent.encode() or checkpoint["id"] <= parent):
-            seen = None
-        if seen is not None and seen[2] is None:  # a record read, not written here: find its segments
-            with contextlib.suppress(CodecError, IndexError):
-                seen = (seen[0], seen[1], record_segments(seen[1]))
+        seen = None
+        if self.record_format >= 3 and not continues and parent is not None and checkpoint["id"] > parent:
+            if last is not None and last.cid == parent.encode():
+                seen = (last.cid, last.record, last.skeleton.segments)
+            else:
+                seen = self._records.get(cache_key)
+                if seen is not None and seen[0] != parent.encode():
+                    seen = None
         for _ in range(_PUT_ATTEMPTS):
             names = self._names.get(cache_key) or NameDict(os.urandom(8), ())
             record, added, blobs, skeleton = build_record(self.serde, prep, names, self._kinds_of(cache_key))
@@ -702,7 +712,7 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
             if seen is not None:
                 splice = record_splice(seen[1], record, checkpoint["id"], seen[2], skeleton.segments)
             fields = _blob_channel_fields(skeleton)
-            refs = self._extension_refs(keys.base, ns, prep.blobs, checkpoint, fields)
+            refs = self._extension_refs(keys.base, ns, prep.blobs, checkpoint, fields, chunks)
             args: list[Any] = [
                 keys.base,
                 ns,
@@ -745,7 +755,6 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
             self._written[cache_key] = _Written(
                 checkpoint["id"].encode(), record, names.epoch, skeleton, step
             )
-            self._remember_record(cache_key, checkpoint["id"].encode(), record, skeleton.segments)
             self._remember_lists(keys.base, ns, checkpoint.get("channel_values") or {}, fields, prep.blobs)
             self._remember_chunks(keys.base, ns, checkpoint, fields, prep.blobs, chunks)
             return {
@@ -760,13 +769,11 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
             "is another writer rewriting it?"
         )
 
-    def _remember_record(
-        self,
-        cache_key: tuple[bytes, str],
-        cid: bytes,
-        record: bytes,
-        segments: list[tuple[int, int, int]] | None = None,
-    ) -> None:
+    def _remember_record(self, cache_key: tuple[bytes, str], cid: bytes, record: bytes) -> None:
+        """Keep a latest record another writer wrote, for the next put's splice."""
+        segments = None
+        with contextlib.suppress(CodecError, IndexError):
+            segments = record_segments(record)
         if len(self._records) >= _WRITTEN_CACHE_MAX and cache_key not in self._records:
             self._records.clear()
         self._records[cache_key] = (cid, record, segments)
@@ -786,10 +793,11 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
         new_blobs: Mapping[str, bytes],
         checkpoint: Checkpoint,
         fields: Mapping[str, bytes],
+        grown: Container[str] = (),
     ) -> list[tuple[bytes, bytes]]:
         """``(old field, reference)`` for every new blob whose value equals, or (a list) extends, the
         value this saver last wrote or read for the channel: the old blob becomes a reference into the
-        new one (see ``_codec.py``)."""
+        new one (see ``_codec.py``). ``grown``: channels already known to extend it (chunked lists)."""
         values = checkpoint.get("channel_values") or {}
         refs: list[tuple[bytes, bytes]] = []
         if not self.extension_refs:
@@ -802,10 +810,7 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
             value = values.get(channel)
             old_field, old = known
             if type(value) is list and type(old) is list:
-                # a list that only grew shares its items with the previous version (checked in C first)
-                if len(value) >= len(old) and (
-                    all(map(operator.is_, value, old)) or all(map(same, value, old))
-                ):
+                if channel in grown or _grew(value, old):
                     refs.append((old_field, extension_ref(len(old), field)))
             elif value == old and same(value, old):
                 refs.append((old_field, extension_ref(REF_WHOLE, field)))
@@ -828,18 +833,14 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
         values = checkpoint.get("channel_values") or {}
         for channel in new_versions:
             value = values.get(channel)
-            if type(value) is not list or (len(value) <= INLINE_LIST_MAX and inlinable(value)):
+            if type(value) is not list:
                 continue
             key = (base, ns, channel)
             chunk, known = self._chunks.get(key), self._lists.get(key)
-            if chunk is None or known is None or chunk[0] != known[0]:
+            # (a list that extends one stored as a blob is no more inlinable than that one was)
+            if chunk is None or known is None or chunk[0] != known[0] or not _grew(value, known[1]):
                 continue
             _, prefix, count = chunk
-            old = known[1]
-            if len(value) < len(old):
-                continue
-            if not (all(map(operator.is_, value, old)) or all(map(same, value, old))):
-                continue
             tail = typed_to_bytes(self.serde.dumps_typed(value[count:]))
             if len(tail) <= CHUNK_TAIL_MAX:
                 out[channel] = (chunked(prefix, tail), prefix, count)
@@ -1015,16 +1016,12 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
             # the record) lets that put see a list that only grew by identity instead of comparing items
             written = self._written.get((keys.base, ns))
             record = reply[1][1]
-            self._remember_record(
-                (keys.base, ns),
-                reply[1][0],
-                record,
-                written.skeleton.segments if written is not None and written.record == record else None,
-            )
             fields: dict[str, bytes] = {}
             if written is not None and written.record == record:
                 fields = _blob_channel_fields(written.skeleton)
             else:
+                if self.record_format >= 3:
+                    self._remember_record((keys.base, ns), reply[1][0], record)
                 names = self._names.get((keys.base, ns))
                 if names is not None:
                     with contextlib.suppress(CodecError, IndexError):
@@ -1176,6 +1173,12 @@ class _PlainRedisBase(BaseCheckpointSaver[str]):
 
 
 _MISSING = object()
+
+
+def _grew(value: list[Any], old: list[Any]) -> bool:
+    """Whether list ``value`` starts with every item of ``old``: the items a list that only grew shares
+    with its previous version (by identity, checked in C first)."""
+    return len(value) >= len(old) and (all(map(operator.is_, value, old)) or all(map(same, value, old)))
 
 
 def _blob_channel_fields(skeleton: Skeleton) -> dict[str, bytes]:
